@@ -1,0 +1,14 @@
+"""lsref: the reference implementation of label-smoothed softmax cross-entropy.
+
+``lsref.reference`` is the pure-NumPy oracle (float64, formula for formula); the functions
+re-exported here run the typed Cython kernel over rows in parallel.
+"""
+from . import reference
+from .loss import (cross_entropy, cross_entropy_grad, log_softmax, logsumexp, softmax,
+                   value_and_grad)
+from .reference import smooth_labels
+
+__version__ = "0.1.0"
+
+__all__ = ["cross_entropy", "cross_entropy_grad", "value_and_grad", "logsumexp",
+           "log_softmax", "softmax", "smooth_labels", "reference", "__version__"]

@@ -1,0 +1,205 @@
+"""Argument checking shared by the oracle (reference.py) and the front door (loss.py).
+
+Checking is not computing: both layers must reject exactly the same inputs with exactly the
+same messages, so the checks live once, here. Nothing in this module computes a loss.
+Every error names the argument and the offending value (SEMANTICS.md, "Bad input").
+"""
+import numbers
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+
+REDUCTIONS = ("none", "sum", "mean")
+SMOOTHINGS = ("uniform", "others")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A validated cross-entropy call, with the class axis moved last.
+
+    ``logits`` and ``targets`` are views (or the caller's arrays) with the class axis last;
+    nothing has been copied or cast yet. ``batch_shape`` is the logits' shape without the
+    class axis; ``n_rows`` its product.
+    """
+
+    logits: np.ndarray          # (..., K), class axis last
+    targets: np.ndarray         # (...,) integer, or (..., K) float (probability targets)
+    prob_targets: bool
+    axis: int                   # normalised class axis of the caller's layout
+    batch_shape: tuple
+    n_rows: int
+    n_classes: int
+    label_smoothing: float
+    smoothing: str
+    reduction: str
+    ignore_index: object        # int, or None (nothing ignored)
+    class_weight: object        # (K,) float64 or None
+    sample_weight: object       # batch_shape float64 or None
+    z_loss: float
+
+    @property
+    def q_target_and_beta(self):
+        """(q_t, beta) of a class-index target: q_k = beta + (q_t - beta)*[k == t]."""
+        eps, K = self.label_smoothing, self.n_classes
+        if self.smoothing == "uniform":
+            return 1.0 - eps + eps / K, eps / K
+        return 1.0 - eps, (eps / (K - 1) if eps else 0.0)
+
+
+def _real_scalar(name, value, lo=None, hi=None):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} "
+                        f"({type(value).__name__})")
+    value = float(value)
+    if not np.isfinite(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
+        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be finite and in {rng}, got {value!r}")
+    return value
+
+
+def check_choice(name, value, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def check_float_array(name, x):
+    """A real floating array (integers are widened to float64, as scipy.special does)."""
+    x = np.asarray(x)
+    if x.dtype.kind == "f":
+        return x
+    if x.dtype.kind in "iu":
+        return x.astype(np.float64)
+    raise TypeError(f"{name} must be an array of real floating-point numbers, "
+                    f"got dtype {x.dtype}")
+
+
+def check_axis(axis, ndim, name="axis"):
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {axis!r}") from None
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}={axis} is out of bounds for logits with {ndim} dimension(s)")
+    return axis % ndim
+
+
+def check_n_threads(n_threads):
+    if n_threads is None:
+        return None
+    if isinstance(n_threads, (bool, np.bool_)):
+        raise TypeError(f"n_threads must be None or a positive integer, got {n_threads!r}")
+    try:
+        n = operator.index(n_threads)
+    except TypeError:
+        raise TypeError(f"n_threads must be None or a positive integer, got {n_threads!r}") \
+            from None
+    if n < 1:
+        raise ValueError(f"n_threads must be None or a positive integer, got {n}")
+    return n
+
+
+def _position(shape, flat_index):
+    idx = np.unravel_index(flat_index, shape)
+    return "[" + ", ".join(str(int(i)) for i in idx) + "]"
+
+
+def _check_weight(name, w, shape, what):
+    if w is None:
+        return None
+    w = np.asarray(w)
+    if w.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {w.dtype}")
+    if w.shape != shape:
+        raise ValueError(f"{name} must have shape {shape} ({what}), got {w.shape}")
+    w = w.astype(np.float64, copy=False)
+    bad = ~np.isfinite(w)
+    if bad.any():
+        i = int(np.flatnonzero(bad.ravel())[0])
+        raise ValueError(f"{name} must be finite; {name}{_position(shape, i)} = "
+                         f"{w.ravel()[i]!r}")
+    return w
+
+
+def check_problem(logits, targets, *, label_smoothing, axis, reduction, smoothing,
+                  class_weight, sample_weight, ignore_index, z_loss):
+    """Validate a cross-entropy call; raise TypeError/ValueError naming the bad argument."""
+    logits = check_float_array("logits", logits)
+    if logits.ndim == 0:
+        raise ValueError("logits must have at least one dimension (the class axis), "
+                         "got a scalar")
+    axis = check_axis(axis, logits.ndim)
+    K = logits.shape[axis]
+    if K == 0:
+        raise ValueError(f"logits has 0 classes along axis={axis} (shape {logits.shape})")
+    eps = _real_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
+    reduction = check_choice("reduction", reduction, REDUCTIONS)
+    smoothing = check_choice("smoothing", smoothing, SMOOTHINGS)
+    z_loss = _real_scalar("z_loss", z_loss, 0.0)
+    if ignore_index is not None:
+        if isinstance(ignore_index, (bool, np.bool_)):
+            raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
+        try:
+            ignore_index = operator.index(ignore_index)
+        except TypeError:
+            raise TypeError(f"ignore_index must be an integer or None, got "
+                            f"{ignore_index!r}") from None
+
+    z = np.moveaxis(logits, axis, -1)
+    batch_shape = z.shape[:-1]
+
+    targets = np.asarray(targets)
+    kind = targets.dtype.kind
+    if kind == "b" or kind not in "iuf":
+        raise TypeError(f"targets must be integer class indices or floating-point "
+                        f"probabilities, got dtype {targets.dtype}")
+    if kind == "f":
+        if targets.shape == batch_shape and targets.shape != logits.shape:
+            raise TypeError(f"targets of shape {targets.shape} are class indices but have "
+                            f"floating dtype {targets.dtype}; pass an integer array "
+                            f"(e.g. targets.astype(np.int64))")
+        if targets.shape != logits.shape:
+            raise ValueError(f"probability targets must have the logits' shape "
+                             f"{logits.shape}, got {targets.shape}")
+        prob = True
+        bad = ~(np.isfinite(targets) & (targets >= 0))
+        if bad.any():
+            i = int(np.flatnonzero(bad.ravel())[0])
+            raise ValueError(f"probability targets must be finite and >= 0; "
+                             f"targets{_position(targets.shape, i)} = {targets.ravel()[i]!r}")
+        t = np.moveaxis(targets, axis, -1)
+        if smoothing == "others":
+            raise ValueError("smoothing='others' (eps/(K-1)) is defined for class-index "
+                             "targets only, got probability targets")
+        if ignore_index is not None and ignore_index >= 0:
+            raise ValueError(f"ignore_index={ignore_index} cannot be used with probability "
+                             f"targets (they have no class index to ignore); pass "
+                             f"ignore_index=None")
+        ignore_index = None
+    else:
+        if targets.shape != batch_shape:
+            raise ValueError(f"class-index targets must have shape {batch_shape} (logits "
+                             f"{logits.shape} without axis {axis}), got {targets.shape}")
+        prob = False
+        valid = (targets >= 0) & (targets < K)
+        if ignore_index is not None:
+            valid |= targets == ignore_index
+        if not valid.all():
+            i = int(np.flatnonzero(~valid.ravel())[0])
+            ign = "" if ignore_index is None else f" and is not ignore_index ({ignore_index})"
+            raise ValueError(f"targets{_position(targets.shape, i)} = "
+                             f"{targets.ravel()[i]} is outside [0, {K}){ign}")
+        t = targets
+    if smoothing == "others" and K == 1:
+        raise ValueError("smoothing='others' spreads eps over the K-1 other classes and needs "
+                         "K >= 2, got K = 1")
+
+    cw = _check_weight("class_weight", class_weight, (K,), "one weight per class")
+    sw = _check_weight("sample_weight", sample_weight, batch_shape,
+                       "the logits' shape without the class axis")
+    return Problem(logits=z, targets=t, prob_targets=prob, axis=axis, batch_shape=batch_shape,
+                   n_rows=int(np.prod(batch_shape, dtype=np.int64)), n_classes=K,
+                   label_smoothing=eps, smoothing=smoothing, reduction=reduction,
+                   ignore_index=ignore_index, class_weight=cw, sample_weight=sw,
+                   z_loss=z_loss)

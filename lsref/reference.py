@@ -1,0 +1,211 @@
+r"""The oracle: label-smoothed softmax cross-entropy in plain NumPy, float64 throughout.
+
+Every function here states one formula of SEMANTICS.md and computes it directly, element by
+element, without the algebraic shortcuts the kernel takes. It never imports the kernel, so it
+stays an independent witness; the only thing it shares with the fast path is the argument
+checking (``lsref._validation``), so that both reject the same inputs with the same messages.
+
+Notation (one row ``z`` of length ``K``)::
+
+    lse   = log sum_k exp(z_k)  = m + log sum_k exp(z_k - m),  m = max_k z_k
+    p_k   = exp(z_k - lse)                                      (softmax)
+    q     = smooth_labels(target)                               (the smoothed target)
+    loss  = s * sum_k w_k q_k (lse - z_k) + s * lam * lse**2
+    dloss/dz_j = s * [(sum_k w_k q_k) p_j - w_j q_j] + s * 2 lam lse p_j
+
+with class weights ``w`` (default 1), a sample weight ``s`` (default 1) and z-loss ``lam``
+(default 0). A product whose target factor ``w_k q_k`` is 0 is 0, even where ``z_k = -inf``.
+
+References
+----------
+C. Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR 2016
+(label smoothing). P. Blanchard, D. J. Higham, N. J. Higham, "Accurately computing the
+log-sum-exp and softmax functions", IMA J. Numer. Anal. 41 (2021).
+"""
+import numpy as np
+
+from ._validation import check_axis, check_choice, check_float_array, check_problem, SMOOTHINGS
+
+__all__ = ["logsumexp", "log_softmax", "softmax", "smooth_labels", "cross_entropy",
+           "cross_entropy_grad", "value_and_grad"]
+
+_DEFAULTS = dict(label_smoothing=0.0, axis=-1, reduction="mean", smoothing="uniform",
+                 class_weight=None, sample_weight=None, ignore_index=-100, z_loss=0.0)
+
+
+def logsumexp(x, axis=-1, keepdims=False):
+    """``log(sum(exp(x), axis))`` in float64, stably, with scipy.special's special values.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lsref import reference
+    >>> float(reference.logsumexp([3.0, 1.0, 0.0]))   # log(e**3 + e + 1)
+    3.1698460...
+    """
+    x = check_float_array("x", x).astype(np.float64)
+    if x.ndim == 0:
+        x = x.reshape(1)
+    axis = check_axis(axis, x.ndim)
+    m = np.max(x, axis=axis, keepdims=True) if x.shape[axis] else \
+        np.full(x.shape[:axis] + (1,) + x.shape[axis + 1:], -np.inf)
+    # A row whose max is infinite (all -inf, or holding +inf) has lse = that max; shifting by
+    # it would give inf - inf. Shift such rows by 0 instead.
+    shift = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        out = np.log(np.sum(np.exp(x - shift), axis=axis, keepdims=True)) + shift
+    return out if keepdims else np.squeeze(out, axis=axis)
+
+
+def log_softmax(x, axis=-1):
+    """``x - logsumexp(x)`` along ``axis`` (float64)."""
+    x = check_float_array("x", x).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        return x - logsumexp(x, axis=axis, keepdims=True)
+
+
+def softmax(x, axis=-1):
+    """``exp(x - logsumexp(x))`` along ``axis`` (float64)."""
+    with np.errstate(invalid="ignore"):
+        return np.exp(log_softmax(x, axis=axis))
+
+
+def smooth_labels(targets, num_classes, label_smoothing, *, smoothing="uniform", axis=-1):
+    """The smoothed target distribution ``q`` (float64), the class axis at ``axis``.
+
+    ``targets`` are class indices (any integer array; the result gains a class axis) or
+    probabilities (a float array whose ``axis`` has length ``num_classes``)::
+
+        uniform, index t:   q_k = (1 - eps) [k = t] + eps / K
+        others,  index t:   q_t = 1 - eps,  q_k = eps / (K - 1)  for k != t
+        uniform, probs P:   q_k = (1 - eps) P_k + eps / K
+
+    Examples
+    --------
+    >>> from lsref import reference
+    >>> reference.smooth_labels([0], 4, 0.1)
+    array([[0.925, 0.025, 0.025, 0.025]])
+    """
+    K = num_classes
+    targets = np.asarray(targets)
+    if targets.dtype.kind in "iu":
+        like = np.zeros(targets.shape + (K,))
+        p = check_problem(np.moveaxis(like, -1, axis) if targets.ndim else like, targets,
+                          label_smoothing=label_smoothing, axis=axis, reduction="none",
+                          smoothing=smoothing, class_weight=None, sample_weight=None,
+                          ignore_index=None, z_loss=0.0)
+    else:
+        p = check_problem(np.zeros(targets.shape), targets, label_smoothing=label_smoothing,
+                          axis=axis, reduction="none", smoothing=smoothing, class_weight=None,
+                          sample_weight=None, ignore_index=None, z_loss=0.0)
+        if p.n_classes != K:
+            raise ValueError(f"probability targets have {p.n_classes} classes along "
+                             f"axis={axis}, but num_classes={K}")
+    q = _smoothed_rows(p)
+    return np.moveaxis(q.reshape(p.batch_shape + (K,)), -1, p.axis)
+
+
+def _smoothed_rows(p):
+    """q of every row, shape (n_rows, K); rows of ignored targets are 0."""
+    K, eps = p.n_classes, p.label_smoothing
+    if p.prob_targets:
+        P = p.targets.reshape(-1, K).astype(np.float64)
+        return (1.0 - eps) * P + eps / K
+    t = p.targets.reshape(-1)
+    onehot = np.zeros((t.size, K))
+    keep = np.ones(t.size, bool) if p.ignore_index is None else t != p.ignore_index
+    onehot[np.flatnonzero(keep), t[keep]] = 1.0
+    if p.smoothing == "uniform":
+        q = (1.0 - eps) * onehot + eps / K
+    else:
+        q = (1.0 - eps) * onehot + eps / (K - 1) * (1.0 - onehot)
+    q[~keep] = 0.0
+    return q
+
+
+def _rows(logits, targets, kw):
+    """Validate, then compute per-row losses, the unreduced gradient rows and the divisor."""
+    p = check_problem(logits, targets, **kw)
+    K = p.n_classes
+    z = p.logits.reshape(-1, K).astype(np.float64)
+    q = _smoothed_rows(p)
+    w = np.ones(K) if p.class_weight is None else p.class_weight
+    s = np.ones(p.n_rows) if p.sample_weight is None else p.sample_weight.reshape(-1)
+    if p.prob_targets:
+        active = np.ones(p.n_rows, bool)
+    else:
+        t = p.targets.reshape(-1)
+        active = np.ones(p.n_rows, bool) if p.ignore_index is None else t != p.ignore_index
+
+    lse = logsumexp(z, axis=-1, keepdims=True)
+    c = w * q                                     # target mass w_k q_k, 0 on ignored rows
+    with np.errstate(invalid="ignore", over="ignore"):
+        # lse - z_k is +inf where z_k = -inf; a zero target mass there contributes 0, not NaN
+        terms = np.where(c == 0.0, 0.0, c * (lse - z))
+        row_loss = s * (terms.sum(axis=-1) + p.z_loss * lse[:, 0] ** 2)
+        prob = np.exp(z - lse)
+        grad = s[:, None] * (c.sum(axis=-1, keepdims=True) * prob - c
+                             + 2.0 * p.z_loss * lse * prob)
+    row_loss = np.where(active, row_loss, 0.0)
+    grad[~active] = 0.0
+
+    if p.prob_targets:
+        divisor = float(p.n_rows)                 # PyTorch: rows, whatever the weights
+    else:
+        divisor = float(np.sum(s[active] * w[t[active]]))
+    return p, row_loss, grad, divisor
+
+
+def _reduce(p, row_loss, grad, divisor):
+    if p.reduction == "none":
+        loss = row_loss.reshape(p.batch_shape)
+    elif p.reduction == "sum":
+        loss = np.float64(np.sum(row_loss))
+    else:
+        # D = 0 (empty batch, every target ignored): the mean is NaN, the gradient 0
+        loss = np.float64(np.sum(row_loss) / divisor) if divisor != 0 else np.float64(np.nan)
+        if divisor != 0:
+            grad = grad / divisor
+    grad = np.moveaxis(grad.reshape(p.batch_shape + (p.n_classes,)), -1, p.axis)
+    return loss, grad
+
+
+def value_and_grad(logits, targets, **kw):
+    """The loss and its gradient with respect to ``logits`` (float64), computed directly.
+
+    Keywords are those of :func:`lsref.cross_entropy`. ``reduction="none"`` returns the
+    per-row losses and the gradient of their sum.
+    """
+    kw = {**_DEFAULTS, **_strip(kw)}
+    return _reduce(*_rows(logits, targets, kw))
+
+
+def cross_entropy(logits, targets, **kw):
+    """The label-smoothed cross-entropy (float64); keywords as :func:`lsref.cross_entropy`.
+
+    Examples
+    --------
+    >>> from lsref import reference
+    >>> round(float(reference.cross_entropy([[3.0, 1.0, 0.0]], [0])), 3)
+    0.169
+    """
+    return value_and_grad(logits, targets, **kw)[0]
+
+
+def cross_entropy_grad(logits, targets, **kw):
+    """The gradient of :func:`cross_entropy` with respect to ``logits`` (float64)."""
+    return value_and_grad(logits, targets, **kw)[1]
+
+
+def _strip(kw):
+    """Accept the front door's execution-only keywords so calls can be copied verbatim."""
+    kw = dict(kw)
+    kw.pop("n_threads", None)
+    if kw.pop("out", None) is not None:
+        raise ValueError("the oracle allocates its own float64 result; out= is not accepted")
+    unknown = set(kw) - set(_DEFAULTS)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    if "smoothing" in kw:
+        check_choice("smoothing", kw["smoothing"], SMOOTHINGS)
+    return kw
