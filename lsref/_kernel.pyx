@@ -35,7 +35,7 @@
 # - This module never validates and never allocates: lsref/loss.py does both.
 
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, log, INFINITY, NAN, isfinite, isnan
+from libc.math cimport exp, expf, log, log1p, INFINITY, NAN, isfinite, isnan
 from libc.stdint cimport int64_t
 from libc.string cimport memset
 
@@ -108,6 +108,37 @@ cdef inline floating _exp(floating x) noexcept nogil:
         return expf(x)
     else:
         return exp(x)
+
+
+cdef inline double _log_se(const floating *z, Py_ssize_t K, double m, double se,
+                           const floating *e) noexcept nogil:
+    """L = log(se) = lse - m, accurate also when one class dominates.
+
+    The max term of se is exactly 1 (exp(0)); when se < 2, log(se) = log(1 + delta) has lost
+    the low bits of delta to the rounding of 1 + delta, and the row's loss can be of size
+    delta. There, sum the other terms again and take log1p (Blanchard, Higham & Higham 2021).
+    Without e the exps are recomputed from z in double (z_k - m exactly, exp in double), so
+    a float32 row's small loss carries no float32 rounding of z_k - m; the term left out is
+    the first z_k equal to m. With e (only for an in-place gradient, where z is already
+    overwritten by its float exps) the stored values are summed, leaving out the first 1."""
+    cdef double rest = 0.0
+    cdef bint skipped = False
+    cdef Py_ssize_t k
+    if not (se < 2.0):                     # NaN too: nothing to refine
+        return log(se)
+    if e != NULL:
+        for k in range(K):
+            if not skipped and e[k] == 1.0:
+                skipped = True
+            else:
+                rest += e[k]
+    else:
+        for k in range(K):
+            if not skipped and z[k] == m:
+                skipped = True
+            else:
+                rest += exp(<double> z[k] - m)
+    return log1p(rest)
 
 
 cdef inline row_stats _stats(const floating *z, Py_ssize_t K, const double *w,
@@ -209,7 +240,7 @@ cdef inline double _row_index(const floating *z, Py_ssize_t K, Py_ssize_t t,
         if g != NULL:
             _fill(g, K, <floating> NAN)
         return NAN
-    L = log(st.se)
+    L = _log_se(z, K, st.m, st.se, g if <const floating *> g == z else NULL)
     lse = st.m + L
     d_t = zt - st.m
     loss = 0.0
@@ -253,7 +284,7 @@ cdef inline double _row_prob(const floating *z, const floating *P, Py_ssize_t K,
         if g != NULL:
             _fill(g, K, <floating> NAN)
         return NAN
-    L = log(st.se)
+    L = _log_se(z, K, st.m, st.se, g if <const floating *> g == z else NULL)
     lse = st.m + L
     loss = 0.0
     if a != 0.0:
@@ -352,7 +383,7 @@ def logsumexp_rows(const floating[:, ::1] x,     # IN  (N, K)
         for i in prange(N, schedule="static", num_threads=n_threads):
             st = _stats(&x[i, 0], K, NULL, <floating *> NULL)
             if isfinite(st.m) or isnan(st.se):
-                out[i] = st.m + log(st.se)
+                out[i] = st.m + _log_se(&x[i, 0], K, st.m, st.se, <floating *> NULL)
             else:
                 out[i] = _nonfinite_max(&x[i, 0], K, st.m)
 
@@ -382,7 +413,7 @@ def softmax_rows(const floating[:, ::1] x,      # IN  (N, K)
             o = &out[i, 0]
             if log_space:
                 st = _stats(&x[i, 0], K, NULL, <floating *> NULL)
-                lse = log(st.se)
+                lse = _log_se(&x[i, 0], K, st.m, st.se, <floating *> NULL)
                 for k in range(K):
                     o[k] = <floating> ((x[i, k] - st.m) - lse)
             else:

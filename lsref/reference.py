@@ -33,6 +33,30 @@ _DEFAULTS = dict(label_smoothing=0.0, axis=-1, reduction="mean", smoothing="unif
                  class_weight=None, sample_weight=None, ignore_index=-100, z_loss=0.0)
 
 
+def _shift_and_log_sum(x, axis):
+    """(m, L) with lse = m + L and log_softmax = (x - m) - L, along ``axis`` (kept).
+
+    m is the max of each slice (0 where that max is infinite, which then lands in L: a slice
+    of -inf gives L = -inf, one holding +inf gives L = +inf). The max term of sum exp(x - m)
+    is exactly 1, so L = log1p(sum of the other terms): log(1 + delta) would lose delta's low
+    bits when one class dominates (Blanchard, Higham & Higham 2021).
+    """
+    if x.shape[axis] == 0:
+        shape = x.shape[:axis] + (1,) + x.shape[axis + 1:]
+        return np.zeros(shape), np.full(shape, -np.inf)
+    m = np.max(x, axis=axis, keepdims=True)
+    finite = np.isfinite(m)
+    shift = np.where(finite, m, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        e = np.exp(x - shift)
+        top = np.argmax(x, axis=axis, keepdims=True)
+        e_top = np.take_along_axis(e, top, axis=axis)      # 1 where the max is finite
+        np.put_along_axis(e, top, 0.0, axis=axis)
+        rest = np.sum(e, axis=axis, keepdims=True)
+        L = np.where(finite, np.log1p(rest), np.log(rest + e_top))
+    return shift, L
+
+
 def logsumexp(x, axis=-1, keepdims=False):
     """``log(sum(exp(x), axis))`` in float64, stably, with scipy.special's special values.
 
@@ -47,25 +71,22 @@ def logsumexp(x, axis=-1, keepdims=False):
     if x.ndim == 0:
         x = x.reshape(1)
     axis = check_axis(axis, x.ndim)
-    m = np.max(x, axis=axis, keepdims=True) if x.shape[axis] else \
-        np.full(x.shape[:axis] + (1,) + x.shape[axis + 1:], -np.inf)
-    # A row whose max is infinite (all -inf, or holding +inf) has lse = that max; shifting by
-    # it would give inf - inf. Shift such rows by 0 instead.
-    shift = np.where(np.isfinite(m), m, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        out = np.log(np.sum(np.exp(x - shift), axis=axis, keepdims=True)) + shift
+    m, L = _shift_and_log_sum(x, axis)
+    out = m + L
     return out if keepdims else np.squeeze(out, axis=axis)
 
 
 def log_softmax(x, axis=-1):
-    """``x - logsumexp(x)`` along ``axis`` (float64)."""
+    """``(x - m) - log(sum(exp(x - m)))`` along ``axis`` (float64), ``m`` the max."""
     x = check_float_array("x", x).astype(np.float64)
+    axis = check_axis(axis, x.ndim)
+    m, L = _shift_and_log_sum(x, axis)
     with np.errstate(invalid="ignore"):
-        return x - logsumexp(x, axis=axis, keepdims=True)
+        return (x - m) - L
 
 
 def softmax(x, axis=-1):
-    """``exp(x - logsumexp(x))`` along ``axis`` (float64)."""
+    """``exp(log_softmax(x))`` along ``axis`` (float64)."""
     with np.errstate(invalid="ignore"):
         return np.exp(log_softmax(x, axis=axis))
 
@@ -137,13 +158,15 @@ def _rows(logits, targets, kw):
         t = p.targets.reshape(-1)
         active = np.ones(p.n_rows, bool) if p.ignore_index is None else t != p.ignore_index
 
-    lse = logsumexp(z, axis=-1, keepdims=True)
+    m, L = _shift_and_log_sum(z, -1)
     c = w * q                                     # target mass w_k q_k, 0 on ignored rows
     with np.errstate(invalid="ignore", over="ignore"):
-        # lse - z_k is +inf where z_k = -inf; a zero target mass there contributes 0, not NaN
-        terms = np.where(c == 0.0, 0.0, c * (lse - z))
+        neg_log_p = L - (z - m)                   # lse - z_k, without forming lse
+        lse = m + L
+        # neg_log_p is +inf where z_k = -inf; a zero target mass there contributes 0, not NaN
+        terms = np.where(c == 0.0, 0.0, c * neg_log_p)
         row_loss = s * (terms.sum(axis=-1) + p.z_loss * lse[:, 0] ** 2)
-        prob = np.exp(z - lse)
+        prob = np.exp(-neg_log_p)
         grad = s[:, None] * (c.sum(axis=-1, keepdims=True) * prob - c
                              + 2.0 * p.z_loss * lse * prob)
     row_loss = np.where(active, row_loss, 0.0)
