@@ -382,7 +382,7 @@ def logsumexp_rows(const floating[:, ::1] x,     # IN  (N, K)
     with nogil:
         for i in prange(N, schedule="static", num_threads=n_threads):
             st = _stats(&x[i, 0], K, NULL, <floating *> NULL)
-            if isfinite(st.m) or isnan(st.se):
+            if isfinite(st.m):
                 out[i] = st.m + _log_se(&x[i, 0], K, st.m, st.se, <floating *> NULL)
             else:
                 out[i] = _nonfinite_max(&x[i, 0], K, st.m)

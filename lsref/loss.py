@@ -108,8 +108,10 @@ def _run(logits, targets, *, want_grad, out, n_threads, **kw):
         scale = 1.0 / divisor if divisor != 0 else 1.0
 
     # Where the gradient goes: straight into out= when that buffer already has the kernel's
-    # row layout (this covers out=logits, an in-place gradient); otherwise into the private
-    # row copy of the logits if one was made, or a new buffer, copied into out= afterwards.
+    # row layout (this covers out=logits, an in-place gradient); otherwise into a new row
+    # buffer, copied into out= afterwards. The kernel works in place only when the caller
+    # asked for it: in place, a row's loss is refined from the stored (float) exps, which can
+    # differ from the loss-only result in the last bit.
     grad_rows, direct = None, False
     if want_grad:
         if out is not None and out.dtype == dtype:
@@ -117,8 +119,7 @@ def _run(logits, targets, *, want_grad, out, n_threads, **kw):
             if o.flags.c_contiguous:
                 grad_rows, direct = o.reshape(-1, K), True
         if grad_rows is None:
-            private = not np.may_share_memory(z, p.logits)
-            grad_rows = z if private else np.empty((N, K), dtype)
+            grad_rows = np.empty((N, K), dtype)
 
     row_loss = np.empty(N, np.float64)
     if p.prob_targets:

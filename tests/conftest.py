@@ -1,0 +1,40 @@
+import os
+
+import numpy as np
+import pytest
+
+from lsref._tolerances import KERNEL_ACCURACY
+
+try:
+    from hypothesis import settings
+except ImportError:  # hypothesis is in the test extra; its tests skip without it
+    settings = None
+
+if settings is not None:
+    settings.register_profile("dev", deadline=None, print_blob=True, max_examples=60)
+    settings.register_profile("ci", deadline=None, print_blob=True, max_examples=60,
+                              derandomize=True, database=None)
+    settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+def assert_close_to_oracle(loss, grad, ref_loss, ref_grad, dtype):
+    """The kernel's (loss, grad) against the float64 oracle's, within KERNEL_ACCURACY[dtype].
+
+    Row losses that the output dtype can only hold as subnormals are compared absolutely
+    (their relative precision is gone by construction)."""
+    acc = KERNEL_ACCURACY[np.dtype(dtype)]
+    loss = np.asarray(loss, np.float64)
+    ref_loss = np.asarray(ref_loss, np.float64)
+    assert loss.shape == ref_loss.shape
+    np.testing.assert_allclose(loss, ref_loss, rtol=acc.loss_rtol,
+                               atol=np.finfo(dtype).tiny, equal_nan=True)
+    if grad is not None:
+        assert grad.shape == ref_grad.shape
+        scale = np.max(np.abs(ref_grad)) if ref_grad.size else 0.0
+        np.testing.assert_allclose(np.asarray(grad, np.float64), ref_grad, rtol=0,
+                                   atol=acc.grad_rtol * scale, equal_nan=True)
+
+
+@pytest.fixture(params=[np.float32, np.float64], ids=["float32", "float64"])
+def dtype(request):
+    return request.param
