@@ -118,7 +118,7 @@ def _check_weight(name, w, shape, what):
     if bad.any():
         i = int(np.flatnonzero(bad.ravel())[0])
         raise ValueError(f"{name} must be finite; {name}{_position(shape, i)} = "
-                         f"{w.ravel()[i]!r}")
+                         f"{float(w.ravel()[i])}")
     return w
 
 
@@ -167,7 +167,7 @@ def check_problem(logits, targets, *, label_smoothing, axis, reduction, smoothin
         if bad.any():
             i = int(np.flatnonzero(bad.ravel())[0])
             raise ValueError(f"probability targets must be finite and >= 0; "
-                             f"targets{_position(targets.shape, i)} = {targets.ravel()[i]!r}")
+                             f"targets{_position(targets.shape, i)} = {float(targets.ravel()[i])}")
         t = np.moveaxis(targets, axis, -1)
         if smoothing == "others":
             raise ValueError("smoothing='others' (eps/(K-1)) is defined for class-index "

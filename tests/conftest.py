@@ -17,11 +17,15 @@ if settings is not None:
     settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
-def assert_close_to_oracle(loss, grad, ref_loss, ref_grad, dtype):
+def assert_close_to_oracle(loss, grad, ref_loss, ref_grad, dtype, term_scale=0.0):
     """The kernel's (loss, grad) against the float64 oracle's, within KERNEL_ACCURACY[dtype].
 
     Row losses that the output dtype can only hold as subnormals are compared absolutely
-    (their relative precision is gone by construction)."""
+    (their relative precision is gone by construction). The gradient bound is relative to
+    max|g_ref|, or to ``term_scale`` when larger: a gradient entry is the difference of two
+    terms (c p_j and w_j q_j), so its rounding error scales with them, not with the
+    difference, which can be exactly 0 (e.g. eps = 1 on equal logits). Unweighted rows with
+    reduction="none" have term_scale 1."""
     acc = KERNEL_ACCURACY[np.dtype(dtype)]
     loss = np.asarray(loss, np.float64)
     ref_loss = np.asarray(ref_loss, np.float64)
@@ -30,7 +34,7 @@ def assert_close_to_oracle(loss, grad, ref_loss, ref_grad, dtype):
                                atol=np.finfo(dtype).tiny, equal_nan=True)
     if grad is not None:
         assert grad.shape == ref_grad.shape
-        scale = np.max(np.abs(ref_grad)) if ref_grad.size else 0.0
+        scale = max(np.max(np.abs(ref_grad)) if ref_grad.size else 0.0, term_scale)
         np.testing.assert_allclose(np.asarray(grad, np.float64), ref_grad, rtol=0,
                                    atol=acc.grad_rtol * scale, equal_nan=True)
 
