@@ -1,0 +1,35 @@
+"""The examples people read run: docstrings (doctest) and the README's Python blocks."""
+import doctest
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+import lsref
+import lsref.loss
+import lsref.reference
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.mark.parametrize("module", [lsref.loss, lsref.reference], ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0
+
+
+def test_readme_python_blocks_run():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), {"__name__": "readme"})
+
+
+def test_readme_states_the_two_commands_ci_runs():
+    text = README.read_text()
+    ci = (README.parent / ".ci" / "run").read_text()
+    test_cmd = 'python3 -m pip install ".[test]" && pytest'
+    assert test_cmd in text and test_cmd in ci
+    assert "python3 -m pip install . && lsref selfcheck" in text
