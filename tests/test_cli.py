@@ -1,13 +1,21 @@
 """The `lsref` command, run as a user runs it."""
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import lsref._kernel
 
+# The console script installed beside this interpreter (what a user types), run from a
+# neutral folder so that the source tree cannot shadow the installed package.
+SCRIPT = shutil.which("lsref", path=os.path.dirname(sys.executable)) or shutil.which("lsref")
+
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "lsref.cli", *args], capture_output=True,
-                          text=True, timeout=300)
+    assert SCRIPT, "the lsref console script is not installed"
+    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=300,
+                          cwd=tempfile.gettempdir())
 
 
 def test_info_reports_build():
