@@ -4,11 +4,13 @@
 re-exported here run the typed Cython kernel over rows in parallel.
 """
 from . import reference
-from .loss import (cross_entropy, cross_entropy_grad, log_softmax, logsumexp, softmax,
+from .loss import (binary_cross_entropy, binary_cross_entropy_grad, binary_value_and_grad,
+                   cross_entropy, cross_entropy_grad, log_softmax, logsumexp, softmax,
                    value_and_grad)
 from .reference import smooth_labels
 
 __version__ = "0.1.0"
 
 __all__ = ["cross_entropy", "cross_entropy_grad", "value_and_grad", "logsumexp",
-           "log_softmax", "softmax", "smooth_labels", "reference", "__version__"]
+           "log_softmax", "softmax", "smooth_labels", "binary_cross_entropy",
+           "binary_cross_entropy_grad", "binary_value_and_grad", "reference", "__version__"]

@@ -11,7 +11,7 @@
 # With class weights w (default 1, W = sum_k w_k), a row weight s (sample weight times the
 # 1/D of a "mean") and z-loss coefficient lam, the row loss and gradient are
 #
-#   loss = s * sum_k w_k q_k (lse - z_k) + s*lam*lse**2
+#   loss = s * sum_k w_k q_k (lse - z_k) + s*lam*lse**2   [+ s * sum_k w_k q_k log q_k (KL)]
 #   g_j  = s * [(sum_k w_k q_k + 2*lam*lse) * p_j - w_j q_j],    p_j = exp(d_j) / se
 #
 # and sum_k w_k q_k (lse - z_k) needs only L, d_t, U = sum_k w_k d_k (and for probability
@@ -25,9 +25,15 @@
 # - Every output is per row (loss_out[i], the gradient row i). No reduction happens inside a
 #   parallel loop: the front door sums loss_out with NumPy, so results are bit-identical for
 #   every n_threads.
-# - Sums are accumulated in double for float32 storage too; exp(d_k) is evaluated in the
-#   storage precision (expf for float32: its error is ~1 ulp of a float32, below what a float32
-#   result can show).
+# - Storage and arithmetic are separate. `stored_in` is the logits' storage, `stored_out` the
+#   gradient's: float32, float64, or 16-bit (float16 arrives viewed as uint16, bfloat16 as
+#   int16: views, no copies; the integer type only selects the decoder). float64 is computed
+#   in double; float32 and the 16-bit types in float (exp as expf), with every sum in double.
+#   16-bit values are decoded exactly to float; results are rounded once to the output type
+#   (double -> float with round-to-odd, then round-to-nearest-even, which equals a direct
+#   correct rounding).
+# - The gradient row serves as scratch for exp(d_k) only when it is float32/float64; a 16-bit
+#   gradient would round the exps, so those rows evaluate exp a second time instead.
 # - A term whose coefficient is zero is skipped, never multiplied: 0 * inf is taken as 0
 #   (a masked class, z_k = -inf, with zero target mass contributes nothing).
 # - Reading z_t before the first write and reading each z_k before writing g_k makes an
@@ -35,16 +41,30 @@
 # - This module never validates and never allocates: lsref/loss.py does both.
 
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, log, log1p, INFINITY, NAN, isfinite, isnan
-from libc.stdint cimport int64_t
+from libc.math cimport exp, expf, log, log1p, fabs, INFINITY, NAN, isfinite, isnan
+from libc.stdint cimport int64_t, uint16_t, int16_t, uint32_t
 from libc.string cimport memset
 
-ctypedef fused floating:
+ctypedef fused stored_in:
+    float
+    double
+    uint16_t       # float16 bits
+    int16_t        # bfloat16 bits
+
+ctypedef fused stored_out:
+    float
+    double
+    uint16_t
+    int16_t
+
+ctypedef fused real_t:  # probability and binary targets
     float
     double
 
 cdef extern from *:
     """
+    #include <string.h>
+    #include <math.h>
     #ifdef _OPENMP
     #include <omp.h>
     #define LSREF_OPENMP 1
@@ -65,11 +85,78 @@ cdef extern from *:
     #else
     #define LSREF_COMPILER "unknown"
     #endif
+
+    /* IEEE binary16 -> binary32, exact (subnormals, inf and NaN included). */
+    static inline float lsref_f16_to_f32(uint16_t h) {
+        uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+        uint32_t e = (h >> 10) & 0x1fu, mant = h & 0x3ffu, bits;
+        float out;
+        if (e == 0) {
+            out = (float)mant * 5.9604644775390625e-08f;      /* mant * 2^-24, exact */
+            return sign ? -out : out;
+        }
+        if (e == 31) bits = sign | 0x7f800000u | (mant << 13);
+        else bits = sign | ((e + 112u) << 23) | (mant << 13);
+        memcpy(&out, &bits, 4);
+        return out;
+    }
+
+    /* bfloat16 -> binary32: the top half of the float's bits, exact. */
+    static inline float lsref_bf16_to_f32(int16_t b) {
+        uint32_t bits = (uint32_t)(uint16_t)b << 16;
+        float out;
+        memcpy(&out, &bits, 4);
+        return out;
+    }
+
+    /* double -> float rounded to odd: truncate toward zero and set the last bit if inexact.
+       Rounding that to a format with at least two fewer significand bits (binary16: 11,
+       bfloat16: 8) to nearest-even gives the correctly rounded result of the double. */
+    static inline uint32_t lsref_round_to_odd_bits(double d) {
+        float f = (float)d;
+        uint32_t b;
+        memcpy(&b, &f, 4);
+        if (!isnan(d) && (double)f != d) {
+            if (fabs((double)f) > fabs(d)) b -= 1u;
+            b |= 1u;
+        }
+        return b;
+    }
+
+    static inline uint16_t lsref_to_f16(double d) {
+        uint32_t x = lsref_round_to_odd_bits(d);
+        uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+        uint32_t absx = x & 0x7fffffffu;
+        if (absx >= 0x7f800000u)                                 /* inf, NaN */
+            return sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u : 0u);
+        if (absx >= 0x477ff000u) return sign | 0x7c00u;          /* >= 65520: inf */
+        if (absx < 0x38800000u) {                                /* < 2^-14: subnormal */
+            float a;
+            memcpy(&a, &absx, 4);
+            return sign | (uint16_t)nearbyintf(a * 16777216.0f);  /* units of 2^-24, RNE */
+        }
+        uint32_t mant = absx & 0x7fffffu;
+        uint32_t h = ((((absx >> 23) - 112u)) << 10) | (mant >> 13);
+        uint32_t rem = mant & 0x1fffu;
+        if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h += 1u;
+        return sign | (uint16_t)h;
+    }
+
+    static inline int16_t lsref_to_bf16(double d) {
+        uint32_t x = lsref_round_to_odd_bits(d);
+        if ((x & 0x7fffffffu) > 0x7f800000u) return (int16_t)(uint16_t)((x >> 16) | 0x40u);
+        x += 0x7fffu + ((x >> 16) & 1u);
+        return (int16_t)(uint16_t)(x >> 16);
+    }
     """
     int LSREF_OPENMP
     int lsref_omp_max_threads() nogil
     const char *LSREF_BUILD_FLAGS
     const char *LSREF_COMPILER
+    float lsref_f16_to_f32(uint16_t) nogil
+    float lsref_bf16_to_f32(int16_t) nogil
+    uint16_t lsref_to_f16(double) nogil
+    int16_t lsref_to_bf16(double) nogil
 
 OPENMP_ENABLED = bool(LSREF_OPENMP)
 BUILD_FLAGS = LSREF_BUILD_FLAGS.decode()
@@ -87,31 +174,86 @@ ctypedef struct row_stats:
     double u      # sum_k w_k (z_k - m) over w_k != 0
     double up     # probability rows: sum_k w_k P_k (z_k - m) over w_k P_k != 0
     double sp     # probability rows: sum_k w_k P_k
+    double qlq    # probability rows, KL form: sum_k w_k q_k log q_k
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage: decode, exp in the compute precision, encode
+# ---------------------------------------------------------------------------------------------
+
+cdef inline double _ld(stored_in x) noexcept nogil:
+    """A stored value, exactly, as a double."""
+    if stored_in is uint16_t:
+        return lsref_f16_to_f32(x)
+    elif stored_in is int16_t:
+        return lsref_bf16_to_f32(x)
+    else:
+        return x
+
+
+cdef inline double _ex(stored_in x, double m) noexcept nogil:
+    """exp(x - m): in double for float64 storage, else in float (x - m rounded to float)."""
+    if stored_in is double:
+        return exp(x - m)
+    elif stored_in is float:
+        return expf(x - <float> m)
+    else:
+        return expf(<float> _ld(x) - <float> m)
+
+
+cdef inline void _st(stored_out *g, Py_ssize_t k, double v) noexcept nogil:
+    """g[k] = v, rounded once to the output's storage."""
+    if stored_out is uint16_t:
+        g[k] = lsref_to_f16(v)
+    elif stored_out is int16_t:
+        g[k] = lsref_to_bf16(v)
+    else:
+        g[k] = <stored_out> v
+
+
+cdef inline double _xlogx(double x) noexcept nogil:
+    return x * log(x) if x > 0.0 else 0.0
+
+
+def f16_from_double(const double[::1] x, uint16_t[::1] out):
+    """Encode doubles as float16 bits (exposed so the tests can check the encoder)."""
+    cdef Py_ssize_t i
+    for i in range(x.shape[0]):
+        out[i] = lsref_to_f16(x[i])
+
+
+def bf16_from_double(const double[::1] x, int16_t[::1] out):
+    """Encode doubles as bfloat16 bits (exposed so the tests can check the encoder)."""
+    cdef Py_ssize_t i
+    for i in range(x.shape[0]):
+        out[i] = lsref_to_bf16(x[i])
 
 
 # ---------------------------------------------------------------------------------------------
 # Per-row helpers
 # ---------------------------------------------------------------------------------------------
 
-cdef inline double _row_max(const floating *z, Py_ssize_t K) noexcept nogil:
+cdef inline double _row_max(const stored_in *z, Py_ssize_t K) noexcept nogil:
     """max_k z_k; NaN entries are passed over here (they surface in the sum of exps)."""
-    cdef floating m = -INFINITY
     cdef Py_ssize_t k
-    for k in range(K):
-        if z[k] > m:
-            m = z[k]
-    return m
-
-
-cdef inline floating _exp(floating x) noexcept nogil:
-    if floating is float:
-        return expf(x)
+    cdef stored_in mf
+    cdef double m = -INFINITY, v
+    if stored_in is float or stored_in is double:
+        mf = -INFINITY
+        for k in range(K):
+            if z[k] > mf:
+                mf = z[k]
+        return mf
     else:
-        return exp(x)
+        for k in range(K):
+            v = _ld(z[k])
+            if v > m:
+                m = v
+        return m
 
 
-cdef inline double _log_se(const floating *z, Py_ssize_t K, double m, double se,
-                           const floating *e) noexcept nogil:
+cdef inline double _log_se(const stored_in *z, Py_ssize_t K, double m, double se,
+                           const stored_out *e) noexcept nogil:
     """L = log(se) = lse - m, accurate also when one class dominates.
 
     The max term of se is exactly 1 (exp(0)); when se < 2, log(se) = log(1 + delta) has lost
@@ -120,7 +262,7 @@ cdef inline double _log_se(const floating *z, Py_ssize_t K, double m, double se,
     Without e the exps are recomputed from z in double (z_k - m exactly, exp in double), so
     a float32 row's small loss carries no float32 rounding of z_k - m; the term left out is
     the first z_k equal to m. With e (only for an in-place gradient, where z is already
-    overwritten by its float exps) the stored values are summed, leaving out the first 1."""
+    overwritten by its exps) the stored values are summed, leaving out the first 1."""
     cdef double rest = 0.0
     cdef bint skipped = False
     cdef Py_ssize_t k
@@ -134,63 +276,56 @@ cdef inline double _log_se(const floating *z, Py_ssize_t K, double m, double se,
                 rest += e[k]
     else:
         for k in range(K):
-            if not skipped and z[k] == m:
+            if not skipped and _ld(z[k]) == m:
                 skipped = True
             else:
-                rest += exp(<double> z[k] - m)
+                rest += exp(_ld(z[k]) - m)
     return log1p(rest)
 
 
-cdef inline row_stats _stats(const floating *z, Py_ssize_t K, const double *w,
-                             floating *e) noexcept nogil:
-    """se and U of one row (m filled in first); exp(z - m) goes to e when e is not NULL."""
+cdef inline row_stats _stats(const stored_in *z, Py_ssize_t K, const double *w,
+                             stored_out *e) noexcept nogil:
+    """m, se and U of one row; exp(z - m) goes to e when e is not NULL."""
     cdef row_stats st
-    cdef floating m, d, ek
-    cdef double se = 0.0, u = 0.0
+    cdef double m, d, ek, se = 0.0, u = 0.0
     cdef Py_ssize_t k
-    st.m = _row_max(z, K)
-    m = <floating> st.m
+    st.m = m = _row_max(z, K)
     if w == NULL:
         if e != NULL:
             for k in range(K):
-                d = z[k] - m
-                ek = _exp(d)
+                ek = _ex(z[k], m)
                 se += ek
-                u += d
-                e[k] = ek
+                u += _ld(z[k]) - m
+                e[k] = <stored_out> ek
         else:
             for k in range(K):
-                d = z[k] - m
-                se += _exp(d)
-                u += d
+                se += _ex(z[k], m)
+                u += _ld(z[k]) - m
     else:
         for k in range(K):
-            d = z[k] - m
-            ek = _exp(d)
+            ek = _ex(z[k], m)
             se += ek
             if w[k] != 0.0:
-                u += w[k] * d
+                u += w[k] * (_ld(z[k]) - m)
             if e != NULL:
-                e[k] = ek
+                e[k] = <stored_out> ek
     st.se = se
     st.u = u
-    st.up = 0.0
-    st.sp = 0.0
+    st.up = st.sp = st.qlq = 0.0
     return st
 
 
-cdef inline row_stats _stats_prob(const floating *z, const floating *P, Py_ssize_t K,
-                                  const double *w, floating *e) noexcept nogil:
-    """Like _stats, plus the target sums of a probability row."""
+cdef inline row_stats _stats_prob(const stored_in *z, const real_t *P, Py_ssize_t K,
+                                  const double *w, double a, double beta, bint kl,
+                                  stored_out *e) noexcept nogil:
+    """Like _stats, plus the target sums of a probability row (and sum w q log q for KL)."""
     cdef row_stats st
-    cdef floating m, d, ek
-    cdef double se = 0.0, u = 0.0, up = 0.0, sp = 0.0, wk, wp
+    cdef double m, d, ek, se = 0.0, u = 0.0, up = 0.0, sp = 0.0, qlq = 0.0, wk, wp
     cdef Py_ssize_t k
-    st.m = _row_max(z, K)
-    m = <floating> st.m
+    st.m = m = _row_max(z, K)
     for k in range(K):
-        d = z[k] - m
-        ek = _exp(d)
+        ek = _ex(z[k], m)
+        d = _ld(z[k]) - m
         se += ek
         wk = 1.0 if w == NULL else w[k]
         wp = wk * P[k]
@@ -199,16 +334,19 @@ cdef inline row_stats _stats_prob(const floating *z, const floating *P, Py_ssize
         if wp != 0.0:
             up += wp * d
             sp += wp
+        if kl:
+            qlq += wk * _xlogx(a * P[k] + beta)
         if e != NULL:
-            e[k] = ek
+            e[k] = <stored_out> ek
     st.se = se
     st.u = u
     st.up = up
     st.sp = sp
+    st.qlq = qlq
     return st
 
 
-cdef inline double _u_without(const floating *z, Py_ssize_t K, Py_ssize_t t, double m,
+cdef inline double _u_without(const stored_in *z, Py_ssize_t K, Py_ssize_t t, double m,
                               const double *w) noexcept nogil:
     """sum_{k != t} w_k (z_k - m): the rare path taken when z_t = -inf, where U - w_t*d_t
     would be inf - inf."""
@@ -217,30 +355,40 @@ cdef inline double _u_without(const floating *z, Py_ssize_t K, Py_ssize_t t, dou
     for k in range(K):
         wk = 1.0 if w == NULL else w[k]
         if k != t and wk != 0.0:
-            u += wk * (z[k] - m)
+            u += wk * (_ld(z[k]) - m)
     return u
 
 
-cdef inline void _fill(floating *g, Py_ssize_t K, floating value) noexcept nogil:
+cdef inline void _fill_nan(stored_out *g, Py_ssize_t K) noexcept nogil:
     cdef Py_ssize_t k
     for k in range(K):
-        g[k] = value
+        _st(g, k, NAN)
 
 
-cdef inline double _row_index(const floating *z, Py_ssize_t K, Py_ssize_t t,
+cdef inline bint _scratch_ok(stored_out *g) noexcept nogil:
+    """The gradient row may hold the exps between the sweeps (float32/float64 only)."""
+    if stored_out is float or stored_out is double:
+        return g != NULL
+    else:
+        return False
+
+
+cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
                               double q_t, double beta, double W, const double *w,
-                              double s, double lam, floating *g) noexcept nogil:
+                              double s, double lam, bint kl, stored_out *g) noexcept nogil:
     """Loss of one row with class-index target t; writes the gradient row when g != NULL."""
-    cdef double zt = z[t]                  # read before g (possibly z itself) is written
+    cdef double zt = _ld(z[t])            # read before g (possibly z itself) is written
     cdef double w_t = 1.0 if w == NULL else w[t]
-    cdef row_stats st = _stats(z, K, w, g)
+    cdef bint scratch = _scratch_ok(g)
+    cdef stored_out *e = g if scratch else NULL
+    cdef row_stats st = _stats(z, K, w, e)
     cdef double L, lse, d_t, u_other, loss, c, A, B, e_t
     cdef Py_ssize_t k
     if not isfinite(st.m):                 # every z_k = -inf, or some z_k = +inf
         if g != NULL:
-            _fill(g, K, <floating> NAN)
+            _fill_nan(g, K)
         return NAN
-    L = _log_se(z, K, st.m, st.se, g if <const floating *> g == z else NULL)
+    L = _log_se(z, K, st.m, st.se, e if <const void *> g == <const void *> z else NULL)
     lse = st.m + L
     d_t = zt - st.m
     loss = 0.0
@@ -256,35 +404,44 @@ cdef inline double _row_index(const floating *z, Py_ssize_t K, Py_ssize_t t,
         loss += beta * ((W - w_t) * L - u_other)
     if lam != 0.0:
         loss += lam * lse * lse
+    if kl:                                 # minus H(q) = + sum_k w_k q_k log q_k
+        loss += w_t * _xlogx(q_t) + (W - w_t) * _xlogx(beta)
     loss *= s
     if g != NULL:
         c = q_t * w_t + beta * (W - w_t)   # sum_k w_k q_k
         A = s * (c + 2.0 * lam * lse) / st.se
         B = s * beta
-        e_t = g[t]
-        if w == NULL:
-            for k in range(K):
-                g[k] = <floating> (A * g[k] - B)
+        if scratch:
+            e_t = _ld(g[t])
+            if w == NULL:
+                for k in range(K):
+                    _st(g, k, A * _ld(g[k]) - B)
+            else:
+                for k in range(K):
+                    _st(g, k, A * _ld(g[k]) - B * w[k])
         else:
-            for k in range(K):
-                g[k] = <floating> (A * g[k] - B * w[k])
+            e_t = _ex(<stored_in> z[t], st.m)
+            for k in range(K):            # z[k] is read before g[k] is written (in place)
+                _st(g, k, A * _ex(z[k], st.m) - B * (1.0 if w == NULL else w[k]))
         # the target class: the whole expression, not a correction of a rounded value
-        g[t] = <floating> (A * e_t - s * q_t * w_t)
+        _st(g, t, A * e_t - s * q_t * w_t)
     return loss
 
 
-cdef inline double _row_prob(const floating *z, const floating *P, Py_ssize_t K,
+cdef inline double _row_prob(const stored_in *z, const real_t *P, Py_ssize_t K,
                              double a, double beta, double W, const double *w,
-                             double s, double lam, floating *g) noexcept nogil:
+                             double s, double lam, bint kl, stored_out *g) noexcept nogil:
     """Loss of one row with a probability target P (q = a*P + beta)."""
-    cdef row_stats st = _stats_prob(z, P, K, w, g)
-    cdef double L, lse, loss, c, A, wk
+    cdef bint scratch = _scratch_ok(g)
+    cdef stored_out *e = g if scratch else NULL
+    cdef row_stats st = _stats_prob(z, P, K, w, a, beta, kl, e)
+    cdef double L, lse, loss, c, A, wk, ek
     cdef Py_ssize_t k
     if not isfinite(st.m):
         if g != NULL:
-            _fill(g, K, <floating> NAN)
+            _fill_nan(g, K)
         return NAN
-    L = _log_se(z, K, st.m, st.se, g if <const floating *> g == z else NULL)
+    L = _log_se(z, K, st.m, st.se, e if <const void *> g == <const void *> z else NULL)
     lse = st.m + L
     loss = 0.0
     if a != 0.0:
@@ -293,13 +450,16 @@ cdef inline double _row_prob(const floating *z, const floating *P, Py_ssize_t K,
         loss += beta * (W * L - st.u)
     if lam != 0.0:
         loss += lam * lse * lse
+    if kl:
+        loss += st.qlq
     loss *= s
     if g != NULL:
         c = a * st.sp + beta * W
         A = s * (c + 2.0 * lam * lse) / st.se
         for k in range(K):
             wk = 1.0 if w == NULL else w[k]
-            g[k] = <floating> (A * g[k] - s * wk * (a * P[k] + beta))
+            ek = _ld(g[k]) if scratch else _ex(z[k], st.m)
+            _st(g, k, A * ek - s * wk * (a * P[k] + beta))
     return loss
 
 
@@ -307,24 +467,24 @@ cdef inline double _row_prob(const floating *z, const floating *P, Py_ssize_t K,
 # Entry points (called by lsref/loss.py only; arguments are trusted)
 # ---------------------------------------------------------------------------------------------
 
-def ce_index(const floating[:, ::1] logits,      # IN  (N, K)
+def ce_index(const stored_in[:, ::1] logits,     # IN  (N, K)
              const int64_t[::1] targets,         # IN  (N,)
              double q_t, double beta,
              const double[::1] class_weight,     # IN  (K,) or None
              double W,
              const double[::1] row_scale,        # IN  (N,) or None: sample weight
              double scale,                       # every row's factor (1/D for "mean")
-             double z_loss,
+             double z_loss, bint kl,
              int64_t ignore_index, bint has_ignore,
              double[::1] loss_out,               # OUT (N,)
-             floating[:, ::1] grad_out,          # OUT (N, K) or None; may be logits itself
+             stored_out[:, ::1] grad_out,        # OUT (N, K) or None; may be logits itself
              int n_threads):
     """Row losses (and gradient rows) of class-index targets."""
     cdef Py_ssize_t N = logits.shape[0], K = logits.shape[1], i
     cdef const double *w = NULL if class_weight is None else &class_weight[0]
     cdef const double *rs = NULL if row_scale is None else &row_scale[0]
     cdef bint want_grad = grad_out is not None
-    cdef floating *g
+    cdef stored_out *g
     cdef int64_t t
     cdef double s
     if N == 0 or K == 0:
@@ -336,29 +496,30 @@ def ce_index(const floating[:, ::1] logits,      # IN  (N, K)
             if has_ignore and t == ignore_index:
                 loss_out[i] = 0.0
                 if want_grad:
-                    memset(g, 0, K * sizeof(floating))
+                    memset(g, 0, K * sizeof(stored_out))
             else:
                 s = scale if rs == NULL else scale * rs[i]
-                loss_out[i] = _row_index(&logits[i, 0], K, t, q_t, beta, W, w, s, z_loss, g)
+                loss_out[i] = _row_index(&logits[i, 0], K, t, q_t, beta, W, w, s, z_loss,
+                                         kl, g)
 
 
-def ce_prob(const floating[:, ::1] logits,       # IN  (N, K)
-            const floating[:, ::1] probs,        # IN  (N, K)
+def ce_prob(const stored_in[:, ::1] logits,      # IN  (N, K)
+            const real_t[:, ::1] probs,          # IN  (N, K)
             double a, double beta,
             const double[::1] class_weight,      # IN  (K,) or None
             double W,
             const double[::1] row_scale,         # IN  (N,) or None
             double scale,
-            double z_loss,
+            double z_loss, bint kl,
             double[::1] loss_out,                # OUT (N,)
-            floating[:, ::1] grad_out,           # OUT (N, K) or None; may be logits itself
+            stored_out[:, ::1] grad_out,         # OUT (N, K) or None; may be logits itself
             int n_threads):
     """Row losses (and gradient rows) of probability targets."""
     cdef Py_ssize_t N = logits.shape[0], K = logits.shape[1], i
     cdef const double *w = NULL if class_weight is None else &class_weight[0]
     cdef const double *rs = NULL if row_scale is None else &row_scale[0]
     cdef bint want_grad = grad_out is not None
-    cdef floating *g
+    cdef stored_out *g
     cdef double s
     if N == 0 or K == 0:
         return
@@ -367,11 +528,86 @@ def ce_prob(const floating[:, ::1] logits,       # IN  (N, K)
             g = &grad_out[i, 0] if want_grad else NULL
             s = scale if rs == NULL else scale * rs[i]
             loss_out[i] = _row_prob(&logits[i, 0], &probs[i, 0], K, a, beta, W, w, s,
-                                    z_loss, g)
+                                    z_loss, kl, g)
 
 
-def logsumexp_rows(const floating[:, ::1] x,     # IN  (N, K)
-                   double[::1] out,              # OUT (N,)
+# --- binary (sigmoid) cross-entropy ----------------------------------------------------------
+#
+# Per element, with smoothed label y in [0, 1], weight c = s * w_k and logit x:
+#   loss = c * [y * softplus(-x) + (1 - y) * softplus(x)]       (-y log sig(x) - (1-y) log sig(-x))
+#   grad = c * (sigmoid(x) - y)
+# softplus(+-x) = max(+-x, 0) + log1p(exp(-|x|)): one exp and one log1p, no overflow, and
+# each term is skipped when its label factor is 0 (so x = +-inf with a matching label gives 0).
+
+cdef inline double _bce_elem(double x, double y, double c, double *grad) noexcept nogil:
+    cdef double e, l1p, loss = 0.0, sig
+    if isnan(x):
+        grad[0] = NAN
+        return NAN
+    e = exp(-fabs(x))
+    l1p = log1p(e)
+    if y != 0.0:
+        loss += y * ((-x if x < 0 else 0.0) + l1p)
+    if y != 1.0:
+        loss += (1.0 - y) * ((x if x > 0 else 0.0) + l1p)
+    sig = 1.0 / (1.0 + e) if x >= 0 else e / (1.0 + e)
+    grad[0] = c * (sig - y)
+    return c * loss
+
+
+def bce(const stored_in[:, ::1] logits,           # IN  (N, K)
+        const real_t[:, ::1] labels,              # IN  (N, K) or None
+        const int64_t[::1] targets,               # IN  (N,) or None: class indices (one-hot)
+        double a, double b,                       # y' = a*y + b (y the label or the one-hot)
+        const double[::1] class_weight,           # IN  (K,) or None
+        const double[::1] row_scale,              # IN  (N,) or None
+        double scale,
+        int64_t ignore_index, bint has_ignore,
+        double[::1] loss_out,                     # OUT (N,): the row sums
+        double[:, ::1] elem_out,                  # OUT (N, K) or None: per-element losses
+        stored_out[:, ::1] grad_out,              # OUT (N, K) or None; may be logits itself
+        int n_threads):
+    """Binary cross-entropy with logits, per element; row sums into loss_out."""
+    cdef Py_ssize_t N = logits.shape[0], K = logits.shape[1], i, k
+    cdef const double *w = NULL if class_weight is None else &class_weight[0]
+    cdef const double *rs = NULL if row_scale is None else &row_scale[0]
+    cdef bint want_grad = grad_out is not None, want_elem = elem_out is not None
+    cdef bint by_index = targets is not None
+    cdef double s, c, y, l, gk, row
+    cdef int64_t t
+    if N == 0 or K == 0:
+        return
+    with nogil:
+        for i in prange(N, schedule="static", num_threads=n_threads):
+            t = targets[i] if by_index else 0
+            if by_index and has_ignore and t == ignore_index:
+                loss_out[i] = 0.0
+                if want_grad:
+                    memset(&grad_out[i, 0], 0, K * sizeof(stored_out))
+                if want_elem:
+                    memset(&elem_out[i, 0], 0, K * sizeof(double))
+            else:
+                s = scale if rs == NULL else scale * rs[i]
+                row = 0.0
+                for k in range(K):
+                    if by_index:
+                        y = a * (1.0 if k == t else 0.0) + b
+                    else:
+                        y = a * labels[i, k] + b
+                    c = s if w == NULL else s * w[k]
+                    l = _bce_elem(_ld(logits[i, k]), y, c, &gk)
+                    row = row + l
+                    if want_elem:
+                        elem_out[i, k] = l
+                    if want_grad:
+                        _st(&grad_out[i, 0], k, gk)
+                loss_out[i] = row
+
+
+# --- log-sum-exp and softmax ------------------------------------------------------------------
+
+def logsumexp_rows(const stored_in[:, ::1] x,     # IN  (N, K)
+                   double[::1] out,               # OUT (N,)
                    int n_threads):
     """log(sum(exp(x))) of every row, with scipy.special.logsumexp's special values:
     -inf for a row of -inf, +inf for a row holding +inf, NaN for a row holding NaN."""
@@ -381,43 +617,42 @@ def logsumexp_rows(const floating[:, ::1] x,     # IN  (N, K)
         return
     with nogil:
         for i in prange(N, schedule="static", num_threads=n_threads):
-            st = _stats(&x[i, 0], K, NULL, <floating *> NULL)
+            st = _stats(&x[i, 0], K, NULL, <double *> NULL)
             if isfinite(st.m):
-                out[i] = st.m + _log_se(&x[i, 0], K, st.m, st.se, <floating *> NULL)
+                out[i] = st.m + _log_se(&x[i, 0], K, st.m, st.se, <double *> NULL)
             else:
                 out[i] = _nonfinite_max(&x[i, 0], K, st.m)
 
 
-cdef inline double _nonfinite_max(const floating *z, Py_ssize_t K, double m) noexcept nogil:
+cdef inline double _nonfinite_max(const stored_in *z, Py_ssize_t K, double m) noexcept nogil:
     """The logsumexp of a row whose max is +-inf: that max, or NaN if the row holds a NaN."""
     cdef Py_ssize_t k
     for k in range(K):
-        if isnan(z[k]):
+        if isnan(_ld(z[k])):
             return NAN
     return m
 
 
-def softmax_rows(const floating[:, ::1] x,      # IN  (N, K)
-                 floating[:, ::1] out,          # OUT (N, K); may be x itself
+def softmax_rows(const stored_in[:, ::1] x,      # IN  (N, K)
+                 stored_out[:, ::1] out,         # OUT (N, K)
                  bint log_space,
                  int n_threads):
     """softmax (log_space=False) or log_softmax (True) of every row."""
     cdef Py_ssize_t N = x.shape[0], K = x.shape[1], i, k
     cdef row_stats st
-    cdef double inv, lse
-    cdef floating *o
+    cdef double inv, L
+    cdef stored_out *o
     if N == 0 or K == 0:
         return
     with nogil:
         for i in prange(N, schedule="static", num_threads=n_threads):
             o = &out[i, 0]
+            st = _stats(&x[i, 0], K, NULL, <double *> NULL)
+            L = _log_se(&x[i, 0], K, st.m, st.se, <double *> NULL)
             if log_space:
-                st = _stats(&x[i, 0], K, NULL, <floating *> NULL)
-                lse = _log_se(&x[i, 0], K, st.m, st.se, <floating *> NULL)
                 for k in range(K):
-                    o[k] = <floating> ((x[i, k] - st.m) - lse)
+                    _st(o, k, (_ld(x[i, k]) - st.m) - L)
             else:
-                st = _stats(&x[i, 0], K, NULL, o)
                 inv = 1.0 / st.se
                 for k in range(K):
-                    o[k] = <floating> (o[k] * inv)
+                    _st(o, k, _ex(x[i, k], st.m) * inv)

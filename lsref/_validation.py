@@ -37,6 +37,7 @@ class Problem:
     class_weight: object        # (K,) float64 or None
     sample_weight: object       # batch_shape float64 or None
     z_loss: float
+    kl: bool = False            # subtract H(q): the KL form
 
     @property
     def q_target_and_beta(self):
@@ -64,10 +65,15 @@ def check_choice(name, value, choices):
     return value
 
 
+def is_bfloat16(dtype):
+    return dtype.name == "bfloat16"
+
+
 def check_float_array(name, x):
-    """A real floating array (integers are widened to float64, as scipy.special does)."""
+    """A real floating array (integers are widened to float64, as scipy.special does;
+    bfloat16 from ml_dtypes counts as floating)."""
     x = np.asarray(x)
-    if x.dtype.kind == "f":
+    if x.dtype.kind == "f" or is_bfloat16(x.dtype):
         return x
     if x.dtype.kind in "iu":
         return x.astype(np.float64)
@@ -122,8 +128,35 @@ def _check_weight(name, w, shape, what):
     return w
 
 
+def check_in_range(what, name, x, lo, hi):
+    """Every element finite and in [lo, hi]; checked a block of rows at a time so that no
+    temporary as large as x is made. Raises naming the first bad position and value."""
+    if x.size == 0:
+        return
+    rows = x.reshape(1, *x.shape) if x.ndim == 0 else x
+    step = max(1, (1 << 20) // max(1, rows[0].size))
+    for start in range(0, rows.shape[0], step):
+        block = rows[start:start + step]
+        with np.errstate(invalid="ignore"):
+            bad = ~(np.isfinite(block) & (block >= lo) & (block <= hi))
+        if bad.any():
+            j = int(np.flatnonzero(bad.ravel())[0])
+            idx = np.unravel_index(j, block.shape)
+            pos = (start + int(idx[0]),) + tuple(int(i) for i in idx[1:])
+            where = "[" + ", ".join(map(str, pos[1:] if x.ndim == 0 else pos)) + "]"
+            rng = f">= {lo:g}" if hi == np.inf else f"in [{lo:g}, {hi:g}]"
+            raise ValueError(f"{what} must be finite and {rng}; "
+                             f"{name}{where} = {float(block[idx])}")
+
+
+def check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_problem(logits, targets, *, label_smoothing, axis, reduction, smoothing,
-                  class_weight, sample_weight, ignore_index, z_loss):
+                  class_weight, sample_weight, ignore_index, z_loss, kl=False):
     """Validate a cross-entropy call; raise TypeError/ValueError naming the bad argument."""
     logits = check_float_array("logits", logits)
     if logits.ndim == 0:
@@ -137,6 +170,7 @@ def check_problem(logits, targets, *, label_smoothing, axis, reduction, smoothin
     reduction = check_choice("reduction", reduction, REDUCTIONS)
     smoothing = check_choice("smoothing", smoothing, SMOOTHINGS)
     z_loss = _real_scalar("z_loss", z_loss, 0.0)
+    kl = check_bool("kl", kl)
     if ignore_index is not None:
         if isinstance(ignore_index, (bool, np.bool_)):
             raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
@@ -151,6 +185,8 @@ def check_problem(logits, targets, *, label_smoothing, axis, reduction, smoothin
 
     targets = np.asarray(targets)
     kind = targets.dtype.kind
+    if is_bfloat16(targets.dtype):
+        kind = "f"
     if kind == "b" or kind not in "iuf":
         raise TypeError(f"targets must be integer class indices or floating-point "
                         f"probabilities, got dtype {targets.dtype}")
@@ -163,11 +199,7 @@ def check_problem(logits, targets, *, label_smoothing, axis, reduction, smoothin
             raise ValueError(f"probability targets must have the logits' shape "
                              f"{logits.shape}, got {targets.shape}")
         prob = True
-        bad = ~(np.isfinite(targets) & (targets >= 0))
-        if bad.any():
-            i = int(np.flatnonzero(bad.ravel())[0])
-            raise ValueError(f"probability targets must be finite and >= 0; "
-                             f"targets{_position(targets.shape, i)} = {float(targets.ravel()[i])}")
+        check_in_range("probability targets", "targets", targets, 0.0, np.inf)
         t = np.moveaxis(targets, axis, -1)
         if smoothing == "others":
             raise ValueError("smoothing='others' (eps/(K-1)) is defined for class-index "
@@ -202,4 +234,92 @@ def check_problem(logits, targets, *, label_smoothing, axis, reduction, smoothin
                    n_rows=int(np.prod(batch_shape, dtype=np.int64)), n_classes=K,
                    label_smoothing=eps, smoothing=smoothing, reduction=reduction,
                    ignore_index=ignore_index, class_weight=cw, sample_weight=sw,
-                   z_loss=z_loss)
+                   z_loss=z_loss, kl=kl)
+
+
+@dataclass(frozen=True)
+class BinaryProblem:
+    """A validated binary cross-entropy call, the class axis moved last.
+
+    ``labels`` (same shape as the logits, values in [0, 1]) or ``indices`` (class indices,
+    one-hot along the class axis: timm's per-class form) is set, not both."""
+
+    logits: np.ndarray          # (..., K)
+    labels: object              # (..., K) or None
+    indices: object             # (...,) int or None
+    axis: int
+    shape: tuple                # the logits' shape with the class axis last
+    n_rows: int
+    n_classes: int
+    label_smoothing: float
+    reduction: str
+    ignore_index: object
+    class_weight: object
+    sample_weight: object
+
+    @property
+    def smoothing_affine(self):
+        """(a, b) with smoothed label y' = a*y + b: Keras's y(1-eps) + eps/2 for labels,
+        timm's onehot(1-eps) + eps/K for class indices."""
+        eps = self.label_smoothing
+        return 1.0 - eps, (eps / 2 if self.indices is None else eps / self.n_classes)
+
+
+def check_binary_problem(logits, targets, *, label_smoothing, axis, reduction, class_weight,
+                         sample_weight, ignore_index):
+    """Validate a binary cross-entropy call; raise TypeError/ValueError naming the argument."""
+    logits = check_float_array("logits", logits)
+    if logits.ndim == 0:
+        logits = logits.reshape(1)
+    axis = check_axis(axis, logits.ndim)
+    K = logits.shape[axis]
+    eps = _real_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
+    reduction = check_choice("reduction", reduction, REDUCTIONS)
+    if ignore_index is not None:
+        if isinstance(ignore_index, (bool, np.bool_)):
+            raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
+        try:
+            ignore_index = operator.index(ignore_index)
+        except TypeError:
+            raise TypeError(f"ignore_index must be an integer or None, got "
+                            f"{ignore_index!r}") from None
+    z = np.moveaxis(logits, axis, -1)
+    batch_shape = z.shape[:-1]
+    targets = np.asarray(targets)
+    if targets.ndim == 0 and logits.size == 1:
+        targets = targets.reshape(logits.shape)
+    kind = "f" if is_bfloat16(targets.dtype) else targets.dtype.kind
+    if kind not in "biuf":
+        raise TypeError(f"targets must be binary labels or class indices, got dtype "
+                        f"{targets.dtype}")
+    labels = indices = None
+    if targets.shape == logits.shape:
+        check_in_range("binary labels", "targets", targets, 0.0, 1.0)
+        labels = np.moveaxis(targets, axis, -1)
+        ignore_index = None
+    elif targets.shape == batch_shape and kind in "iu":
+        if K == 0:
+            raise ValueError(f"logits has 0 classes along axis={axis} (shape {logits.shape})")
+        valid = (targets >= 0) & (targets < K)
+        if ignore_index is not None:
+            valid |= targets == ignore_index
+        if not valid.all():
+            i = int(np.flatnonzero(~valid.ravel())[0])
+            ign = "" if ignore_index is None else f" and is not ignore_index ({ignore_index})"
+            raise ValueError(f"targets{_position(targets.shape, i)} = "
+                             f"{targets.ravel()[i]} is outside [0, {K}){ign}")
+        indices = targets
+    elif targets.shape == batch_shape:
+        raise TypeError(f"targets of shape {targets.shape} are class indices but have dtype "
+                        f"{targets.dtype}; pass an integer array")
+    else:
+        raise ValueError(f"targets must have the logits' shape {logits.shape} (binary labels) "
+                         f"or {batch_shape} (class indices along axis {axis}), got "
+                         f"{targets.shape}")
+    cw = _check_weight("class_weight", class_weight, (K,), "one weight per class")
+    sw = _check_weight("sample_weight", sample_weight, batch_shape,
+                       "the logits' shape without the class axis")
+    return BinaryProblem(logits=z, labels=labels, indices=indices, axis=axis, shape=z.shape,
+                         n_rows=int(np.prod(batch_shape, dtype=np.int64)), n_classes=K,
+                         label_smoothing=eps, reduction=reduction, ignore_index=ignore_index,
+                         class_weight=cw, sample_weight=sw)

@@ -11,15 +11,17 @@ import os
 import numpy as np
 
 from . import _kernel
-from ._validation import check_axis, check_float_array, check_n_threads, check_problem
+from ._validation import (check_axis, check_binary_problem, check_float_array, check_n_threads,
+                          check_problem, is_bfloat16)
 
 __all__ = ["cross_entropy", "cross_entropy_grad", "value_and_grad", "logsumexp",
-           "log_softmax", "softmax"]
-
-_NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
+           "log_softmax", "softmax", "binary_cross_entropy", "binary_cross_entropy_grad",
+           "binary_value_and_grad"]
 
 
 def _default_threads():
+    if not _kernel.OPENMP_ENABLED:
+        return 1
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
@@ -31,62 +33,119 @@ def _threads(n_threads):
     return _default_threads() if n is None else n
 
 
-def _compute_dtype(dtype):
-    """float32 and float64 run natively; narrower floats are computed in float32."""
-    return dtype if dtype in _NATIVE else np.dtype(np.float32)
+# --- storage: what the kernel reads and writes ---------------------------------------------
+
+def _is_half(dtype):
+    return dtype == np.float16 or is_bfloat16(dtype)
 
 
-def _rows_view(a, K, dtype):
-    """``a`` (class axis already last) as C-contiguous (n_rows, K) of ``dtype``; no copy if it
-    already is one."""
-    return np.ascontiguousarray(a.reshape(-1, K) if a.flags.c_contiguous else a,
-                                dtype=dtype).reshape(-1, K)
+def _native(a):
+    """``a`` in a dtype the kernel stores natively: float32, float64, float16, bfloat16
+    (others, e.g. longdouble, are converted to float64)."""
+    if a.dtype in (np.float32, np.float64) or _is_half(a.dtype):
+        return a
+    return a.astype(np.float64)
+
+
+def _bits(a):
+    """The kernel's view of ``a``: 16-bit floats as their bits (float16 as uint16, bfloat16
+    as int16; no copy), float32/float64 as they are."""
+    if a.dtype == np.float16:
+        return a.view(np.uint16)
+    if is_bfloat16(a.dtype):
+        return a.view(np.int16)
+    return a
+
+
+def _rows(a, K):
+    """``a`` (native dtype, class axis last) as C-contiguous (n_rows, K) kernel storage; no
+    copy when it already is."""
+    return np.ascontiguousarray(_bits(a)).reshape(-1, K)
+
+
+def _real_rows(a, K):
+    """Targets read as real numbers (probabilities, binary labels): float32 or float64 rows;
+    other dtypes are converted (16-bit to float32, integers and booleans to float64)."""
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float32 if _is_half(a.dtype) else np.float64)
+    return np.ascontiguousarray(a).reshape(-1, K)
 
 
 def _check_out(out, logits, dtype, others):
-    """The caller's out= buffer: the logits' shape and ``dtype``, writeable, overlapping no
-    input except (exactly) the logits themselves."""
+    """The caller's out= buffer: the logits' shape, the gradient's dtype (the logits' dtype,
+    or float32 for 16-bit logits), writeable, overlapping no input except (exactly) the
+    logits themselves."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != logits.shape:
         raise ValueError(f"out must have the logits' shape {logits.shape}, got {out.shape}")
-    if out.dtype != dtype:
-        raise ValueError(f"out must have dtype {dtype} (the gradient's dtype), got {out.dtype}")
+    allowed = [dtype] + ([np.dtype(np.float32)] if _is_half(dtype) else [])
+    if out.dtype not in allowed:
+        names = " or ".join(str(d) for d in allowed)
+        raise ValueError(f"out must have dtype {names} (the gradient's dtype), got "
+                         f"{out.dtype}")
     if not out.flags.writeable:
         raise ValueError("out is read-only")
     for name, arr in others:
-        if arr is not None and np.may_share_memory(out, arr) and np.shares_memory(out, arr):
+        if isinstance(arr, np.ndarray) and np.may_share_memory(out, arr) \
+                and np.shares_memory(out, arr):
             raise ValueError(f"out overlaps {name}, which it must not overwrite")
     if np.may_share_memory(out, logits) and np.shares_memory(out, logits):
         same = (out.__array_interface__["data"][0] == logits.__array_interface__["data"][0]
-                and out.strides == logits.strides)
+                and out.strides == logits.strides and out.dtype == logits.dtype)
         if not same:
             raise ValueError("out overlaps logits without being the logits array itself; pass "
                              "out=logits for an in-place gradient, or a separate buffer")
 
 
+def _grad_buffer(out, axis, shape_last, dtype, inputs):
+    """(kernel rows, returned array, copy-back target). The gradient goes straight into
+    out= when that buffer already has the kernel's row layout (this covers out=logits, an
+    in-place gradient); otherwise into a new buffer (copied into out= afterwards)."""
+    K = shape_last[-1]
+    if out is not None:
+        _check_out(out, *inputs)
+        o = np.moveaxis(out, axis, -1)
+        if o.flags.c_contiguous:
+            return _bits(o).reshape(-1, K), out, None
+        buf = np.empty(shape_last, out.dtype)
+        return _bits(buf).reshape(-1, K), None, (out, buf)
+    buf = np.empty(shape_last, dtype)
+    return _bits(buf).reshape(-1, K), np.moveaxis(buf, -1, axis), None
+
+
+def _finish_grad(ret, copy_back, axis):
+    if copy_back is not None:
+        out, buf = copy_back
+        np.copyto(out, np.moveaxis(buf, -1, axis))
+        return out
+    return ret
+
+
+def _reduce(reduction, row_loss, divisor, batch_shape, dtype):
+    if reduction == "none":
+        return row_loss.reshape(batch_shape).astype(dtype)
+    total = np.sum(row_loss)              # pairwise, outside the parallel loop
+    if reduction == "mean" and divisor == 0:
+        return dtype.type(np.nan)         # empty batch or every target ignored, like PyTorch
+    return dtype.type(total)              # the rows already carry 1/D for "mean"
+
+
 def _run(logits, targets, *, want_grad, out, n_threads, **kw):
     p = check_problem(logits, targets, **kw)
     nt = _threads(n_threads)
-    in_dtype = p.logits.dtype
-    dtype = _compute_dtype(in_dtype)
+    zn = _native(p.logits)
+    dtype = zn.dtype
     K, N = p.n_classes, p.n_rows
+    if out is not None and not want_grad:
+        raise TypeError("out= is only accepted where a gradient is computed")
 
-    if out is not None:
-        if not want_grad:
-            raise TypeError("out= is only accepted where a gradient is computed")
-        _check_out(out, np.moveaxis(p.logits, -1, p.axis),
-                   in_dtype, [("targets", targets), ("class_weight", kw.get("class_weight")),
-                              ("sample_weight", kw.get("sample_weight"))])
-
-    z = _rows_view(p.logits, K, dtype)
+    z = _rows(zn, K)
     cw = None if p.class_weight is None else np.ascontiguousarray(p.class_weight)
     W = float(K) if cw is None else float(np.sum(cw))
     sw = None if p.sample_weight is None else np.ascontiguousarray(p.sample_weight.reshape(-1))
-
     if p.prob_targets:
-        targets_rows = _rows_view(p.targets, K, dtype)
-        active = None
+        targets_rows, active = _real_rows(p.targets, K), None
     else:
         targets_rows = np.ascontiguousarray(p.targets.reshape(-1), dtype=np.int64)
         active = None if p.ignore_index is None else targets_rows != p.ignore_index
@@ -107,56 +166,36 @@ def _run(logits, targets, *, want_grad, out, n_threads, **kw):
                 divisor = float(np.sum(s_kept if cw is None else s_kept * cw[t_kept]))
         scale = 1.0 / divisor if divisor != 0 else 1.0
 
-    # Where the gradient goes: straight into out= when that buffer already has the kernel's
-    # row layout (this covers out=logits, an in-place gradient); otherwise into a new row
-    # buffer, copied into out= afterwards. The kernel works in place only when the caller
-    # asked for it: in place, a row's loss is refined from the stored (float) exps, which can
-    # differ from the loss-only result in the last bit.
-    grad_rows, direct = None, False
+    grad_rows = ret = copy_back = None
     if want_grad:
-        if out is not None and out.dtype == dtype:
-            o = np.moveaxis(out, p.axis, -1)
-            if o.flags.c_contiguous:
-                grad_rows, direct = o.reshape(-1, K), True
-        if grad_rows is None:
-            grad_rows = np.empty((N, K), dtype)
+        grad_rows, ret, copy_back = _grad_buffer(
+            out, p.axis, p.logits.shape, dtype,
+            (np.moveaxis(p.logits, -1, p.axis), dtype,
+             [("targets", targets), ("class_weight", kw.get("class_weight")),
+              ("sample_weight", kw.get("sample_weight"))]))
 
     row_loss = np.empty(N, np.float64)
     if p.prob_targets:
         a, beta = 1.0 - p.label_smoothing, p.label_smoothing / K
-        _kernel.ce_prob(z, targets_rows, a, beta, cw, W, sw, scale, p.z_loss,
+        _kernel.ce_prob(z, targets_rows, a, beta, cw, W, sw, scale, p.z_loss, p.kl,
                         row_loss, grad_rows, nt)
     else:
         q_t, beta = p.q_target_and_beta
-        _kernel.ce_index(z, targets_rows, q_t, beta, cw, W, sw, scale, p.z_loss,
+        _kernel.ce_index(z, targets_rows, q_t, beta, cw, W, sw, scale, p.z_loss, p.kl,
                          -1 if p.ignore_index is None else p.ignore_index,
                          p.ignore_index is not None, row_loss, grad_rows, nt)
 
-    if p.reduction == "none":
-        loss = row_loss.reshape(p.batch_shape).astype(in_dtype)
-    elif p.reduction == "sum":
-        loss = in_dtype.type(np.sum(row_loss))
-    else:
-        # row_loss already carries 1/D; D = 0 (empty batch, all ignored) gives NaN like PyTorch
-        loss = in_dtype.type(np.sum(row_loss)) if divisor != 0 else in_dtype.type(np.nan)
-
-    if not want_grad:
-        return loss, None
-    if direct:
-        return loss, out
-    grad = np.moveaxis(grad_rows.reshape(p.batch_shape + (K,)), -1, p.axis)
-    if out is not None:
-        np.copyto(out, grad, casting="unsafe")
-        return loss, out
-    return loss, grad.astype(in_dtype, copy=False)
+    loss = _reduce(p.reduction, row_loss, divisor, p.batch_shape, dtype)
+    return loss, (_finish_grad(ret, copy_back, p.axis) if want_grad else None)
 
 
 _DOC_KEYWORDS = """
     Parameters
     ----------
     logits : array_like of float, any shape with a class axis
-        Unnormalised scores. float32 and float64 are computed natively; float16 is computed
-        in float32; integers are widened to float64.
+        Unnormalised scores. float64 is computed in double; float32, float16 and bfloat16
+        (``ml_dtypes``) are read as they are stored and computed in float32 with every sum in
+        double; integers are widened to float64.
     targets : array_like
         Class indices (an integer array shaped like ``logits`` without the class axis), or
         probabilities (a float array shaped like ``logits``).
@@ -180,7 +219,10 @@ _DOC_KEYWORDS = """
         Rows whose class-index target equals it have loss 0, gradient 0, and are left out
         of the ``"mean"`` divisor.
     z_loss : float >= 0, default=0.0
-        Adds ``z_loss * lse**2`` per row.
+        Adds ``z_loss * lse**2`` per row (T5X, PaLM); its gradient is ``2 z_loss lse p``.
+    kl : bool, default=False
+        The KL form (T5X): subtract the target entropy ``H(q) = -sum_k w_k q_k log q_k``
+        from each row, so a perfect prediction has loss 0. The gradient does not change.
     n_threads : int, optional
         Threads for the kernel; default: every core this process may use. Results are
         bit-identical for every value.
@@ -203,11 +245,12 @@ _DOC_NOTES = """
 
 def cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
                   smoothing="uniform", class_weight=None, sample_weight=None,
-                  ignore_index=-100, z_loss=0.0, n_threads=None):
+                  ignore_index=-100, z_loss=0.0, kl=False, n_threads=None):
     loss, _ = _run(logits, targets, want_grad=False, out=None, n_threads=n_threads,
                    label_smoothing=label_smoothing, axis=axis, reduction=reduction,
                    smoothing=smoothing, class_weight=class_weight,
-                   sample_weight=sample_weight, ignore_index=ignore_index, z_loss=z_loss)
+                   sample_weight=sample_weight, ignore_index=ignore_index, z_loss=z_loss,
+                   kl=kl)
     return loss
 
 
@@ -232,17 +275,19 @@ cross_entropy.__doc__ = """Label-smoothed softmax cross-entropy.
 
 def value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
                    smoothing="uniform", class_weight=None, sample_weight=None,
-                   ignore_index=-100, z_loss=0.0, n_threads=None, out=None):
+                   ignore_index=-100, z_loss=0.0, kl=False, n_threads=None, out=None):
     return _run(logits, targets, want_grad=True, out=out, n_threads=n_threads,
                 label_smoothing=label_smoothing, axis=axis, reduction=reduction,
                 smoothing=smoothing, class_weight=class_weight,
-                sample_weight=sample_weight, ignore_index=ignore_index, z_loss=z_loss)
+                sample_weight=sample_weight, ignore_index=ignore_index, z_loss=z_loss,
+                kl=kl)
 
 
 value_and_grad.__doc__ = """The loss and its gradient with respect to ``logits``, in one pass.
 """ + _DOC_KEYWORDS + """    out : ndarray, optional
-        Where to write the gradient: a buffer of the logits' shape and dtype, or the logits
-        array itself (an in-place gradient that needs no extra memory).
+        Where to write the gradient: a buffer of the logits' shape and dtype (or float32,
+        for float16/bfloat16 logits), or the logits array itself (an in-place gradient
+        that needs no extra memory).
 
     Returns
     -------
@@ -264,11 +309,11 @@ value_and_grad.__doc__ = """The loss and its gradient with respect to ``logits``
 
 def cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
                        smoothing="uniform", class_weight=None, sample_weight=None,
-                       ignore_index=-100, z_loss=0.0, n_threads=None, out=None):
+                       ignore_index=-100, z_loss=0.0, kl=False, n_threads=None, out=None):
     return value_and_grad(logits, targets, label_smoothing=label_smoothing, axis=axis,
                           reduction=reduction, smoothing=smoothing, class_weight=class_weight,
                           sample_weight=sample_weight, ignore_index=ignore_index,
-                          z_loss=z_loss, n_threads=n_threads, out=out)[1]
+                          z_loss=z_loss, kl=kl, n_threads=n_threads, out=out)[1]
 
 
 cross_entropy_grad.__doc__ = """The gradient of :func:`cross_entropy` with respect to
@@ -288,12 +333,12 @@ array([ 0.1125, -0.3375,  0.1125,  0.1125])
 # --- log-sum-exp and softmax ---------------------------------------------------------------
 
 def _row_layout(x, axis):
-    x = check_float_array("x", x)
+    x = _native(check_float_array("x", x))
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension, got a scalar")
     axis = check_axis(axis, x.ndim)
     xm = np.moveaxis(x, axis, -1)
-    return x, axis, xm, _rows_view(xm, xm.shape[-1], _compute_dtype(x.dtype))
+    return x, axis, xm, _rows(xm, xm.shape[-1])
 
 
 def logsumexp(x, axis=-1, keepdims=False, *, n_threads=None):
@@ -329,9 +374,9 @@ def logsumexp(x, axis=-1, keepdims=False, *, n_threads=None):
 
 def _softmax(x, axis, n_threads, log_space):
     x, axis, xm, rows = _row_layout(x, axis)
-    res = np.empty(rows.shape, rows.dtype)
-    _kernel.softmax_rows(rows, res, log_space, _threads(n_threads))
-    return np.moveaxis(res.reshape(xm.shape), -1, axis).astype(x.dtype, copy=False)
+    res = np.empty(xm.shape, x.dtype)
+    _kernel.softmax_rows(rows, _bits(res).reshape(rows.shape), log_space, _threads(n_threads))
+    return np.moveaxis(res, -1, axis)
 
 
 def softmax(x, axis=-1, *, n_threads=None):
@@ -356,3 +401,123 @@ def log_softmax(x, axis=-1, *, n_threads=None):
     array([-0.69314718, -0.69314718])
     """
     return _softmax(x, axis, n_threads, True)
+
+
+# --- binary (sigmoid) cross-entropy --------------------------------------------------------
+
+def _run_binary(logits, targets, *, want_grad, out, n_threads, **kw):
+    p = check_binary_problem(logits, targets, **kw)
+    nt = _threads(n_threads)
+    zn = _native(p.logits)
+    dtype = zn.dtype
+    K, N = p.n_classes, p.n_rows
+    if out is not None and not want_grad:
+        raise TypeError("out= is only accepted where a gradient is computed")
+    z = _rows(zn, K) if K else np.empty((N, 0), _bits(zn).dtype)
+    cw = None if p.class_weight is None else np.ascontiguousarray(p.class_weight)
+    sw = None if p.sample_weight is None else np.ascontiguousarray(p.sample_weight.reshape(-1))
+    if p.indices is not None:
+        idx = np.ascontiguousarray(p.indices.reshape(-1), dtype=np.int64)
+        labels = np.zeros((1, 1))                  # unread: the one-hot comes from idx
+        active_rows = N if p.ignore_index is None else int(np.sum(idx != p.ignore_index))
+    else:
+        idx, labels, active_rows = None, _real_rows(p.labels, K) if K else np.zeros((1, 1)), N
+    # "mean": over the elements of the rows that count (PyTorch's BCEWithLogits and Keras
+    # divide by the element count; weights scale the terms, not the divisor)
+    divisor = float(active_rows * K) if p.reduction == "mean" else None
+    scale = 1.0 / divisor if divisor else 1.0
+
+    grad_rows = ret = copy_back = None
+    if want_grad:
+        grad_rows, ret, copy_back = _grad_buffer(
+            out, p.axis, p.shape, dtype,
+            (np.moveaxis(p.logits, -1, p.axis), dtype,
+             [("targets", targets), ("class_weight", kw.get("class_weight")),
+              ("sample_weight", kw.get("sample_weight"))]))
+    elem = np.empty((N, K), np.float64) if p.reduction == "none" else None
+    row_loss = np.empty(N, np.float64)
+    a, b = p.smoothing_affine
+    _kernel.bce(z, labels, idx, a, b, cw, sw, scale,
+                -1 if p.ignore_index is None else p.ignore_index, p.ignore_index is not None,
+                row_loss, elem, grad_rows, nt)
+    if p.reduction == "none":
+        loss = np.moveaxis(elem.reshape(p.shape), -1, p.axis).astype(dtype)
+    else:
+        loss = _reduce(p.reduction, row_loss, divisor, p.shape[:-1], dtype)
+    return loss, (_finish_grad(ret, copy_back, p.axis) if want_grad else None)
+
+
+def binary_value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
+                          class_weight=None, sample_weight=None, ignore_index=-100,
+                          n_threads=None, out=None):
+    """Binary (sigmoid) cross-entropy with logits, and its gradient, in one pass.
+
+    Each logit is an independent yes/no score. Per element, with ``y'`` the smoothed label::
+
+        loss = -y' log(sigmoid(x)) - (1 - y') log(1 - sigmoid(x))
+             = y' softplus(-x) + (1 - y') softplus(x)
+        dloss/dx = sigmoid(x) - y'
+
+    computed stably for any ``|x|`` (one ``exp(-|x|)`` and one ``log1p`` per element).
+
+    Parameters
+    ----------
+    logits : array_like of float, any shape
+    targets : array_like
+        Either labels in [0, 1] shaped like ``logits`` (Keras's ``BinaryCrossentropy``:
+        ``y' = y (1 - eps) + eps / 2``), or integer class indices shaped like ``logits``
+        without ``axis`` (timm's ``BinaryCrossEntropy``: one-hot along ``axis``, then
+        ``y' = onehot (1 - eps) + eps / K``).
+    label_smoothing : float in [0, 1], default=0.0
+    axis : int, default=-1
+        The class axis: where ``class_weight`` applies and class indices point.
+    reduction : {"mean", "sum", "none"}, default="mean"
+        ``"mean"`` divides by the number of elements (of the rows not ignored); weights
+        scale the terms, not the divisor (PyTorch's ``BCEWithLogitsLoss(weight=...)``).
+        ``"none"`` returns the per-element losses, shaped like ``logits``.
+    class_weight : array_like of shape (K,), optional
+    sample_weight : array_like shaped like ``logits`` without ``axis``, optional
+    ignore_index : int or None, default=-100
+        For class-index targets: rows with this target count for nothing.
+    n_threads : int, optional
+    out : ndarray, optional
+        Where to write the gradient (as :func:`value_and_grad`).
+
+    Returns
+    -------
+    loss, grad
+
+    Examples
+    --------
+    >>> import numpy as np, lsref
+    >>> x = np.array([[2.0, -1.0, 0.0]])
+    >>> loss, grad = lsref.binary_value_and_grad(x, [[1.0, 0.0, 1.0]], label_smoothing=0.1)
+    >>> np.round(grad * 3, 4)                 # sigmoid(x) - (y * 0.9 + 0.05)
+    array([[-0.0692,  0.2189, -0.45  ]])
+    >>> float(lsref.binary_cross_entropy(np.array([800.0]), [1.0]))   # no overflow
+    0.0
+    """
+    return _run_binary(logits, targets, want_grad=True, out=out, n_threads=n_threads,
+                       label_smoothing=label_smoothing, axis=axis, reduction=reduction,
+                       class_weight=class_weight, sample_weight=sample_weight,
+                       ignore_index=ignore_index)
+
+
+def binary_cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
+                         class_weight=None, sample_weight=None, ignore_index=-100,
+                         n_threads=None):
+    """Binary (sigmoid) cross-entropy with logits; see :func:`binary_value_and_grad`."""
+    return _run_binary(logits, targets, want_grad=False, out=None, n_threads=n_threads,
+                       label_smoothing=label_smoothing, axis=axis, reduction=reduction,
+                       class_weight=class_weight, sample_weight=sample_weight,
+                       ignore_index=ignore_index)[0]
+
+
+def binary_cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1,
+                              reduction="mean", class_weight=None, sample_weight=None,
+                              ignore_index=-100, n_threads=None, out=None):
+    """The gradient of :func:`binary_cross_entropy`; see :func:`binary_value_and_grad`."""
+    return binary_value_and_grad(logits, targets, label_smoothing=label_smoothing, axis=axis,
+                                 reduction=reduction, class_weight=class_weight,
+                                 sample_weight=sample_weight, ignore_index=ignore_index,
+                                 n_threads=n_threads, out=out)[1]

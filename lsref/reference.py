@@ -15,6 +15,12 @@ Notation (one row ``z`` of length ``K``)::
 
 with class weights ``w`` (default 1), a sample weight ``s`` (default 1) and z-loss ``lam``
 (default 0). A product whose target factor ``w_k q_k`` is 0 is 0, even where ``z_k = -inf``.
+The KL form (T5X) subtracts ``s * H_w(q) = -s * sum_k w_k q_k log q_k`` (``0 log 0 = 0``)
+from the loss, and leaves the gradient as it is.
+
+Binary (sigmoid) cross-entropy, per element with smoothed label ``y`` and weight ``c``::
+
+    loss = c * [y * softplus(-x) + (1 - y) * softplus(x)],   dloss/dx = c * (sigmoid(x) - y)
 
 References
 ----------
@@ -24,13 +30,18 @@ log-sum-exp and softmax functions", IMA J. Numer. Anal. 41 (2021).
 """
 import numpy as np
 
-from ._validation import check_axis, check_choice, check_float_array, check_problem, SMOOTHINGS
+from ._validation import (SMOOTHINGS, check_axis, check_binary_problem, check_choice,
+                          check_float_array, check_problem)
 
 __all__ = ["logsumexp", "log_softmax", "softmax", "smooth_labels", "cross_entropy",
-           "cross_entropy_grad", "value_and_grad"]
+           "cross_entropy_grad", "value_and_grad", "binary_cross_entropy",
+           "binary_cross_entropy_grad", "binary_value_and_grad"]
 
 _DEFAULTS = dict(label_smoothing=0.0, axis=-1, reduction="mean", smoothing="uniform",
-                 class_weight=None, sample_weight=None, ignore_index=-100, z_loss=0.0)
+                 class_weight=None, sample_weight=None, ignore_index=-100, z_loss=0.0,
+                 kl=False)
+_BINARY_DEFAULTS = dict(label_smoothing=0.0, axis=-1, reduction="mean", class_weight=None,
+                        sample_weight=None, ignore_index=-100)
 
 
 def _shift_and_log_sum(x, axis):
@@ -166,6 +177,9 @@ def _rows(logits, targets, kw):
         # neg_log_p is +inf where z_k = -inf; a zero target mass there contributes 0, not NaN
         terms = np.where(c == 0.0, 0.0, c * neg_log_p)
         row_loss = s * (terms.sum(axis=-1) + p.z_loss * lse[:, 0] ** 2)
+        if p.kl:
+            # minus the (weighted) target entropy: + s * sum_k w_k q_k log q_k, 0 log 0 = 0
+            row_loss += s * np.where(c == 0.0, 0.0, c * np.log(np.where(q > 0, q, 1.0))).sum(-1)
         prob = np.exp(-neg_log_p)
         grad = s[:, None] * (c.sum(axis=-1, keepdims=True) * prob - c
                              + 2.0 * p.z_loss * lse * prob)
@@ -220,15 +234,83 @@ def cross_entropy_grad(logits, targets, **kw):
     return value_and_grad(logits, targets, **kw)[1]
 
 
-def _strip(kw):
+def _strip(kw, defaults=_DEFAULTS):
     """Accept the front door's execution-only keywords so calls can be copied verbatim."""
     kw = dict(kw)
     kw.pop("n_threads", None)
     if kw.pop("out", None) is not None:
         raise ValueError("the oracle allocates its own float64 result; out= is not accepted")
-    unknown = set(kw) - set(_DEFAULTS)
+    unknown = set(kw) - set(defaults)
     if unknown:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
     if "smoothing" in kw:
         check_choice("smoothing", kw["smoothing"], SMOOTHINGS)
     return kw
+
+
+# --- binary (sigmoid) cross-entropy -------------------------------------------------------
+
+def _softplus(x):
+    """log(1 + exp(x)), without overflow (NumPy's logaddexp(0, x))."""
+    return np.logaddexp(0.0, x)
+
+
+def binary_value_and_grad(logits, targets, **kw):
+    """Binary cross-entropy with logits and its gradient (float64), element by element.
+
+    Keywords are those of :func:`lsref.binary_value_and_grad`. Smoothed labels: Keras's
+    ``y (1 - eps) + eps / 2`` for labels shaped like the logits, timm's
+    ``onehot (1 - eps) + eps / K`` for class indices.
+
+    Examples
+    --------
+    >>> from lsref import reference
+    >>> loss, grad = reference.binary_value_and_grad([[0.0]], [[1.0]])
+    >>> round(float(loss), 6), float(grad[0, 0])           # log 2, sigmoid(0) - 1
+    (0.693147, -0.5)
+    """
+    kw = {**_BINARY_DEFAULTS, **_strip(kw, _BINARY_DEFAULTS)}
+    p = check_binary_problem(logits, targets, **kw)
+    K, N = p.n_classes, p.n_rows
+    x = p.logits.reshape(N, K).astype(np.float64)
+    a, b = p.smoothing_affine
+    if p.indices is None:
+        y = a * p.labels.reshape(N, K).astype(np.float64) + b
+        active = np.ones(N, bool)
+    else:
+        t = p.indices.reshape(-1)
+        active = np.ones(N, bool) if p.ignore_index is None else t != p.ignore_index
+        onehot = np.zeros((N, K))
+        onehot[np.flatnonzero(active), t[active]] = 1.0
+        y = a * onehot + b
+    w = np.ones(K) if p.class_weight is None else p.class_weight
+    s = np.ones(N) if p.sample_weight is None else p.sample_weight.reshape(-1)
+    c = s[:, None] * w[None, :] * active[:, None]
+    with np.errstate(invalid="ignore", over="ignore"):
+        # each term is skipped where its label factor is 0: 0 * inf (x = -+inf) is 0
+        pos = np.where(y == 0.0, 0.0, y * _softplus(-x))
+        neg = np.where(y == 1.0, 0.0, (1.0 - y) * _softplus(x))
+        loss = c * (pos + neg)
+        grad = c * (np.exp(-_softplus(-x)) - y)          # sigmoid(x) = exp(-softplus(-x))
+    loss[~active] = 0.0
+    grad[~active] = 0.0
+    if p.reduction == "none":
+        out_loss = np.moveaxis(loss.reshape(p.shape), -1, p.axis)
+    elif p.reduction == "sum":
+        out_loss = np.float64(loss.sum())
+    else:
+        D = float(active.sum() * K)
+        out_loss = np.float64(loss.sum() / D) if D else np.float64(np.nan)
+        if D:
+            grad = grad / D
+    return out_loss, np.moveaxis(grad.reshape(p.shape), -1, p.axis)
+
+
+def binary_cross_entropy(logits, targets, **kw):
+    """Binary cross-entropy with logits (float64); see :func:`binary_value_and_grad`."""
+    return binary_value_and_grad(logits, targets, **kw)[0]
+
+
+def binary_cross_entropy_grad(logits, targets, **kw):
+    """The gradient of :func:`binary_cross_entropy` (float64)."""
+    return binary_value_and_grad(logits, targets, **kw)[1]
