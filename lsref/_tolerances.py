@@ -15,6 +15,11 @@ summation order and libm differences, no more.
 float32: the result itself is rounded to float32 (half an ulp is 6e-8), ``exp`` is evaluated
 as ``expf`` (~1 ulp) and ``z - max`` in float32; everything else is summed in double. Measured
 <= 1e-7 on both; 1e-6 is the bound the project promises.
+
+float16 / bfloat16: computed as float32 (the inputs decode exactly), then rounded once to the
+16-bit type: half an ulp is 2**-11 = 4.9e-4 (float16) and 2**-8 = 3.9e-3 (bfloat16) of the
+value, plus the float32 computation's 1e-6. Where a 16-bit result is subnormal its relative
+precision is gone; the tests compare such values absolutely (half the smallest subnormal).
 """
 from collections import namedtuple
 
@@ -22,10 +27,22 @@ import numpy as np
 
 Accuracy = namedtuple("Accuracy", "loss_rtol grad_rtol")
 
-KERNEL_ACCURACY = {
-    np.dtype(np.float64): Accuracy(loss_rtol=1e-12, grad_rtol=1e-13),
-    np.dtype(np.float32): Accuracy(loss_rtol=1e-6, grad_rtol=1e-6),
+_BY_NAME = {
+    "float64": Accuracy(loss_rtol=1e-12, grad_rtol=1e-13),
+    "float32": Accuracy(loss_rtol=1e-6, grad_rtol=1e-6),
+    "float16": Accuracy(loss_rtol=2.0**-11 + 1e-6, grad_rtol=2.0**-11 + 1e-6),
+    "bfloat16": Accuracy(loss_rtol=2.0**-8 + 1e-6, grad_rtol=2.0**-8 + 1e-6),
 }
+
+
+def kernel_accuracy(dtype):
+    """The kernel's accuracy bound for results stored in ``dtype``."""
+    return _BY_NAME[np.dtype(dtype).name]
+
+
+KERNEL_ACCURACY = {np.dtype(np.float64): _BY_NAME["float64"],
+                   np.dtype(np.float32): _BY_NAME["float32"],
+                   np.dtype(np.float16): _BY_NAME["float16"]}
 
 # Finite-difference checks of the float64 oracle and kernel (tests): a 4th-order central
 # difference with step h has truncation error O(h^4 f^(5)) ~ 1e-20 and rounding error

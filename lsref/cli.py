@@ -8,7 +8,7 @@ import numpy as np
 
 from . import __version__, _kernel, reference
 from .loss import _default_threads, value_and_grad
-from ._tolerances import KERNEL_ACCURACY
+from ._tolerances import kernel_accuracy
 
 
 def _info(args):
@@ -59,7 +59,7 @@ def _selfcheck(args):
 
     loss_rel = abs(float(loss) - ref_loss) / abs(ref_loss)
     grad_err = float(np.max(np.abs(grad - ref_grad)) / np.max(np.abs(ref_grad)))
-    bound = KERNEL_ACCURACY[np.dtype(np.float32)]
+    bound = kernel_accuracy(np.float32)
     ok_loss, ok_grad = loss_rel <= bound.loss_rtol, grad_err <= bound.grad_rtol
     speed = t_oracle / t_kernel
     print()

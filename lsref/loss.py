@@ -122,6 +122,13 @@ def _finish_grad(ret, copy_back, axis):
     return ret
 
 
+def _loss_dtype(dtype):
+    """The loss is returned in the logits' dtype, except for 16-bit logits: their loss is
+    computed in float32 and returned so (float16 would overflow at 65504 and round a loss
+    of 15.52 to +-0.008; a loss costs N numbers at most)."""
+    return np.dtype(np.float32) if _is_half(dtype) else dtype
+
+
 def _reduce(reduction, row_loss, divisor, batch_shape, dtype):
     if reduction == "none":
         return row_loss.reshape(batch_shape).astype(dtype)
@@ -185,7 +192,7 @@ def _run(logits, targets, *, want_grad, out, n_threads, **kw):
                          -1 if p.ignore_index is None else p.ignore_index,
                          p.ignore_index is not None, row_loss, grad_rows, nt)
 
-    loss = _reduce(p.reduction, row_loss, divisor, p.batch_shape, dtype)
+    loss = _reduce(p.reduction, row_loss, divisor, p.batch_shape, _loss_dtype(dtype))
     return loss, (_finish_grad(ret, copy_back, p.axis) if want_grad else None)
 
 
@@ -258,8 +265,8 @@ cross_entropy.__doc__ = """Label-smoothed softmax cross-entropy.
 """ + _DOC_KEYWORDS + """
     Returns
     -------
-    loss : scalar of the logits' dtype, or an array shaped like ``logits`` without the class
-        axis for ``reduction="none"``.
+    loss : scalar of the logits' dtype (float32 for float16/bfloat16 logits), or an array
+        shaped like ``logits`` without the class axis for ``reduction="none"``.
 """ + _DOC_NOTES + """
     Examples
     --------
@@ -441,9 +448,9 @@ def _run_binary(logits, targets, *, want_grad, out, n_threads, **kw):
                 -1 if p.ignore_index is None else p.ignore_index, p.ignore_index is not None,
                 row_loss, elem, grad_rows, nt)
     if p.reduction == "none":
-        loss = np.moveaxis(elem.reshape(p.shape), -1, p.axis).astype(dtype)
+        loss = np.moveaxis(elem.reshape(p.shape), -1, p.axis).astype(_loss_dtype(dtype))
     else:
-        loss = _reduce(p.reduction, row_loss, divisor, p.shape[:-1], dtype)
+        loss = _reduce(p.reduction, row_loss, divisor, p.shape[:-1], _loss_dtype(dtype))
     return loss, (_finish_grad(ret, copy_back, p.axis) if want_grad else None)
 
 

@@ -176,13 +176,20 @@ def _rows(logits, targets, kw):
         lse = m + L
         # neg_log_p is +inf where z_k = -inf; a zero target mass there contributes 0, not NaN
         terms = np.where(c == 0.0, 0.0, c * neg_log_p)
-        row_loss = s * (terms.sum(axis=-1) + p.z_loss * lse[:, 0] ** 2)
+        row_loss = s * terms.sum(axis=-1)
+        if p.z_loss:                              # a zero coefficient is skipped, not 0 * inf
+            row_loss += s * p.z_loss * lse[:, 0] ** 2
         if p.kl:
             # minus the (weighted) target entropy: + s * sum_k w_k q_k log q_k, 0 log 0 = 0
             row_loss += s * np.where(c == 0.0, 0.0, c * np.log(np.where(q > 0, q, 1.0))).sum(-1)
         prob = np.exp(-neg_log_p)
-        grad = s[:, None] * (c.sum(axis=-1, keepdims=True) * prob - c
-                             + 2.0 * p.z_loss * lse * prob)
+        grad = s[:, None] * (c.sum(axis=-1, keepdims=True) * prob - c)
+        if p.z_loss:
+            grad += s[:, None] * 2.0 * p.z_loss * lse * prob
+    # SEMANTICS.md: a row holding +inf or NaN has no defined softmax: NaN, that row only
+    undefined = np.isnan(z).any(axis=-1) | (z == np.inf).any(axis=-1)
+    row_loss[undefined] = np.nan
+    grad[undefined] = np.nan
     row_loss = np.where(active, row_loss, 0.0)
     grad[~active] = 0.0
 

@@ -3,7 +3,12 @@ import os
 import numpy as np
 import pytest
 
-from lsref._tolerances import KERNEL_ACCURACY
+from lsref._tolerances import kernel_accuracy
+
+try:
+    import ml_dtypes
+except ImportError:  # an optional dependency: the bfloat16 tests skip without it
+    ml_dtypes = None
 
 try:
     from hypothesis import settings
@@ -26,17 +31,33 @@ def assert_close_to_oracle(loss, grad, ref_loss, ref_grad, dtype, term_scale=0.0
     terms (c p_j and w_j q_j), so its rounding error scales with them, not with the
     difference, which can be exactly 0 (e.g. eps = 1 on equal logits). Unweighted rows with
     reduction="none" have term_scale 1."""
-    acc = KERNEL_ACCURACY[np.dtype(dtype)]
+    acc = kernel_accuracy(dtype)
+    fi = finfo(dtype)
+    loss_dtype = np.asarray(loss).dtype             # 16-bit logits have a float32 loss
+    loss_acc = kernel_accuracy(loss_dtype) if loss_dtype.name in (
+        "float32", "float16", "bfloat16") else acc
     loss = np.asarray(loss, np.float64)
     ref_loss = np.asarray(ref_loss, np.float64)
     assert loss.shape == ref_loss.shape
-    np.testing.assert_allclose(loss, ref_loss, rtol=acc.loss_rtol,
-                               atol=np.finfo(dtype).tiny, equal_nan=True)
+    np.testing.assert_allclose(loss, ref_loss, rtol=max(loss_acc.loss_rtol, acc.loss_rtol)
+                               if loss_dtype == np.float64 else loss_acc.loss_rtol,
+                               atol=float(finfo(loss_dtype if loss_dtype.name != "float64"
+                                                else dtype).smallest_normal),
+                               equal_nan=True)
     if grad is not None:
         assert grad.shape == ref_grad.shape
         scale = max(np.max(np.abs(ref_grad)) if ref_grad.size else 0.0, term_scale)
         np.testing.assert_allclose(np.asarray(grad, np.float64), ref_grad, rtol=0,
-                                   atol=acc.grad_rtol * scale, equal_nan=True)
+                                   atol=acc.grad_rtol * scale
+                                   + float(fi.smallest_subnormal) / 2, equal_nan=True)
+
+
+def finfo(dtype):
+    dtype = np.dtype(dtype)
+    return ml_dtypes.finfo(dtype) if dtype.name == "bfloat16" else np.finfo(dtype)
+
+
+HALF_DTYPES = [np.float16] + ([ml_dtypes.bfloat16] if ml_dtypes is not None else [])
 
 
 @pytest.fixture(params=[np.float32, np.float64], ids=["float32", "float64"])
