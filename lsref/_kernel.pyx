@@ -539,11 +539,19 @@ def ce_prob(const stored_in[:, ::1] logits,      # IN  (N, K)
 # softplus(+-x) = max(+-x, 0) + log1p(exp(-|x|)): one exp and one log1p, no overflow, and
 # each term is skipped when its label factor is 0 (so x = +-inf with a matching label gives 0).
 
-cdef inline double _bce_elem(double x, double y, double c, double *grad) noexcept nogil:
+ctypedef struct loss_grad:
+    double loss
+    double grad
+
+
+cdef inline loss_grad _bce_elem(double x, double y, double c) noexcept nogil:
+    # Returned by value: a result written through a pointer to a prange-body variable would
+    # not make Cython treat that variable as thread-private.
+    cdef loss_grad r
     cdef double e, l1p, loss = 0.0, sig
     if isnan(x):
-        grad[0] = NAN
-        return NAN
+        r.loss = r.grad = NAN
+        return r
     e = exp(-fabs(x))
     l1p = log1p(e)
     if y != 0.0:
@@ -551,8 +559,9 @@ cdef inline double _bce_elem(double x, double y, double c, double *grad) noexcep
     if y != 1.0:
         loss += (1.0 - y) * ((x if x > 0 else 0.0) + l1p)
     sig = 1.0 / (1.0 + e) if x >= 0 else e / (1.0 + e)
-    grad[0] = c * (sig - y)
-    return c * loss
+    r.loss = c * loss
+    r.grad = c * (sig - y)
+    return r
 
 
 def bce(const stored_in[:, ::1] logits,           # IN  (N, K)
@@ -573,7 +582,8 @@ def bce(const stored_in[:, ::1] logits,           # IN  (N, K)
     cdef const double *rs = NULL if row_scale is None else &row_scale[0]
     cdef bint want_grad = grad_out is not None, want_elem = elem_out is not None
     cdef bint by_index = targets is not None
-    cdef double s, c, y, l, gk, row
+    cdef double s, c, y, row
+    cdef loss_grad lg
     cdef int64_t t
     if N == 0 or K == 0:
         return
@@ -595,12 +605,12 @@ def bce(const stored_in[:, ::1] logits,           # IN  (N, K)
                     else:
                         y = a * labels[i, k] + b
                     c = s if w == NULL else s * w[k]
-                    l = _bce_elem(_ld(logits[i, k]), y, c, &gk)
-                    row = row + l
+                    lg = _bce_elem(_ld(logits[i, k]), y, c)
+                    row = row + lg.loss
                     if want_elem:
-                        elem_out[i, k] = l
+                        elem_out[i, k] = lg.loss
                     if want_grad:
-                        _st(&grad_out[i, 0], k, gk)
+                        _st(&grad_out[i, 0], k, lg.grad)
                 loss_out[i] = row
 
 

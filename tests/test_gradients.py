@@ -75,3 +75,32 @@ def test_check_grad_all_directions_and_random(impl):
         assert err <= CHECK_GRAD_RTOL * scale, (shape, err, scale)
         if direction == "all":                             # and the check can fail
             assert check_grad(f, lambda x: 1.01 * g(x), x0, **kwargs) > CHECK_GRAD_RTOL * scale
+
+
+NEW_TERMS = [
+    dict(label_smoothing=0.1, class_weight=[1.0, 0.5, 2.0, 0.0, 1.5, 1.0, 0.7]),
+    dict(label_smoothing=0.1, sample_weight=[0.5, 1.0, 2.0, 0.0, 1.0, 3.0]),
+    dict(label_smoothing=0.2, z_loss=0.05),
+    dict(label_smoothing=0.2, kl=True),
+    dict(label_smoothing=0.3, smoothing="others", kl=True, z_loss=0.01,
+         class_weight=[1.0, 0.5, 2.0, 0.3, 1.5, 1.0, 0.7], sample_weight=[1, 2, 3, 4, 5, 6]),
+]
+
+
+@pytest.mark.parametrize("kw", NEW_TERMS, ids=lambda kw: ",".join(kw))
+@pytest.mark.parametrize("impl", ["oracle", "kernel"])
+@pytest.mark.parametrize("kind", ["index", "probs"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_new_terms_gradient_matches_finite_differences(kw, impl, kind, reduction):
+    """Class and sample weights, z-loss and the KL form: gradients against 4th-order finite
+    differences (float64)."""
+    kw = dict(kw, reduction=reduction)
+    if kind == "probs" and kw.get("smoothing") == "others":
+        kw.pop("smoothing")
+    rng = np.random.default_rng(13)
+    z = rng.standard_normal((6, 7)) * 3
+    t = rng.integers(0, 7, 6) if kind == "index" else rng.random((6, 7))
+    mod = R if impl == "oracle" else lsref
+    g = mod.cross_entropy_grad(z, t, **kw)
+    g_fd = fd_gradient(lambda zz: np.sum(mod.cross_entropy(zz, t, **kw)), z)
+    assert_allclose(g, g_fd, rtol=0, atol=FD_GRAD_RTOL * np.max(np.abs(g_fd)))

@@ -90,3 +90,62 @@ def test_masked_class_minus_inf():
         np.testing.assert_allclose(grad, tg, rtol=RTOL, atol=1e-16)
         assert np.isfinite(grad).all()
     assert grad[0, 1] == pytest.approx(-0.1 / 4, rel=1e-15)
+
+
+def test_zero_weight_masked_class_torch_is_nan_lsref_is_finite():
+    """SEMANTICS.md: PyTorch computes 0 * (-inf) = NaN for a masked class with weight 0 when
+    eps > 0; the mathematical value is finite. lsref gives it, and the difference is real."""
+    z = np.array([[1.0, -np.inf, 0.5, 2.0], [0.3, -np.inf, 0.1, -1.0]])
+    t = np.array([0, 3])
+    w = np.array([1.0, 0.0, 2.0, 1.0])
+    tl, tg = torch_value_and_grad(z, t, label_smoothing=0.1, weight=w)
+    loss, grad = lsref.value_and_grad(z, t, label_smoothing=0.1, class_weight=w)
+    assert np.isnan(tl)                                  # PyTorch's defect
+    assert np.isfinite(loss)
+    # lsref's value is PyTorch's on the same rows with the masked class dropped (weight 0
+    # means it contributes nothing), renormalised over the remaining classes' eps/K mass
+    keep = [0, 2, 3]
+    zk = z[:, keep]
+    ref = R.cross_entropy(z, t, label_smoothing=0.1, class_weight=w)
+    assert loss == pytest.approx(ref, rel=RTOL)
+    manual = 0.0
+    for i in range(2):
+        logp = zk[i] - np.log(np.exp(zk[i]).sum())
+        q = np.full(4, 0.1 / 4)
+        q[t[i]] += 0.9
+        manual += -(w[keep] * q[keep] * logp).sum()
+    assert loss == pytest.approx(manual / (w[0] + w[3]), rel=RTOL)
+    assert np.isfinite(grad).all()
+
+
+def test_float16_32000_classes_torch_overflows_lsref_does_not():
+    """PyTorch sums -log p over 32000 classes in float16 and returns inf; lsref computes in
+    float32 and is within 1e-3 of the float64 value."""
+    rng = np.random.default_rng(23)
+    z = (rng.standard_normal((16, 32000)) * 3).astype(np.float16)
+    t = rng.integers(0, 32000, 16)
+    tl = F.cross_entropy(torch.tensor(z), torch.tensor(t), label_smoothing=0.1)
+    ref = R.cross_entropy(z, t, label_smoothing=0.1)
+    loss = lsref.cross_entropy(z, t, label_smoothing=0.1)
+    assert torch.isinf(tl).item()                        # the known fp16 overflow
+    assert np.isfinite(loss) and abs(float(loss) - ref) <= 1e-3 * ref
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_binary_matches_torch_bce_with_logits(eps, reduction):
+    """Keras-style smoothing applied to the labels, then PyTorch's BCEWithLogits with a
+    per-class weight (broadcast), against lsref.binary_value_and_grad."""
+    rng = np.random.default_rng(24)
+    x = rng.standard_normal((9, 5)) * 4
+    y = (rng.random((9, 5)) > 0.5).astype(np.float64)
+    w = rng.random(5) + 0.5
+    xt = torch.tensor(x, requires_grad=True)
+    ys = torch.tensor(y * (1 - eps) + eps / 2)
+    tl = F.binary_cross_entropy_with_logits(xt, ys, weight=torch.tensor(w),
+                                            reduction=reduction)
+    tl.sum().backward()
+    loss, grad = lsref.binary_value_and_grad(x, y, label_smoothing=eps, class_weight=w,
+                                             reduction=reduction)
+    np.testing.assert_allclose(loss, tl.detach().numpy(), rtol=RTOL, atol=1e-15)
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=RTOL, atol=1e-15)
