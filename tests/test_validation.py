@@ -46,6 +46,9 @@ BAD = [
      r"smoothing='others' .* class-index targets only"),
     (Z, np.full((4, 5), -0.2), {}, ValueError, r"targets\[0, 0\] = -0.2"),
     (Z, T, dict(ignore_index=1.5), TypeError, r"ignore_index must be an integer"),
+    (Z, T, dict(kl=1), TypeError, r"kl must be True or False, got 1"),
+    (Z, T, dict(z_loss=float("inf")), ValueError, r"z_loss must be finite"),
+    (Z, np.full((4, 5), np.nan), {}, ValueError, r"probability targets must be finite .* nan"),
 ]
 
 
@@ -102,3 +105,24 @@ def test_empty_batch_and_all_ignored():
             np.testing.assert_array_equal(grad, 0.0)
             assert mod.cross_entropy(z, t, reduction="sum") == 0.0
             assert mod.cross_entropy(z, t, reduction="none").shape == t.shape
+
+
+def test_out_dtype_policy_for_16bit_logits():
+    """16-bit logits: the gradient may go to a float16/bfloat16 buffer (the logits' dtype)
+    or a float32 one; nothing else."""
+    z = np.zeros((4, 5), np.float16)
+    lsref.value_and_grad(z, T, out=np.empty((4, 5), np.float32))
+    lsref.value_and_grad(z, T, out=np.empty((4, 5), np.float16))
+    with pytest.raises(ValueError, match="out must have dtype float16 or float32"):
+        lsref.value_and_grad(z, T, out=np.empty((4, 5), np.float64))
+    with pytest.raises(ValueError, match="out must have dtype float32 .* got float16"):
+        lsref.value_and_grad(z.astype(np.float32), T, out=np.empty((4, 5), np.float16))
+
+
+def test_large_probability_targets_are_checked_in_blocks():
+    """A bad value far into a big probability array is found and located exactly."""
+    z = np.zeros((3000, 700), np.float32)
+    P = np.full(z.shape, 1 / 700, np.float32)
+    P[2999, 698] = -1.0
+    with pytest.raises(ValueError, match=r"targets\[2999, 698\] = -1.0"):
+        lsref.cross_entropy(z, P)
