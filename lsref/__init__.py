@@ -8,9 +8,12 @@ from .loss import (binary_cross_entropy, binary_cross_entropy_grad, binary_value
                    cross_entropy, cross_entropy_grad, log_softmax, logsumexp, softmax,
                    value_and_grad)
 from .reference import smooth_labels
+from .verify import VerificationReport, verify
+from . import conventions, testing
 
 __version__ = "0.1.0"
 
 __all__ = ["cross_entropy", "cross_entropy_grad", "value_and_grad", "logsumexp",
            "log_softmax", "softmax", "smooth_labels", "binary_cross_entropy",
-           "binary_cross_entropy_grad", "binary_value_and_grad", "reference", "__version__"]
+           "binary_cross_entropy_grad", "binary_value_and_grad", "verify", "VerificationReport",
+           "conventions", "testing", "reference", "__version__"]

@@ -54,3 +54,36 @@ FD_GRAD_RTOL = 1e-8
 # scipy.optimize.check_grad uses a forward difference (error ~ sqrt(eps64) * scale ~ 1e-8 of
 # the gradient's norm); 1e-6 of the norm is the bound with margin for curvature.
 CHECK_GRAD_RTOL = 1e-6
+
+
+# --- verification of a framework's results (lsref.verify) ----------------------------------
+#
+# One model for every candidate dtype, from how a correct implementation in that dtype can
+# err. Write eps for the candidate's machine epsilon and G = 4 + log2(K) (a few roundings
+# plus the depth of a pairwise sum over K classes). Per gradient element, with P_j the size
+# of the probability term (s C p_j), T_j that of the target term (s w_j q_j):
+#
+#   |g_j - g_ref_j| <= VERIFY_SAFETY * eps * [P_j (G + |lse| + |log p_j|) + T_j + |g_ref_j|]
+#                      + the candidate dtype's smallest subnormal
+#
+# p_j = exp(z_j - lse) inherits the rounding of its argument (|z_j - lse| = |log p_j| times
+# eps) and of lse (G + |lse| times eps); the subtraction and the stored result add a few eps
+# of T_j and g_j. Per row loss l_i, with T_i the row's target mass (sum_j T_ij):
+#
+#   |l_i - l_ref_i| <= VERIFY_SAFETY * eps * [|l_ref_i| + T_i (G + |lse_i|)]
+#
+# and a reduced loss sums the row bounds (plus eps log2(N) of its value for the sum itself).
+# A float32 gradient element with p_j ~ 1e-3 at K = 32000 gets ~1e-5 relative: an error of
+# one part in 1e-3 is 100 times the bound. Explicit rtol/atol replace the model.
+VERIFY_SAFETY = 4.0
+
+
+def verify_eps(dtype):
+    """The candidate dtype's epsilon and smallest subnormal."""
+    dtype = np.dtype(dtype)
+    if dtype.name == "bfloat16":
+        return 2.0 ** -7, 2.0 ** -133
+    if dtype.kind != "f":
+        dtype = np.dtype(np.float64)
+    fi = np.finfo(dtype)
+    return float(fi.eps), float(fi.smallest_subnormal)

@@ -156,7 +156,8 @@ def _smoothed_rows(p):
 
 
 def _rows(logits, targets, kw):
-    """Validate, then compute per-row losses, the unreduced gradient rows and the divisor."""
+    """Validate, then compute per-row losses, the unreduced gradient rows, the "mean"
+    divisor, and the sizes of the gradient's terms (for gradient_terms)."""
     p = check_problem(logits, targets, **kw)
     K = p.n_classes
     z = p.logits.reshape(-1, K).astype(np.float64)
@@ -197,7 +198,36 @@ def _rows(logits, targets, kw):
         divisor = float(p.n_rows)                 # PyTorch: rows, whatever the weights
     else:
         divisor = float(np.sum(s[active] * w[t[active]]))
-    return p, row_loss, grad, divisor
+    # the sizes of the gradient's two terms, s (sum_k w_k q_k + 2 lam lse) p_j and s w_j q_j,
+    # and each row's lse: what a tolerance model for a computed gradient needs
+    with np.errstate(invalid="ignore", over="ignore"):
+        terms = dict(prob=np.abs(s[:, None] * (c.sum(axis=-1, keepdims=True)
+                                               + 2.0 * p.z_loss * lse) * prob),
+                     target=np.abs(s[:, None] * c), lse=lse[:, 0], log_p=-neg_log_p)
+    for v in terms.values():
+        v[~active] = 0.0
+    return p, row_loss, grad, divisor, terms
+
+
+def gradient_terms(logits, targets, **kw):
+    """For tolerance models: the per-element sizes ``|s C p_j|`` and ``|s w_j q_j|`` of the
+    gradient's two terms, the log-probabilities and each row's lse, in the caller's layout
+    (rows, not reduced: a caller applies its own 1/D). Not part of the formulas above."""
+    kw = {**_DEFAULTS, **_strip(kw)}
+    p, _, _, divisor, t = _rows(logits, targets, kw)
+    K = p.n_classes
+    shape = p.batch_shape + (K,)
+    out = {k: np.moveaxis(t[k].reshape(shape), -1, p.axis) for k in ("prob", "target", "log_p")}
+    out["lse"] = t["lse"].reshape(p.batch_shape)
+    # what the "mean" divisors count: lsref's D, the rows that count, their sample weights
+    if p.prob_targets or p.ignore_index is None:
+        counted = np.ones(p.n_rows, bool)
+    else:
+        counted = p.targets.reshape(-1) != p.ignore_index
+    s = np.ones(p.n_rows) if p.sample_weight is None else p.sample_weight.reshape(-1)
+    out.update(divisor=divisor, rows=float(counted.sum()), sample_weight=float(s[counted].sum()),
+               n_classes=K, axis=p.axis, prob_targets=p.prob_targets)
+    return out
 
 
 def _reduce(p, row_loss, grad, divisor):
@@ -221,7 +251,7 @@ def value_and_grad(logits, targets, **kw):
     per-row losses and the gradient of their sum.
     """
     kw = {**_DEFAULTS, **_strip(kw)}
-    return _reduce(*_rows(logits, targets, kw))
+    return _reduce(*_rows(logits, targets, kw)[:4])
 
 
 def cross_entropy(logits, targets, **kw):

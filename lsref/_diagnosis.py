@@ -1,0 +1,138 @@
+"""Known mistakes, each as an alternative computation: when a candidate that fails against the
+reference passes against one of these, the report names that mistake in words."""
+import dataclasses
+
+import numpy as np
+
+from . import reference as R
+
+_HALF = ("float16", "bfloat16")
+
+
+def _nonfinite_kinds(comp):
+    return [item for item in (comp.nonfinite if comp is not None else [])]
+
+
+def _rows_with_minus_inf(z, axis):
+    return np.any(np.isneginf(z.astype(np.float64)), axis=axis)
+
+
+def _passes(result, loss, grad):
+    lc, gc, _ = result
+    return (loss is None or lc.passed) and (grad is None or gc.passed)
+
+
+def _alt(plan, **changes):
+    kw = dict(plan.kwargs)
+    top = {k: changes.pop(k) for k in ("reduction", "divisor", "empty") if k in changes}
+    kw.update(changes)
+    return dataclasses.replace(plan, kwargs=kw, **top)
+
+
+def diagnose(z, t, plan, loss, grad, lc, gc, dtype, eps, tiny, ref_loss, ref_grad, check):
+    found = []
+    kw = plan.kwargs
+    axis = kw.get("axis", -1)
+    ndim = z.ndim
+    axis_n = axis % ndim if ndim else 0
+    K = z.shape[axis_n] if ndim else 1
+    eps_s = float(kw.get("label_smoothing", 0.0) or 0.0)
+    prob_targets = t.shape == z.shape and t.dtype.kind == "f"
+
+    # --- non-finite values where the value is finite ------------------------------------
+    bad = _nonfinite_kinds(lc) + _nonfinite_kinds(gc)
+    if bad:
+        inf_loss = any("infinite" in b["kind"] for b in _nonfinite_kinds(lc))
+        nan_any = any("NaN" in b["kind"] for b in bad)
+        if inf_loss and dtype.name in _HALF:
+            found.append(
+                f"half-precision overflow: the candidate loss is infinite where the value is "
+                f"finite. In {dtype.name} a sum over K = {K} classes (e.g. of -log p for "
+                f"the smoothing term) exceeds the largest finite {dtype.name} "
+                f"({float(np.finfo(np.float16).max) if dtype.name == 'float16' else 3.39e38:g}"
+                f"); accumulate in float32 (or upcast the logits) before reducing.")
+        if nan_any and _rows_with_minus_inf(z, axis_n).any():
+            found.append(
+                "NaN from 0 * (-inf): a class with logit -inf (masked) and zero target mass "
+                "(a 0 label, or class weight 0) was multiplied into the sum instead of "
+                "skipped; its contribution is 0, so the loss is finite (or +inf where the "
+                "masked class does get target mass).")
+        if not found:
+            found.append("non-finite values where the reference is finite (or the reverse); "
+                         "no known mistake explains them: see the listed positions.")
+        return found
+
+    def try_plan(alt_plan, alt_t=None):
+        return _passes(check(z, t if alt_t is None else alt_t, alt_plan, loss, grad, eps, tiny,
+                             None, None), loss, grad)
+
+    # --- the smoothing form: eps/K vs eps/(K-1) -----------------------------------------
+    if eps_s > 0 and not prob_targets and K > 1:
+        cur = kw.get("smoothing", "uniform")
+        other = "others" if cur == "uniform" else "uniform"
+        if try_plan(_alt(plan, smoothing=other)):
+            if other == "others":
+                found.append(f"smoothing form: the candidate puts eps/(K-1) = {eps_s}/{K - 1} "
+                             f"on each wrong class and 1-eps on the target (fairseq >= 0.12, "
+                             f"T5X), where this convention puts eps/K = {eps_s}/{K} on every "
+                             f"class (PyTorch, Keras, Optax, timm).")
+            else:
+                found.append(f"smoothing form: the candidate puts eps/K = {eps_s}/{K} on every "
+                             f"class, where this convention puts eps/(K-1) = {eps_s}/{K - 1} "
+                             f"on each wrong class and 1-eps on the target.")
+
+    # --- smoothing mass divided by the wrong axis length ---------------------------------
+    if eps_s > 0 and ndim > 1 and axis_n != ndim - 1 and z.shape[-1] != K:
+        K_last = z.shape[-1]
+        if prob_targets:
+            P = t.astype(np.float64)
+        else:
+            P = np.moveaxis(R.smooth_labels(t, K, 0.0), -1, axis_n)
+        q_wrong = (1.0 - eps_s) * P + eps_s / K_last
+        if try_plan(_alt(plan, label_smoothing=0.0, ignore_index=None, smoothing="uniform"),
+                    q_wrong):
+            found.append(f"smoothing over the wrong axis: the candidate adds eps/{K_last} "
+                         f"(the last axis' length) to each class, but the classes lie along "
+                         f"axis {axis} with K = {K}: it should add eps/{K} (Keras 3.15 "
+                         f"divides eps by shape[-1] whatever `axis` is).")
+
+    # --- the mean's divisor ----------------------------------------------------------------
+    if plan.reduction == "mean" and loss is not None:
+        terms = R.gradient_terms(z, t, **kw)
+        divisors = {"lsref": ("the summed weights of the non-ignored targets", terms["divisor"]),
+                    "rows": ("the number of rows (targets) that count", terms["rows"]),
+                    "sample_weight": ("the summed sample weights", terms["sample_weight"])}
+        cur = plan.divisor if plan.divisor in divisors else None
+        for name, (words, value) in divisors.items():
+            if name == cur or value == 0 or cur is None:
+                continue
+            if abs(value - divisors[cur][1]) <= 1e-12 * abs(value):
+                continue
+            if try_plan(dataclasses.replace(plan, divisor=name)):
+                found.append(f"the mean's divisor: the candidate divides by {words} "
+                             f"({value:g}) where this convention divides by "
+                             f"{divisors[cur][0]} ({divisors[cur][1]:g}).")
+                break
+
+    # --- a gradient that misses the 1/D of a mean (or has one too many) ----------------------
+    if grad is not None and plan.reduction == "mean" and (loss is None or lc.passed):
+        ref_sum = check(z, t, dataclasses.replace(plan, reduction="sum"), None, grad, eps, tiny,
+                        None, None)
+        if ref_sum[1].passed:
+            found.append("the gradient misses the mean's 1/D factor: it is the gradient of the "
+                         "summed loss, while the loss is a mean.")
+    if grad is not None and plan.reduction in ("sum", "none") and (loss is None or lc.passed):
+        D = np.asarray(ref_grad).size / max(1, K)
+        ref_mean = check(z, t, dataclasses.replace(plan, reduction="mean", divisor="rows"),
+                         None, grad, eps, tiny, None, None)
+        if D > 1 and ref_mean[1].passed:
+            found.append("the gradient carries a 1/N factor (it is the gradient of the mean "
+                         "over rows) while the loss is a sum.")
+
+    if not found:
+        worst = [c for c in (lc, gc) if c is not None and not c.passed]
+        where = "; ".join(f"{c.name} worst at {list(c.worst_index)}: candidate "
+                          f"{c.worst_candidate:.9g}, reference {c.worst_reference:.9g}"
+                          for c in worst)
+        found.append(f"no known mistake fits ({where}).")
+    return found

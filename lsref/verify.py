@@ -1,0 +1,306 @@
+"""Is a framework's label-smoothed loss (and gradient) right? ``lsref.verify`` answers, for the
+user's own arrays: where it is not, and, when the mismatch fits a known mistake, why.
+
+The reference is the float64 oracle (``lsref.reference``) on the exact inputs, under the
+framework's convention (``lsref.conventions``); the tolerance model is in
+``lsref._tolerances`` (one model, per candidate dtype and K).
+"""
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from . import reference as R
+from ._tolerances import VERIFY_SAFETY, verify_eps
+from .conventions import get_convention
+
+__all__ = ["verify", "VerificationReport", "Comparison"]
+
+_MAX_LISTED = 8
+
+
+def _to_numpy(x):
+    """NumPy view of a NumPy array, a PyTorch tensor (detached, on the CPU), a JAX or
+    TensorFlow array, or anything np.asarray takes."""
+    if x is None:
+        return None
+    if hasattr(x, "detach"):                       # torch
+        x = x.detach()
+        if getattr(x, "dtype", None) is not None and str(x.dtype) == "torch.bfloat16":
+            import ml_dtypes
+            return x.cpu().view(__import__("torch").int16).numpy().view(ml_dtypes.bfloat16)
+        return x.cpu().numpy()
+    return np.asarray(x)
+
+
+@dataclass
+class Comparison:
+    """The candidate against the reference, for the loss or the gradient."""
+
+    name: str
+    shape: tuple
+    n_checked: int = 0
+    n_failed: int = 0
+    max_abs_error: float = 0.0
+    max_rel_error: float = 0.0
+    max_error_eps: float = 0.0          # max relative error in units of the candidate's eps
+    worst_index: tuple = ()
+    worst_candidate: float = math.nan
+    worst_reference: float = math.nan
+    worst_tolerance: float = math.nan
+    nonfinite: list = field(default_factory=list)   # disagreements in inf/NaN, listed apart
+    n_nonfinite: int = 0
+
+    @property
+    def passed(self):
+        return self.n_failed == 0 and self.n_nonfinite == 0
+
+
+@dataclass
+class VerificationReport:
+    passed: bool
+    convention: str
+    call: str
+    dtype: str
+    n_classes: int
+    params: dict
+    loss: object = None                 # Comparison or None
+    grad: object = None                 # Comparison or None
+    diagnosis: list = field(default_factory=list)
+    tolerance: str = ""
+
+    def to_dict(self):
+        d = asdict(self)
+        d["params"] = {k: _jsonable(v) for k, v in self.params.items()}
+        return json.loads(json.dumps(d, default=_jsonable))
+
+    def __str__(self):
+        verdict = "PASSED" if self.passed else "FAILED"
+        lines = [f"lsref.verify: {verdict}  [{self.convention}: {self.call}]",
+                 f"  candidate dtype {self.dtype}, K = {self.n_classes}, "
+                 f"params {_fmt_params(self.params)}",
+                 f"  tolerance: {self.tolerance}"]
+        for comp in (self.loss, self.grad):
+            if comp is None:
+                continue
+            state = "ok" if comp.passed else "MISMATCH"
+            lines.append(f"  {comp.name:<8} {state}: max abs err {comp.max_abs_error:.3g}, "
+                         f"max rel err {comp.max_rel_error:.3g} "
+                         f"({comp.max_error_eps:.3g} eps), "
+                         f"{comp.n_failed} of {comp.n_checked} outside tolerance")
+            if comp.n_checked and (comp.n_failed or comp.name == "gradient"):
+                where = "" if comp.worst_index == () else f" at {list(comp.worst_index)}"
+                lines.append(f"           worst{where}: candidate {comp.worst_candidate:.9g}, "
+                             f"reference {comp.worst_reference:.9g} "
+                             f"(tolerance {comp.worst_tolerance:.3g})")
+            if comp.n_nonfinite:
+                lines.append(f"           {comp.n_nonfinite} non-finite disagreement(s):")
+                for item in comp.nonfinite:
+                    lines.append(f"             at {item['index']}: candidate "
+                                 f"{item['candidate']}, reference {item['reference']} "
+                                 f"({item['kind']})")
+        for d in self.diagnosis:
+            lines.append(f"  diagnosis: {d}")
+        return "\n".join(lines)
+
+
+def _jsonable(v):
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v if isinstance(v, (int, float, str, bool, type(None), list, dict)) else str(v)
+
+
+def _fmt_params(params):
+    def short(v):
+        v = np.asarray(v)
+        return f"<array {v.shape}>" if v.ndim else repr(v.item())
+    return "{" + ", ".join(f"{k}={short(v)}" for k, v in params.items()) + "}"
+
+
+# --- the reference under a plan ------------------------------------------------------------
+
+def _reference(z, t, plan):
+    """(loss, grad, loss tolerance pieces, grad tolerance pieces) in float64 for a plan."""
+    kw = plan.kwargs
+    rows, grad = R.value_and_grad(z, t, reduction="none", **kw)
+    terms = R.gradient_terms(z, t, **kw)
+    axis = terms["axis"]
+    row_target = np.sum(terms["target"], axis=axis)       # T_i, per row
+    if plan.reduction == "none":
+        return rows, grad, (rows, row_target, terms["lse"], 1.0), terms
+    if plan.reduction == "sum" or plan.divisor is None:
+        D = 1.0
+    elif plan.divisor == "lsref":
+        D = terms["divisor"]
+    elif plan.divisor == "rows":
+        D = terms["rows"]
+    elif plan.divisor == "sample_weight":
+        D = terms["sample_weight"]
+    else:
+        D = float(plan.divisor)
+    if plan.reduction == "sum":
+        loss = np.float64(np.sum(rows))
+    elif D == 0:
+        loss = np.float64(plan.empty)
+    else:
+        loss = np.float64(np.sum(rows) / D)
+    scale = 1.0 / D if (plan.reduction == "mean" and D != 0) else 1.0
+    if plan.reduction == "mean" and D == 0:
+        scale = 0.0
+    grad = grad * scale
+    terms = dict(terms, prob=terms["prob"] * scale, target=terms["target"] * scale)
+    return loss, grad, (rows * scale, row_target * scale, terms["lse"], None), terms
+
+
+def _tolerances(ref_loss, loss_pieces, terms, eps, tiny, K, reduction, rtol, atol, ref_grad):
+    """Per-element tolerances of the loss and the gradient (the model of _tolerances.py, or
+    atol + rtol*|reference| when the caller gave either)."""
+    G = 4.0 + math.log2(max(K, 2))
+    rows, row_target, lse, _ = loss_pieces
+    if rtol is not None or atol is not None:
+        r = 0.0 if rtol is None else rtol
+        a = 0.0 if atol is None else atol
+        return (a + r * np.abs(ref_loss)), (a + r * np.abs(ref_grad))
+    with np.errstate(invalid="ignore", over="ignore"):
+        row_tol = VERIFY_SAFETY * eps * (np.abs(rows) + row_target * (G + np.abs(lse)))
+        if reduction == "none":
+            loss_tol = row_tol
+        else:
+            n = max(np.size(rows), 1)
+            loss_tol = (np.sum(np.where(np.isfinite(row_tol), row_tol, 0.0))
+                        + VERIFY_SAFETY * eps * math.log2(n + 1) * np.abs(ref_loss))
+        axis = terms["axis"]
+        lse_b = np.expand_dims(np.abs(lse), axis)
+        log_p = np.where(np.isfinite(terms["log_p"]), np.abs(terms["log_p"]), 0.0)
+        grad_tol = (VERIFY_SAFETY * eps * (terms["prob"] * (G + lse_b + log_p)
+                                           + terms["target"] + np.abs(ref_grad))
+                    + tiny)
+    loss_tol = loss_tol + tiny
+    return loss_tol, grad_tol
+
+
+def _compare(name, cand, ref, tol, eps):
+    cand = np.asarray(cand, np.float64) if cand.dtype.name != "bfloat16" else \
+        cand.astype(np.float64)
+    ref = np.asarray(ref, np.float64)
+    comp = Comparison(name=name, shape=tuple(ref.shape))
+    if cand.shape != ref.shape:
+        if cand.size == ref.size == 1:
+            cand = cand.reshape(ref.shape)
+        else:
+            raise ValueError(f"the candidate {name} has shape {cand.shape}, the reference "
+                             f"{ref.shape} (check the reduction and the convention)")
+    scalar = ref.ndim == 0
+    tol = np.broadcast_to(tol, ref.shape)
+    if scalar:                                     # compare as one element; index []
+        cand, ref, tol = cand.reshape(1), ref.reshape(1), tol.reshape(1)
+    cf, rf = np.isfinite(cand), np.isfinite(ref)
+    same_special = (~cf & ~rf) & ((np.isnan(cand) & np.isnan(ref)) | (cand == ref))
+    bad_special = ~(cf & rf) & ~same_special
+    comp.n_nonfinite = int(bad_special.sum())
+    for idx in list(zip(*np.nonzero(bad_special)))[:_MAX_LISTED]:
+        c, r = float(cand[idx]), float(ref[idx])
+        kind = ("candidate NaN where the value is finite" if math.isnan(c) and math.isfinite(r)
+                else "candidate infinite where the value is finite" if math.isfinite(r)
+                else "candidate finite where the value is not" if math.isfinite(c)
+                else "a different non-finite value")
+        comp.nonfinite.append(dict(index=[] if scalar else [int(i) for i in idx],
+                                   candidate=c, reference=r, kind=kind))
+    both = cf & rf
+    comp.n_checked = int(both.sum())
+    if comp.n_checked:
+        err = np.where(both, np.abs(cand - ref), 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(both & (ref != 0), err / np.abs(ref), np.where(err > 0, np.inf, 0))
+            ratio = np.where(both, err / np.where(tol > 0, tol, np.finfo(float).tiny), 0.0)
+        comp.n_failed = int(np.sum(ratio > 1.0))
+        comp.max_abs_error = float(err.max())
+        comp.max_rel_error = float(rel.max())
+        comp.max_error_eps = comp.max_rel_error / eps
+        worst = np.unravel_index(int(np.argmax(ratio)), ref.shape)
+        comp.worst_index = () if scalar else tuple(int(i) for i in worst)
+        comp.worst_candidate = float(cand[worst])
+        comp.worst_reference = float(ref[worst])
+        comp.worst_tolerance = float(tol[worst])
+    return comp
+
+
+def _check(z, t, plan, loss, grad, eps, tiny, rtol, atol):
+    ref_loss, ref_grad, loss_pieces, terms = _reference(z, t, plan)
+    K = terms["n_classes"]
+    loss_tol, grad_tol = _tolerances(ref_loss, loss_pieces, terms, eps, tiny, K,
+                                     plan.reduction, rtol, atol, ref_grad)
+    lc = None if loss is None else _compare("loss", loss, ref_loss, loss_tol, eps)
+    gc = None if grad is None else _compare("gradient", grad, ref_grad, grad_tol, eps)
+    return lc, gc, (ref_loss, ref_grad, terms)
+
+
+def verify(logits, targets, loss=None, grad=None, *, convention="lsref", rtol=None,
+           atol=None, **params):
+    """Check a framework's loss and/or gradient against the float64 reference.
+
+    Parameters
+    ----------
+    logits, targets : array_like (NumPy, PyTorch, JAX or TensorFlow arrays)
+        Exactly what was given to the framework.
+    loss, grad : array_like, optional
+        The framework's loss (scalar, or per row) and its gradient with respect to
+        ``logits``. Give either or both.
+    convention : str, default="lsref"
+        Whose semantics: "torch", "keras", "optax", "timm", "fairseq", "fairseq-0.10",
+        "t5x" or "lsref" (see ``lsref.conventions.CONVENTIONS``).
+    rtol, atol : float, optional
+        Replace the tolerance model by ``atol + rtol * |reference|``.
+    **params
+        The keyword arguments exactly as passed to the framework, e.g. ``weight=``,
+        ``ignore_index=``, ``label_smoothing=`` for PyTorch.
+
+    Returns
+    -------
+    VerificationReport
+        ``passed``; for the loss and the gradient the largest absolute and relative error
+        (also in units of the candidate dtype's epsilon), the worst element with both values,
+        non-finite disagreements listed apart; a ``diagnosis`` where a known mistake fits.
+        ``print(report)`` for a terminal, ``report.to_dict()`` for JSON.
+
+    Examples
+    --------
+    >>> import numpy as np, lsref
+    >>> z = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    >>> t = np.array([0, 2])
+    >>> ref_loss = lsref.cross_entropy(z, t, label_smoothing=0.1)
+    >>> lsref.verify(z, t, loss=ref_loss, convention="torch", label_smoothing=0.1).passed
+    True
+    >>> r = lsref.verify(z, t, loss=ref_loss * 1.01, convention="torch", label_smoothing=0.1)
+    >>> r.passed
+    False
+    """
+    conv = get_convention(convention)
+    z, t = _to_numpy(logits), _to_numpy(targets)
+    loss, grad = _to_numpy(loss), _to_numpy(grad)
+    if loss is None and grad is None:
+        raise ValueError("give the candidate loss, grad, or both")
+    params = {k: _to_numpy(v) if hasattr(v, "shape") else v for k, v in params.items()}
+    plan = conv.make_plan(z, t, params)
+    cand_dtype = (grad if grad is not None else loss).dtype
+    if cand_dtype.kind != "f" and cand_dtype.name != "bfloat16":
+        cand_dtype = np.dtype(np.float64)
+    eps, tiny = verify_eps(cand_dtype)
+    lc, gc, (ref_loss, ref_grad, terms) = _check(z, t, plan, loss, grad, eps, tiny, rtol, atol)
+    report = VerificationReport(
+        passed=all(c is None or c.passed for c in (lc, gc)), convention=conv.name,
+        call=conv.call, dtype=cand_dtype.name, n_classes=terms["n_classes"], params=params,
+        loss=lc, grad=gc,
+        tolerance=(f"atol={atol}, rtol={rtol}" if (rtol is not None or atol is not None)
+                   else f"model for {cand_dtype.name} (eps {eps:.3g}) and K = "
+                        f"{terms['n_classes']}"))
+    if not report.passed:
+        from ._diagnosis import diagnose
+        report.diagnosis = diagnose(z, t, plan, loss, grad, lc, gc, cand_dtype, eps, tiny,
+                                    ref_loss, ref_grad, _check)
+    return report
