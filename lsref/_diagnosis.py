@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 
 from . import reference as R
+from ._validation import is_bfloat16
 
 _HALF = ("float16", "bfloat16")
 
@@ -37,7 +38,7 @@ def diagnose(z, t, plan, loss, grad, lc, gc, dtype, eps, tiny, ref_loss, ref_gra
     axis_n = axis % ndim if ndim else 0
     K = z.shape[axis_n] if ndim else 1
     eps_s = float(kw.get("label_smoothing", 0.0) or 0.0)
-    prob_targets = t.shape == z.shape and t.dtype.kind == "f"
+    prob_targets = t.shape == z.shape and (t.dtype.kind == "f" or is_bfloat16(t.dtype))
 
     # --- non-finite values where the value is finite ------------------------------------
     bad = _nonfinite_kinds(lc) + _nonfinite_kinds(gc)
@@ -62,9 +63,20 @@ def diagnose(z, t, plan, loss, grad, lc, gc, dtype, eps, tiny, ref_loss, ref_gra
                          "no known mistake explains them: see the listed positions.")
         return found
 
-    def try_plan(alt_plan, alt_t=None):
-        return _passes(check(z, t if alt_t is None else alt_t, alt_plan, loss, grad, eps, tiny,
-                             None, None), loss, grad)
+    def try_plan(alt_plan, alt_t=None, loss_only=False, alt_eps=None):
+        g = None if (loss_only and loss is not None) else grad
+        e = eps if alt_eps is None else alt_eps
+        return _passes(check(z, t if alt_t is None else alt_t, alt_plan, loss, g, e, tiny,
+                             None, None), loss, g)
+
+    # --- computed in a narrower precision than the result's dtype ------------------------
+    if dtype == np.float64:
+        eps32 = float(np.finfo(np.float32).eps)
+        if try_plan(plan, alt_eps=eps32):
+            found.append("precision: the result has dtype float64 but only float32 accuracy: "
+                         "the framework computed in float32 (Keras casts inputs to floatx(), "
+                         "float32 unless a dtype policy says otherwise).")
+            return found
 
     # --- the smoothing form: eps/K vs eps/(K-1) -----------------------------------------
     if eps_s > 0 and not prob_targets and K > 1:
@@ -89,8 +101,10 @@ def diagnose(z, t, plan, loss, grad, lc, gc, dtype, eps, tiny, ref_loss, ref_gra
         else:
             P = np.moveaxis(R.smooth_labels(t, K, 0.0), -1, axis_n)
         q_wrong = (1.0 - eps_s) * P + eps_s / K_last
+        # judged on the loss: with targets that no longer sum to 1, TensorFlow's fused kernel
+        # returns the gradient p - q where autodiff gives (sum q) p - q
         if try_plan(_alt(plan, label_smoothing=0.0, ignore_index=None, smoothing="uniform"),
-                    q_wrong):
+                    q_wrong, loss_only=True):
             found.append(f"smoothing over the wrong axis: the candidate adds eps/{K_last} "
                          f"(the last axis' length) to each class, but the classes lie along "
                          f"axis {axis} with K = {K}: it should add eps/{K} (Keras 3.15 "

@@ -1,5 +1,6 @@
-"""The ``lsref`` command: ``lsref info`` and ``lsref selfcheck``."""
+"""The ``lsref`` command: info, selfcheck, verify, conformance."""
 import argparse
+import json
 import platform
 import sys
 import time
@@ -73,6 +74,93 @@ def _selfcheck(args):
     return 0 if (ok_loss and ok_grad) else 1
 
 
+def _parse_value(text):
+    """A --param value: a number, true/false/none, or the text itself."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _load_npz(path):
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise _UsageError(f"no such file: {path}") from None
+    except (ValueError, OSError) as exc:   # not an npz, or object arrays (pickle refused)
+        raise _UsageError(f"cannot read {path} as an .npz of plain arrays: {exc}") from None
+    missing = [k for k in ("logits", "targets") if k not in data]
+    if missing:
+        raise _UsageError(f"{path} has no array named {' or '.join(missing)} (it holds: "
+                          f"{', '.join(data) or 'nothing'})")
+    if "loss" not in data and "grad" not in data:
+        raise _UsageError(f"{path} holds neither 'loss' nor 'grad': nothing to verify")
+    return data
+
+
+def _verify(args):
+    from .conventions import get_convention
+    from .verify import verify
+    try:
+        conv = get_convention(args.convention)
+        data = _load_npz(args.file)
+        params = {}
+        if args.label_smoothing is not None:
+            params[conv.smoothing_param] = args.label_smoothing
+        if "weight" in data:
+            if conv.weight_param is None:
+                raise _UsageError(f"{args.file} holds 'weight' but convention "
+                                  f"{conv.name!r} takes no weights")
+            params[conv.weight_param] = data["weight"]
+        for item in args.param:
+            if "=" not in item:
+                raise _UsageError(f"--param takes NAME=VALUE, got {item!r}")
+            name, value = item.split("=", 1)
+            params[name] = _parse_value(value)
+        report = verify(data["logits"], data["targets"], data.get("loss"), data.get("grad"),
+                        convention=conv, rtol=args.rtol, atol=args.atol, **params)
+    except _UsageError as exc:
+        print(f"lsref verify: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError) as exc:
+        print(f"lsref verify: unusable input: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report)
+    return 0 if report.passed else 1
+
+
+def _conformance(args):
+    from . import conformance
+    names = None if args.frameworks is None else [
+        n.strip() for n in args.frameworks.split(",") if n.strip()]
+    try:
+        rows, versions = conformance.run(names, quick=args.quick,
+                                         progress=not args.no_progress)
+    except ValueError as exc:
+        print(f"lsref conformance: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(dict(versions=versions, rows=[
+            dict(framework=r.framework, case=r.case, result=r.result, verdict=r.verdict,
+                 diagnosis=r.diagnosis) for r in rows]), indent=2))
+    else:
+        print(conformance.format_table(rows, versions, markdown=args.markdown))
+    unexplained = [r for r in rows if r.verdict == "FAIL"]
+    return 1 if unexplained else 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="lsref", description="Label-smoothed softmax cross-entropy: reference and kernel.")
@@ -85,8 +173,29 @@ def main(argv=None):
     sc.add_argument("--label-smoothing", type=float, default=0.1)
     sc.add_argument("--repeat", type=int, default=5, help="kernel runs (median is reported)")
     sc.add_argument("--seed", type=int, default=0)
+    vf = sub.add_parser("verify", help="check a framework's loss/gradient saved in an .npz "
+                        "(arrays: logits, targets, and loss and/or grad; optional weight)")
+    vf.add_argument("file")
+    vf.add_argument("--convention", default="lsref",
+                    help="torch, keras, optax, timm, fairseq, fairseq-0.10, t5x or lsref")
+    vf.add_argument("--label-smoothing", type=float, default=None,
+                    help="the framework's smoothing argument (whatever its name)")
+    vf.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="any other framework argument, e.g. --param ignore_index=0")
+    vf.add_argument("--rtol", type=float, default=None)
+    vf.add_argument("--atol", type=float, default=None)
+    vf.add_argument("--json", action="store_true")
+    cf = sub.add_parser("conformance", help="run each installed framework's own loss and "
+                        "autograd over a matrix of cases and judge every result")
+    cf.add_argument("--frameworks", default=None, help="comma-separated: torch,jax,keras")
+    cf.add_argument("--quick", action="store_true", help="float32/float16 cases, K <= 32000")
+    out = cf.add_mutually_exclusive_group()
+    out.add_argument("--markdown", action="store_true")
+    out.add_argument("--json", action="store_true")
+    cf.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    return {"info": _info, "selfcheck": _selfcheck}[args.command](args)
+    return {"info": _info, "selfcheck": _selfcheck, "verify": _verify,
+            "conformance": _conformance}[args.command](args)
 
 
 if __name__ == "__main__":

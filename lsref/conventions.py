@@ -15,6 +15,8 @@ from typing import Callable
 
 import numpy as np
 
+from ._validation import is_bfloat16
+
 __all__ = ["Plan", "Convention", "CONVENTIONS", "get_convention"]
 
 
@@ -57,7 +59,8 @@ class Convention:
 
 
 def _is_prob(logits, targets):
-    return targets.shape == logits.shape and targets.dtype.kind == "f"
+    return targets.shape == logits.shape and (targets.dtype.kind == "f"
+                                              or is_bfloat16(targets.dtype))
 
 
 def _lsref(logits, targets, p):

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import reference as R
-from ._tolerances import VERIFY_SAFETY, verify_eps
+from ._tolerances import VERIFY_SAFETY, verify_eps, verify_growth
 from .conventions import get_convention
 
 __all__ = ["verify", "VerificationReport", "Comparison"]
@@ -160,7 +160,7 @@ def _reference(z, t, plan):
 def _tolerances(ref_loss, loss_pieces, terms, eps, tiny, K, reduction, rtol, atol, ref_grad):
     """Per-element tolerances of the loss and the gradient (the model of _tolerances.py, or
     atol + rtol*|reference| when the caller gave either)."""
-    G = 4.0 + math.log2(max(K, 2))
+    G = verify_growth(K)
     rows, row_target, lse, _ = loss_pieces
     if rtol is not None or atol is not None:
         r = 0.0 if rtol is None else rtol
