@@ -331,7 +331,9 @@ def run(frameworks=None, quick=False, progress=True, stream=sys.stderr):
 
 def format_table(rows, versions, markdown=False):
     head = ["framework", "case", "framework result (loss)", "verdict", "diagnosis"]
-    body = [[r.framework, r.case, r.result, r.verdict, r.diagnosis] for r in rows]
+    # the table shows each diagnosis' headline (before its first colon); JSON has it whole
+    body = [[r.framework, r.case, r.result, r.verdict, r.diagnosis.split(":")[0]]
+            for r in rows]
     lines = ["Versions: " + "; ".join(versions.values())]
     if markdown:
         lines.append("")

@@ -63,3 +63,16 @@ HALF_DTYPES = [np.float16] + ([ml_dtypes.bfloat16] if ml_dtypes is not None else
 @pytest.fixture(params=[np.float32, np.float64], ids=["float32", "float64"])
 def dtype(request):
     return request.param
+
+
+def require(module):
+    """Import an optional framework, or skip; with LSREF_REQUIRE_FRAMEWORKS=1 (CI) a missing
+    framework fails instead, so cross-framework tests cannot silently stop running."""
+    if os.environ.get("LSREF_REQUIRE_FRAMEWORKS", "") not in ("", "0"):
+        import importlib
+        try:
+            return importlib.import_module(module)
+        except ImportError as exc:
+            pytest.fail(f"LSREF_REQUIRE_FRAMEWORKS is set but {module} cannot be imported: "
+                        f"{exc}")
+    return pytest.importorskip(module)

@@ -6,7 +6,9 @@ import pytest
 import lsref
 from lsref import reference as R
 
-torch = pytest.importorskip("torch")
+from conftest import require
+
+torch = require("torch")
 F = torch.nn.functional
 
 # float64 on both sides; PyTorch sums in a different order (cascade sums), so the agreement
