@@ -9,11 +9,14 @@ import pytest
 import lsref
 import lsref.loss
 import lsref.reference
+import lsref.testing
+import lsref.verify
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
-@pytest.mark.parametrize("module", [lsref.loss, lsref.reference], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [lsref.loss, lsref.reference, lsref.verify, lsref.testing],
+                         ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
