@@ -13,7 +13,9 @@ def assert_matches_reference(logits, targets, loss=None, grad=None, *, conventio
     --------
     >>> import numpy as np, lsref, lsref.testing
     >>> z, t = np.array([[1.0, 2.0, 0.5]]), np.array([1])
-    >>> lsref.testing.assert_matches_reference(z, t, loss=lsref.cross_entropy(z, t))
+    >>> report = lsref.testing.assert_matches_reference(z, t, loss=lsref.cross_entropy(z, t))
+    >>> report.passed
+    True
     """
     report = verify(logits, targets, loss, grad, convention=convention, rtol=rtol, atol=atol,
                     **params)
