@@ -158,6 +158,45 @@ cdef extern from *:
     uint16_t lsref_to_f16(double) nogil
     int16_t lsref_to_bf16(double) nogil
 
+cdef extern from "_simd.h" nogil:
+    ctypedef struct lsref_simd_table:
+        const char *name
+        float (*max_f32)(const float *, Py_ssize_t) noexcept nogil
+        double (*max_f64)(const double *, Py_ssize_t) noexcept nogil
+        void (*expsum_f32)(const float *, Py_ssize_t, float, float *, double *,
+                           double *) noexcept nogil
+        void (*expsum_f64)(const double *, Py_ssize_t, double, double *, double *,
+                           double *) noexcept nogil
+        void (*affine_f32)(float *, Py_ssize_t, double, double) noexcept nogil
+        void (*affine_f64)(double *, Py_ssize_t, double, double) noexcept nogil
+    lsref_simd_table lsref_simd
+    int lsref_simd_init(const char *force)
+    float lsref_exp_neg_f32(float) noexcept nogil
+    double lsref_exp_neg_f64(double) noexcept nogil
+
+
+def _init_simd():
+    """Pick the row sweeps for this CPU; LSREF_SIMD=generic|avx2|avx512 forces a set."""
+    import os
+    force = os.environ.get("LSREF_SIMD", "").strip().lower()
+    if lsref_simd_init(force.encode()) != 0:
+        import warnings
+        warnings.warn(f"LSREF_SIMD={force!r} is not available on this CPU (or build); using "
+                      f"the generic sweeps", RuntimeWarning)
+    return lsref_simd.name.decode()
+
+
+SIMD_PATH = _init_simd()
+
+
+def exp_neg(const double[::1] x, double[::1] out64, float[::1] out32):
+    """The kernel's exp(x) for x <= 0 in double and in float (for the tests)."""
+    cdef Py_ssize_t i
+    for i in range(x.shape[0]):
+        out64[i] = lsref_exp_neg_f64(x[i])
+        out32[i] = lsref_exp_neg_f32(<float> x[i])
+
+
 OPENMP_ENABLED = bool(LSREF_OPENMP)
 BUILD_FLAGS = LSREF_BUILD_FLAGS.decode()
 COMPILER = LSREF_COMPILER.decode()
@@ -285,10 +324,23 @@ cdef inline double _log_se(const stored_in *z, Py_ssize_t K, double m, double se
 
 cdef inline row_stats _stats(const stored_in *z, Py_ssize_t K, const double *w,
                              stored_out *e) noexcept nogil:
-    """m, se and U of one row; exp(z - m) goes to e when e is not NULL."""
+    """m, se and U of one row; exp(z - m) goes to e when e is not NULL.
+
+    Unweighted float32/float64 rows take the vectorised sweeps of _simd.h."""
     cdef row_stats st
     cdef double m, d, ek, se = 0.0, u = 0.0
     cdef Py_ssize_t k
+    st.up = st.sp = st.qlq = 0.0
+    if stored_in is float:
+        if w == NULL and (e == NULL or stored_out is float):
+            st.m = lsref_simd.max_f32(z, K)
+            lsref_simd.expsum_f32(z, K, <float> st.m, <float *> e, &st.se, &st.u)
+            return st
+    elif stored_in is double:
+        if w == NULL and (e == NULL or stored_out is double):
+            st.m = lsref_simd.max_f64(z, K)
+            lsref_simd.expsum_f64(z, K, st.m, <double *> e, &st.se, &st.u)
+            return st
     st.m = m = _row_max(z, K)
     if w == NULL:
         if e != NULL:
@@ -311,7 +363,6 @@ cdef inline row_stats _stats(const stored_in *z, Py_ssize_t K, const double *w,
                 e[k] = <stored_out> ek
     st.se = se
     st.u = u
-    st.up = st.sp = st.qlq = 0.0
     return st
 
 
@@ -413,7 +464,11 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
         B = s * beta
         if scratch:
             e_t = _ld(g[t])
-            if w == NULL:
+            if w == NULL and stored_out is float:
+                lsref_simd.affine_f32(<float *> g, K, A, B)
+            elif w == NULL and stored_out is double:
+                lsref_simd.affine_f64(<double *> g, K, A, B)
+            elif w == NULL:
                 for k in range(K):
                     _st(g, k, A * _ld(g[k]) - B)
             else:
