@@ -439,9 +439,14 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
         if g != NULL:
             _fill_nan(g, K)
         return NAN
-    L = _log_se(z, K, st.m, st.se, e if <const void *> g == <const void *> z else NULL)
-    lse = st.m + L
     d_t = zt - st.m
+    # The log1p refinement matters only where the loss itself can be tiny: no smoothing mass
+    # elsewhere (beta = 0) and the target at the row's max (else loss >= H(q) or >= -d_t).
+    if beta == 0.0 and d_t == 0.0:
+        L = _log_se(z, K, st.m, st.se, e if <const void *> g == <const void *> z else NULL)
+    else:
+        L = log(st.se)
+    lse = st.m + L
     loss = 0.0
     if q_t * w_t != 0.0:
         loss = q_t * w_t * (L - d_t)
@@ -496,7 +501,9 @@ cdef inline double _row_prob(const stored_in *z, const real_t *P, Py_ssize_t K,
         if g != NULL:
             _fill_nan(g, K)
         return NAN
-    L = _log_se(z, K, st.m, st.se, e if <const void *> g == <const void *> z else NULL)
+    # as for class indices: only a row without smoothing mass can have a tiny loss
+    L = _log_se(z, K, st.m, st.se, e if <const void *> g == <const void *> z else NULL) \
+        if beta == 0.0 else log(st.se)
     lse = st.m + L
     loss = 0.0
     if a != 0.0:

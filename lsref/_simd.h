@@ -104,22 +104,21 @@ ATTR static double lsref_max_f64_##SUF(const double *z, Py_ssize_t n) {         
     return m; }                                                                              \
 ATTR static void lsref_expsum_f32_##SUF(const float *z, Py_ssize_t n, float m, float *e,     \
                                         double *se_out, double *u_out) {                     \
-    double se = 0.0, u = 0.0; Py_ssize_t k = 0, j;                                           \
-    for (; k + 64 <= n; k += 64) {                                                           \
+    double se = 0.0, u = 0.0; Py_ssize_t k, j, end;                                          \
+    for (k = 0; k < n; k += 64) {              /* the last block may be short (small K) */   \
         float bs = 0.0f, bu = 0.0f;                                                          \
+        end = k + 64 < n ? k + 64 : n;                                                       \
         if (e) {                                                                             \
             LSREF_PRAGMA(omp simd reduction(+:bs,bu))                                        \
-            for (j = k; j < k + 64; j++) { float d = z[j] - m; float v = lsref_exp_neg_f32(d); \
-                                           e[j] = v; bs += v; bu += d; }                     \
+            for (j = k; j < end; j++) { float d = z[j] - m; float v = lsref_exp_neg_f32(d);  \
+                                        e[j] = v; bs += v; bu += d; }                        \
         } else {                                                                             \
             LSREF_PRAGMA(omp simd reduction(+:bs,bu))                                        \
-            for (j = k; j < k + 64; j++) { float d = z[j] - m;                               \
-                                           bs += lsref_exp_neg_f32(d); bu += d; }            \
+            for (j = k; j < end; j++) { float d = z[j] - m;                                  \
+                                        bs += lsref_exp_neg_f32(d); bu += d; }               \
         }                                                                                    \
         se += (double)bs; u += (double)bu;                                                   \
     }                                                                                        \
-    for (; k < n; k++) { float d = z[k] - m; float v = lsref_exp_neg_f32(d);                 \
-                         if (e) e[k] = v; se += (double)v; u += (double)d; }                 \
     *se_out = se; *u_out = u; }                                                              \
 ATTR static void lsref_expsum_f64_##SUF(const double *z, Py_ssize_t n, double m, double *e,  \
                                         double *se_out, double *u_out) {                     \

@@ -22,6 +22,8 @@ def _info(args):
     print(f"OpenMP: {omp}")
     print(f"threads: {_default_threads()} by default (OpenMP's own default: "
           f"{_kernel.omp_max_threads()})")
+    print(f"vector path: {_kernel.SIMD_PATH} (chosen at run time; LSREF_SIMD=generic forces "
+          f"the portable one)")
     return 0
 
 
@@ -193,6 +195,12 @@ def main(argv=None):
     out.add_argument("--markdown", action="store_true")
     out.add_argument("--json", action="store_true")
     cf.add_argument("--no-progress", action="store_true")
+    sub.add_parser("bench", help="one-run speed comparison with NumPy, SciPy, PyTorch, JAX "
+                   "and a memory copy (options: lsref bench --help)", add_help=False)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
     args = parser.parse_args(argv)
     return {"info": _info, "selfcheck": _selfcheck, "verify": _verify,
             "conformance": _conformance}[args.command](args)
