@@ -155,6 +155,30 @@ def check_bool(name, value):
     return bool(value)
 
 
+def _check_ignore_index(ignore_index):
+    if ignore_index is None:
+        return None
+    if isinstance(ignore_index, (bool, np.bool_)):
+        raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
+    try:
+        return operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(f"ignore_index must be an integer or None, got "
+                        f"{ignore_index!r}") from None
+
+
+def _check_class_indices(targets, K, ignore_index):
+    """Every class index in [0, K) or equal to ignore_index; else name the first bad one."""
+    valid = (targets >= 0) & (targets < K)
+    if ignore_index is not None:
+        valid |= targets == ignore_index
+    if not valid.all():
+        i = int(np.flatnonzero(~valid.ravel())[0])
+        ign = "" if ignore_index is None else f" and is not ignore_index ({ignore_index})"
+        raise ValueError(f"targets{_position(targets.shape, i)} = "
+                         f"{targets.ravel()[i]} is outside [0, {K}){ign}")
+
+
 def check_problem(logits, targets, *, label_smoothing, axis, reduction, smoothing,
                   class_weight, sample_weight, ignore_index, z_loss, kl=False):
     """Validate a cross-entropy call; raise TypeError/ValueError naming the bad argument."""
@@ -171,14 +195,7 @@ def check_problem(logits, targets, *, label_smoothing, axis, reduction, smoothin
     smoothing = check_choice("smoothing", smoothing, SMOOTHINGS)
     z_loss = _real_scalar("z_loss", z_loss, 0.0)
     kl = check_bool("kl", kl)
-    if ignore_index is not None:
-        if isinstance(ignore_index, (bool, np.bool_)):
-            raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
-        try:
-            ignore_index = operator.index(ignore_index)
-        except TypeError:
-            raise TypeError(f"ignore_index must be an integer or None, got "
-                            f"{ignore_index!r}") from None
+    ignore_index = _check_ignore_index(ignore_index)
 
     z = np.moveaxis(logits, axis, -1)
     batch_shape = z.shape[:-1]
@@ -214,14 +231,7 @@ def check_problem(logits, targets, *, label_smoothing, axis, reduction, smoothin
             raise ValueError(f"class-index targets must have shape {batch_shape} (logits "
                              f"{logits.shape} without axis {axis}), got {targets.shape}")
         prob = False
-        valid = (targets >= 0) & (targets < K)
-        if ignore_index is not None:
-            valid |= targets == ignore_index
-        if not valid.all():
-            i = int(np.flatnonzero(~valid.ravel())[0])
-            ign = "" if ignore_index is None else f" and is not ignore_index ({ignore_index})"
-            raise ValueError(f"targets{_position(targets.shape, i)} = "
-                             f"{targets.ravel()[i]} is outside [0, {K}){ign}")
+        _check_class_indices(targets, K, ignore_index)
         t = targets
     if smoothing == "others" and K == 1:
         raise ValueError("smoothing='others' spreads eps over the K-1 other classes and needs "
@@ -275,14 +285,7 @@ def check_binary_problem(logits, targets, *, label_smoothing, axis, reduction, c
     K = logits.shape[axis]
     eps = _real_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
     reduction = check_choice("reduction", reduction, REDUCTIONS)
-    if ignore_index is not None:
-        if isinstance(ignore_index, (bool, np.bool_)):
-            raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
-        try:
-            ignore_index = operator.index(ignore_index)
-        except TypeError:
-            raise TypeError(f"ignore_index must be an integer or None, got "
-                            f"{ignore_index!r}") from None
+    ignore_index = _check_ignore_index(ignore_index)
     z = np.moveaxis(logits, axis, -1)
     batch_shape = z.shape[:-1]
     targets = np.asarray(targets)
@@ -300,14 +303,7 @@ def check_binary_problem(logits, targets, *, label_smoothing, axis, reduction, c
     elif targets.shape == batch_shape and kind in "iu":
         if K == 0:
             raise ValueError(f"logits has 0 classes along axis={axis} (shape {logits.shape})")
-        valid = (targets >= 0) & (targets < K)
-        if ignore_index is not None:
-            valid |= targets == ignore_index
-        if not valid.all():
-            i = int(np.flatnonzero(~valid.ravel())[0])
-            ign = "" if ignore_index is None else f" and is not ignore_index ({ignore_index})"
-            raise ValueError(f"targets{_position(targets.shape, i)} = "
-                             f"{targets.ravel()[i]} is outside [0, {K}){ign}")
+        _check_class_indices(targets, K, ignore_index)
         indices = targets
     elif targets.shape == batch_shape:
         raise TypeError(f"targets of shape {targets.shape} are class indices but have dtype "
