@@ -138,15 +138,18 @@ def _reduce(reduction, row_loss, divisor, batch_shape, dtype):
     return dtype.type(total)              # the rows already carry 1/D for "mean"
 
 
-def _run(logits, targets, *, want_grad, out, n_threads, **kw):
-    p = check_problem(logits, targets, **kw)
-    nt = _threads(n_threads)
-    zn = _native(p.logits)
-    dtype = zn.dtype
-    K, N = p.n_classes, p.n_rows
+def _start(p, want_grad, out, n_threads):
+    """What every front-door call needs first: the thread count and the logits in a dtype the
+    kernel stores natively."""
     if out is not None and not want_grad:
         raise TypeError("out= is only accepted where a gradient is computed")
+    zn = _native(p.logits)
+    return _threads(n_threads), zn, zn.dtype, p.n_classes, p.n_rows
 
+
+def _run(logits, targets, *, want_grad, out, n_threads, **kw):
+    p = check_problem(logits, targets, **kw)
+    nt, zn, dtype, K, N = _start(p, want_grad, out, n_threads)
     z = _rows(zn, K)
     cw = None if p.class_weight is None else np.ascontiguousarray(p.class_weight)
     W = float(K) if cw is None else float(np.sum(cw))
@@ -414,12 +417,7 @@ def log_softmax(x, axis=-1, *, n_threads=None):
 
 def _run_binary(logits, targets, *, want_grad, out, n_threads, **kw):
     p = check_binary_problem(logits, targets, **kw)
-    nt = _threads(n_threads)
-    zn = _native(p.logits)
-    dtype = zn.dtype
-    K, N = p.n_classes, p.n_rows
-    if out is not None and not want_grad:
-        raise TypeError("out= is only accepted where a gradient is computed")
+    nt, zn, dtype, K, N = _start(p, want_grad, out, n_threads)
     z = _rows(zn, K) if K else np.empty((N, 0), _bits(zn).dtype)
     cw = None if p.class_weight is None else np.ascontiguousarray(p.class_weight)
     sw = None if p.sample_weight is None else np.ascontiguousarray(p.sample_weight.reshape(-1))
