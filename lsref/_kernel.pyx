@@ -171,6 +171,15 @@ cdef extern from "_simd.h" nogil:
         void (*affine_f64)(double *, Py_ssize_t, double, double) noexcept nogil
     lsref_simd_table lsref_simd
     int lsref_simd_init(const char *force)
+    ctypedef struct lsref_small_params:
+        double q_t, beta, W, scale, lam, kl_const
+        const double *row_scale
+        int64_t ignore_index
+        int has_ignore
+    void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const int64_t *t,
+                          const lsref_small_params *P, double *loss, float *g,
+                          unsigned char *redo) noexcept nogil
+    int lsref_small8_available() noexcept nogil
     float lsref_exp_neg_f32(float) noexcept nogil
     double lsref_exp_neg_f64(double) noexcept nogil
 
@@ -322,6 +331,26 @@ cdef inline double _log_se(const stored_in *z, Py_ssize_t K, double m, double se
     return log1p(rest)
 
 
+cdef inline double _log_se_exact(const stored_in *z, Py_ssize_t K, double m) noexcept nogil:
+    """log(sum_k exp(z_k - m)) from the logits in double (libm exp), for the KL form's
+    refinement: KL = CE - H(q) cancels near the optimum, where the vectorised float sum's
+    ~1e-7 would be a large part of a small KL."""
+    cdef double rest = 0.0
+    cdef bint skipped = False
+    cdef Py_ssize_t k
+    for k in range(K):
+        if not skipped and _ld(z[k]) == m:
+            skipped = True
+        else:
+            rest += exp(_ld(z[k]) - m)
+    return log1p(rest)
+
+
+cdef inline bint _kl_cancels(double ce, double minus_h) noexcept nogil:
+    """KL = ce + minus_h has lost two or more of ce's digits."""
+    return minus_h != 0.0 and fabs(ce + minus_h) < 1e-2 * fabs(ce)
+
+
 cdef inline row_stats _stats(const stored_in *z, Py_ssize_t K, const double *w,
                              stored_out *e) noexcept nogil:
     """m, se and U of one row; exp(z - m) goes to e when e is not NULL.
@@ -424,6 +453,17 @@ cdef inline bint _scratch_ok(stored_out *g) noexcept nogil:
         return False
 
 
+cdef inline double _ce_index(double L, double d_t, double q_t, double w_t, double beta,
+                             double W, double u_other) noexcept nogil:
+    """sum_k w_k q_k (lse - z_k) of a class-index row, zero-mass terms skipped."""
+    cdef double loss = 0.0
+    if q_t * w_t != 0.0:
+        loss = q_t * w_t * (L - d_t)
+    if beta != 0.0:
+        loss += beta * ((W - w_t) * L - u_other)
+    return loss
+
+
 cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
                               double q_t, double beta, double W, const double *w,
                               double s, double lam, bint kl, stored_out *g) noexcept nogil:
@@ -446,10 +486,7 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
         L = _log_se(z, K, st.m, st.se, e if <const void *> g == <const void *> z else NULL)
     else:
         L = log(st.se)
-    lse = st.m + L
-    loss = 0.0
-    if q_t * w_t != 0.0:
-        loss = q_t * w_t * (L - d_t)
+    u_other = 0.0
     if beta != 0.0:
         if w_t == 0.0:
             u_other = st.u
@@ -457,11 +494,16 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
             u_other = st.u - w_t * d_t
         else:
             u_other = _u_without(z, K, t, st.m, w)
-        loss += beta * ((W - w_t) * L - u_other)
+    loss = _ce_index(L, d_t, q_t, w_t, beta, W, u_other)
+    if kl:                                 # minus H(q) = + sum_k w_k q_k log q_k
+        minus_h = w_t * _xlogx(q_t) + (W - w_t) * _xlogx(beta)
+        if _kl_cancels(loss, minus_h) and <const void *> g != <const void *> z:
+            L = _log_se_exact(z, K, st.m)
+            loss = _ce_index(L, d_t, q_t, w_t, beta, W, u_other)
+        loss += minus_h
+    lse = st.m + L
     if lam != 0.0:
         loss += lam * lse * lse
-    if kl:                                 # minus H(q) = + sum_k w_k q_k log q_k
-        loss += w_t * _xlogx(q_t) + (W - w_t) * _xlogx(beta)
     loss *= s
     if g != NULL:
         c = q_t * w_t + beta * (W - w_t)   # sum_k w_k q_k
@@ -488,6 +530,17 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
     return loss
 
 
+cdef inline double _ce_prob(double L, double a, double beta, double W,
+                            row_stats st) noexcept nogil:
+    """sum_k w_k q_k (lse - z_k) of a probability row, zero-mass terms skipped."""
+    cdef double loss = 0.0
+    if a != 0.0:
+        loss = a * (st.sp * L - st.up)
+    if beta != 0.0:
+        loss += beta * (W * L - st.u)
+    return loss
+
+
 cdef inline double _row_prob(const stored_in *z, const real_t *P, Py_ssize_t K,
                              double a, double beta, double W, const double *w,
                              double s, double lam, bint kl, stored_out *g) noexcept nogil:
@@ -504,16 +557,15 @@ cdef inline double _row_prob(const stored_in *z, const real_t *P, Py_ssize_t K,
     # as for class indices: only a row without smoothing mass can have a tiny loss
     L = _log_se(z, K, st.m, st.se, e if <const void *> g == <const void *> z else NULL) \
         if beta == 0.0 else log(st.se)
+    loss = _ce_prob(L, a, beta, W, st)
+    if kl:
+        if _kl_cancels(loss, st.qlq) and <const void *> g != <const void *> z:
+            L = _log_se_exact(z, K, st.m)
+            loss = _ce_prob(L, a, beta, W, st)
+        loss += st.qlq
     lse = st.m + L
-    loss = 0.0
-    if a != 0.0:
-        loss = a * (st.sp * L - st.up)
-    if beta != 0.0:
-        loss += beta * (W * L - st.u)
     if lam != 0.0:
         loss += lam * lse * lse
-    if kl:
-        loss += st.qlq
     loss *= s
     if g != NULL:
         c = a * st.sp + beta * W
@@ -540,19 +592,42 @@ def ce_index(const stored_in[:, ::1] logits,     # IN  (N, K)
              int64_t ignore_index, bint has_ignore,
              double[::1] loss_out,               # OUT (N,)
              stored_out[:, ::1] grad_out,        # OUT (N, K) or None; may be logits itself
-             int n_threads):
-    """Row losses (and gradient rows) of class-index targets."""
-    cdef Py_ssize_t N = logits.shape[0], K = logits.shape[1], i
+             int n_threads,
+             unsigned char[::1] redo=None):      # SCRATCH (N,): enables the small-K blocks
+    """Row losses (and gradient rows) of class-index targets.
+
+    With ``redo`` (float32, K <= 16, no class weights, on a CPU with AVX2) whole blocks of 8
+    rows go through the across-rows kernel of _simd.h first; the per-row loop then does the
+    remaining rows and the ones that kernel flagged."""
+    cdef Py_ssize_t N = logits.shape[0], K = logits.shape[1], i, b, n_blocked = 0
     cdef const double *w = NULL if class_weight is None else &class_weight[0]
     cdef const double *rs = NULL if row_scale is None else &row_scale[0]
     cdef bint want_grad = grad_out is not None
     cdef stored_out *g
     cdef int64_t t
     cdef double s
+    cdef lsref_small_params P
+    cdef float *g32 = NULL
     if N == 0 or K == 0:
         return
+    if stored_in is float:
+        if (redo is not None and w == NULL and K <= 16 and N >= 8
+                and lsref_small8_available() and (stored_out is float or not want_grad)):
+            P.q_t, P.beta, P.W, P.scale, P.lam = q_t, beta, W, scale, z_loss
+            P.kl_const = (_xlogx(q_t) + (W - 1.0) * _xlogx(beta)) if kl else 0.0
+            P.row_scale = rs
+            P.ignore_index, P.has_ignore = ignore_index, has_ignore
+            if want_grad:
+                g32 = <float *> &grad_out[0, 0]
+            n_blocked = (N // 8) * 8
+            with nogil:
+                for b in prange(N // 8, schedule="static", num_threads=n_threads):
+                    lsref_small8_f32(&logits[0, 0], b * 8, K, &targets[0], &P,
+                                     &loss_out[0], g32, &redo[0])
     with nogil:
         for i in prange(N, schedule="static", num_threads=n_threads):
+            if i < n_blocked and not redo[i]:
+                continue
             t = targets[i]
             g = &grad_out[i, 0] if want_grad else NULL
             if has_ignore and t == ignore_index:

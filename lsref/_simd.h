@@ -169,6 +169,139 @@ static const lsref_simd_table lsref_simd_avx512 = LSREF_TABLE(avx512, "avx512f")
 
 static lsref_simd_table lsref_simd = LSREF_TABLE(generic, "generic");
 
+/* ---- small K: 8 rows at a time, one row per vector lane (AVX2) ------------------------------
+ * For K <= 16 the per-row sweeps are mostly overhead (call, horizontal reduction, a scalar
+ * tail). This block kernel gathers 8 rows' class k into one vector, so max, exp and the sums
+ * run across rows. It covers the plain case only: float32 logits, class-index targets,
+ * no class weights. A row it cannot finish exactly as the per-row path would (an ignored or
+ * out-of-range target, a non-finite max or sum, a masked target, a row that needs the log1p
+ * refinement) is flagged in redo[] and left to the per-row path. */
+typedef struct {
+    double q_t, beta, W, scale, lam, kl_const;
+    const double *row_scale;                       /* sample weights, or NULL */
+    int64_t ignore_index;
+    int has_ignore;
+} lsref_small_params;
+
+#if defined(LSREF_X86_DISPATCH)
+#include <immintrin.h>
+
+__attribute__((target("avx2,fma")))
+static inline __m256 lsref_exp_neg_v8(__m256 x)
+{
+    /* lsref_exp_neg_f32, lane by lane (same constants and steps) */
+    const __m256 big = _mm256_set1_ps(12582912.0f), lo = _mm256_set1_ps(-87.0f);
+    __m256 xc = _mm256_max_ps(x, lo);              /* max_ps(x, lo) keeps NaN from x? no: */
+    xc = _mm256_blendv_ps(xc, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));   /* so keep NaN */
+    __m256 t = _mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), big);
+    __m256 n = _mm256_sub_ps(t, big);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(0.008363173343241215f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.04187564551830292f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.16666577756404877f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.4999937117099762f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i tb = _mm256_castps_si256(t);
+    __m256i sb = _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(tb,
+                     _mm256_set1_epi32(0x4B400000)), _mm256_set1_epi32(127)), 23);
+    __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(sb));
+    return _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
+}
+
+__attribute__((target("avx2,fma")))
+static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const int64_t *t,
+                             const lsref_small_params *P, double *loss, float *g,
+                             unsigned char *redo)
+{
+    __m256 v[16], e[16];
+    float ms[8], se_f[8], u_f[8], et_f[8];
+    int32_t tt[8];
+    int ok[8];
+    Py_ssize_t j, k;
+    const float *base = z + i0 * K;
+    for (j = 0; j < 8; j++) {
+        int64_t tj = t[i0 + j];
+        ok[j] = tj >= 0 && tj < K && !(P->has_ignore && tj == P->ignore_index);
+        tt[j] = ok[j] ? (int32_t)tj : 0;           /* a safe index for the gather */
+    }
+    __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                     _mm256_set1_epi32((int)K));
+    __m256 m = _mm256_set1_ps(-INFINITY);
+    for (k = 0; k < K; k++) {
+        v[k] = _mm256_i32gather_ps(base + k, idx, 4);
+        m = _mm256_max_ps(v[k], m);                /* NaN in v passes over, as in the rows */
+    }
+    __m256 se = _mm256_setzero_ps(), u = _mm256_setzero_ps();
+    for (k = 0; k < K; k++) {
+        __m256 d = _mm256_sub_ps(v[k], m);
+        e[k] = lsref_exp_neg_v8(d);
+        se = _mm256_add_ps(se, e[k]);
+        u = _mm256_add_ps(u, d);
+    }
+    __m256 zt = _mm256_i32gather_ps(base, _mm256_add_epi32(idx,
+                                    _mm256_loadu_si256((const __m256i *)tt)), 4);
+    _mm256_storeu_ps(ms, m);
+    _mm256_storeu_ps(se_f, se);
+    _mm256_storeu_ps(u_f, u);
+    _mm256_storeu_ps(et_f, zt);
+    double A[8], S[8];
+    for (j = 0; j < 8; j++) {
+        double mj = ms[j], sej = se_f[j], d_t = (double)et_f[j] - mj;
+        int fine = ok[j] && isfinite(mj) && isfinite(sej) && isfinite(d_t)
+                   && !(P->beta == 0.0 && d_t == 0.0 && sej < 2.0);
+        redo[i0 + j] = (unsigned char)!fine;
+        if (!fine) { A[j] = 0.0; S[j] = 0.0; continue; }
+        double s = P->row_scale ? P->scale * P->row_scale[i0 + j] : P->scale;
+        double L = log(sej), lse = mj + L, l = 0.0;
+        if (P->q_t != 0.0) l = P->q_t * (L - d_t);
+        if (P->beta != 0.0) l += P->beta * ((P->W - 1.0) * L - ((double)u_f[j] - d_t));
+        if (P->kl_const != 0.0 && fabs(l + P->kl_const) < 1e-2 * fabs(l)) {
+            redo[i0 + j] = 1;                      /* KL cancels: the row path refines it */
+            A[j] = 0.0; S[j] = 0.0;
+            continue;
+        }
+        if (P->lam != 0.0) l += P->lam * lse * lse;
+        l += P->kl_const;
+        loss[i0 + j] = s * l;
+        A[j] = s * (P->q_t + P->beta * (P->W - 1.0) + 2.0 * P->lam * lse) / sej;
+        S[j] = s;
+    }
+    if (g == NULL) return;
+    float tmp[16][8];
+    __m256 Av = _mm256_setr_ps((float)A[0], (float)A[1], (float)A[2], (float)A[3],
+                               (float)A[4], (float)A[5], (float)A[6], (float)A[7]);
+    __m256 Bv = _mm256_setr_ps((float)(S[0] * P->beta), (float)(S[1] * P->beta),
+                               (float)(S[2] * P->beta), (float)(S[3] * P->beta),
+                               (float)(S[4] * P->beta), (float)(S[5] * P->beta),
+                               (float)(S[6] * P->beta), (float)(S[7] * P->beta));
+    for (k = 0; k < K; k++) _mm256_storeu_ps(tmp[k], _mm256_fmsub_ps(Av, e[k], Bv));
+    float etv[16][8];
+    for (k = 0; k < K; k++) _mm256_storeu_ps(etv[k], e[k]);
+    for (j = 0; j < 8; j++) {
+        if (redo[i0 + j]) continue;
+        float *row = g + (i0 + j) * K;
+        for (k = 0; k < K; k++) row[k] = tmp[k][j];
+        row[tt[j]] = (float)(A[j] * (double)etv[tt[j]][j] - S[j] * P->q_t);
+    }
+}
+#define LSREF_HAVE_SMALL8 1
+#else
+#define LSREF_HAVE_SMALL8 0
+static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const int64_t *t,
+                             const lsref_small_params *P, double *loss, float *g,
+                             unsigned char *redo) { (void)z; (void)i0; (void)K; (void)t;
+    (void)P; (void)loss; (void)g; (void)redo; }
+#endif
+
+/* The block kernel runs only where the CPU has AVX2+FMA and the sweeps are not forced to the
+ * portable set. */
+static int lsref_small8_available(void)
+{
+    return LSREF_HAVE_SMALL8 && lsref_simd.name[0] != 'g';
+}
+
 /* Choose the sweeps for this CPU. `force` ("generic", "avx2", "avx512", or NULL/"" for the
  * best available) is the LSREF_SIMD environment variable. Returns 0, or -1 if the forced
  * set is not available on this CPU (the generic set is used then). */

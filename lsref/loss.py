@@ -191,9 +191,12 @@ def _run(logits, targets, *, want_grad, out, n_threads, **kw):
                         row_loss, grad_rows, nt)
     else:
         q_t, beta = p.q_target_and_beta
+        # O(N) scratch for the across-rows kernel of small K (float32, no class weights)
+        redo = (np.empty(N, np.uint8) if dtype == np.float32 and cw is None and K <= 16
+                else None)
         _kernel.ce_index(z, targets_rows, q_t, beta, cw, W, sw, scale, p.z_loss, p.kl,
                          -1 if p.ignore_index is None else p.ignore_index,
-                         p.ignore_index is not None, row_loss, grad_rows, nt)
+                         p.ignore_index is not None, row_loss, grad_rows, nt, redo)
 
     loss = _reduce(p.reduction, row_loss, divisor, p.batch_shape, _loss_dtype(dtype))
     return loss, (_finish_grad(ret, copy_back, p.axis) if want_grad else None)
