@@ -300,6 +300,22 @@ cdef inline double _row_max(const stored_in *z, Py_ssize_t K) noexcept nogil:
         return m
 
 
+cdef inline double _log_se_exact(const stored_in *z, Py_ssize_t K, double m) noexcept nogil:
+    """log(sum_k exp(z_k - m)) from the logits in double (libm exp; z_k - m exact), as
+    log1p of the terms other than the first max (which is exactly 1). Used where the
+    vectorised float sum is not accurate enough: a dominated row (_log_se) and the KL form
+    near the optimum, where KL = CE - H(q) cancels."""
+    cdef double rest = 0.0
+    cdef bint skipped = False
+    cdef Py_ssize_t k
+    for k in range(K):
+        if not skipped and _ld(z[k]) == m:
+            skipped = True
+        else:
+            rest += exp(_ld(z[k]) - m)
+    return log1p(rest)
+
+
 cdef inline double _log_se(const stored_in *z, Py_ssize_t K, double m, double se,
                            const stored_out *e) noexcept nogil:
     """L = log(se) = lse - m, accurate also when one class dominates.
@@ -322,28 +338,8 @@ cdef inline double _log_se(const stored_in *z, Py_ssize_t K, double m, double se
                 skipped = True
             else:
                 rest += e[k]
-    else:
-        for k in range(K):
-            if not skipped and _ld(z[k]) == m:
-                skipped = True
-            else:
-                rest += exp(_ld(z[k]) - m)
-    return log1p(rest)
-
-
-cdef inline double _log_se_exact(const stored_in *z, Py_ssize_t K, double m) noexcept nogil:
-    """log(sum_k exp(z_k - m)) from the logits in double (libm exp), for the KL form's
-    refinement: KL = CE - H(q) cancels near the optimum, where the vectorised float sum's
-    ~1e-7 would be a large part of a small KL."""
-    cdef double rest = 0.0
-    cdef bint skipped = False
-    cdef Py_ssize_t k
-    for k in range(K):
-        if not skipped and _ld(z[k]) == m:
-            skipped = True
-        else:
-            rest += exp(_ld(z[k]) - m)
-    return log1p(rest)
+        return log1p(rest)
+    return _log_se_exact(z, K, m)
 
 
 cdef inline bint _kl_cancels(double ce, double minus_h) noexcept nogil:
