@@ -181,6 +181,7 @@ cdef extern from "_simd.h" nogil:
                           unsigned char *redo) noexcept nogil
     int lsref_small8_available() noexcept nogil
     float lsref_exp_neg_f32(float) noexcept nogil
+    void lsref_exp_neg_f32_array(const float *x, float *y, Py_ssize_t n) noexcept nogil
     double lsref_exp_neg_f64(double) noexcept nogil
 
 
@@ -204,6 +205,15 @@ def exp_neg(const double[::1] x, double[::1] out64, float[::1] out32):
     for i in range(x.shape[0]):
         out64[i] = lsref_exp_neg_f64(x[i])
         out32[i] = lsref_exp_neg_f32(<float> x[i])
+
+
+def exp_neg_f32_sweep(const float[::1] x, float[::1] out):
+    """The float32 exp(x), x <= 0, of the sweeps selected for this CPU (for the tests)."""
+    if out.shape[0] != x.shape[0]:
+        raise ValueError("out must have the length of x")
+    if x.shape[0] == 0:
+        return
+    lsref_exp_neg_f32_array(&x[0], &out[0], x.shape[0])
 
 
 OPENMP_ENABLED = bool(LSREF_OPENMP)
