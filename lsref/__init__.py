@@ -7,13 +7,15 @@ from . import reference
 from .loss import (binary_cross_entropy, binary_cross_entropy_grad, binary_value_and_grad,
                    cross_entropy, cross_entropy_grad, log_softmax, logsumexp, softmax,
                    value_and_grad)
+from .criterion import LabelSmoothingLoss
 from .reference import smooth_labels
 from .verify import VerificationReport, verify
-from . import conventions, testing
+from . import calibration, conventions, testing
 
 __version__ = "0.1.0"
 
 __all__ = ["cross_entropy", "cross_entropy_grad", "value_and_grad", "logsumexp",
            "log_softmax", "softmax", "smooth_labels", "binary_cross_entropy",
-           "binary_cross_entropy_grad", "binary_value_and_grad", "verify", "VerificationReport",
+           "binary_cross_entropy_grad", "binary_value_and_grad", "LabelSmoothingLoss", "verify",
+           "VerificationReport", "calibration",
            "conventions", "testing", "reference", "__version__"]

@@ -1,4 +1,4 @@
-"""The ``lsref`` command: info, selfcheck, verify, conformance."""
+"""The ``lsref`` command: demo, info, selfcheck, verify, conformance, bench."""
 import argparse
 import json
 import platform
@@ -163,10 +163,49 @@ def _conformance(args):
     return 1 if unexplained else 0
 
 
+def _demo(args):
+    try:
+        from scipy.optimize import minimize  # noqa: F401  (the demo trains with L-BFGS)
+    except ImportError:
+        print("lsref demo needs scipy (and scikit-learn for the digits, matplotlib for the "
+              "picture): python3 -m pip install \"lsref[demo]\"", file=sys.stderr)
+        return 2
+    from . import demo
+    try:
+        demo.run(dataset=args.dataset, eps=args.eps, out=args.out, quick=args.quick,
+                 seed=args.seed, maxiter=args.maxiter, markdown=args.markdown,
+                 progress=not args.no_progress)
+    except ValueError as exc:
+        print(f"lsref demo: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _eps(text):
+    v = float(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"label smoothing must be in [0, 1], got {text}")
+    return v
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="lsref", description="Label-smoothed softmax cross-entropy: reference and kernel.")
     sub = parser.add_subparsers(dest="command", required=True)
+    dm = sub.add_parser("demo", help="train a NumPy MLP with and without label smoothing; "
+                        "print accuracy, NLL, calibration and the logit gap; draw reliability "
+                        "diagrams")
+    dm.add_argument("--dataset", default=None, metavar="FILE.npz",
+                    help="features and labels (keys X and y); default: scikit-learn's digits")
+    dm.add_argument("--eps", type=_eps, nargs="+", default=[0.0, 0.1],
+                    help="label smoothing values to train with (default: 0 0.1)")
+    dm.add_argument("--out", default="lsref-demo.png", help="PNG of the reliability diagrams "
+                    "(default: lsref-demo.png; '' for none)")
+    dm.add_argument("--quick", action="store_true", help="60 L-BFGS iterations (a smoke test)")
+    dm.add_argument("--maxiter", type=int, default=None, help="L-BFGS iterations (400)")
+    dm.add_argument("--seed", type=int, default=0)
+    dm.add_argument("--markdown", action="store_true")
+    dm.add_argument("--no-progress", action="store_true")
     sub.add_parser("info", help="version, build (OpenMP, compiler flags) and threads")
     sc = sub.add_parser("selfcheck", help="run the kernel and the NumPy oracle on random "
                         "logits; print the largest differences and the speed ratio")
@@ -202,7 +241,7 @@ def main(argv=None):
         from .bench import main as bench_main
         return bench_main(argv[1:])
     args = parser.parse_args(argv)
-    return {"info": _info, "selfcheck": _selfcheck, "verify": _verify,
+    return {"demo": _demo, "info": _info, "selfcheck": _selfcheck, "verify": _verify,
             "conformance": _conformance}[args.command](args)
 
 

@@ -1,0 +1,105 @@
+"""``LabelSmoothingLoss``: the loss as an object with a ``backward()``, for NumPy models.
+
+A training step needs the loss and its gradient with respect to the logits; the kernel
+computes both in one fused pass. The criterion keeps the gradient of its last call, so a
+hand-written model can call ``crit(logits, y)`` in its forward pass and ``crit.backward()``
+in its backward pass without a second sweep over the logits.
+"""
+import numpy as np
+
+from ._validation import REDUCTIONS, SMOOTHINGS, _real_scalar, check_choice
+from .loss import value_and_grad
+
+__all__ = ["LabelSmoothingLoss"]
+
+
+class LabelSmoothingLoss:
+    """Label-smoothed softmax cross-entropy as a callable criterion.
+
+    Parameters
+    ----------
+    label_smoothing : float in [0, 1], default=0.1
+        ``eps``; the target becomes ``(1 - eps) * onehot + eps / K``.
+    **keywords
+        Any keyword of :func:`lsref.cross_entropy` except ``sample_weight`` (which belongs
+        to a batch, so it is passed per call): ``axis``, ``reduction``, ``smoothing``,
+        ``class_weight``, ``ignore_index``, ``z_loss``, ``kl``, ``n_threads``.
+
+    Notes
+    -----
+    Calling the criterion computes the loss and the gradient with respect to ``logits`` in
+    one pass (:func:`lsref.value_and_grad`) and keeps the gradient; :meth:`backward` returns
+    it without recomputing anything. Each call allocates a new gradient array, so gradients
+    returned earlier stay valid.
+
+    Examples
+    --------
+    >>> import numpy as np, lsref
+    >>> crit = lsref.LabelSmoothingLoss(label_smoothing=0.1)
+    >>> logits = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 0.0]])
+    >>> loss = crit(logits, [0, 1])
+    >>> round(float(loss), 4)                       # mean of 0.3365 and 0.3729
+    0.3547
+    >>> crit.backward().round(4)                     # (softmax - q) / 2 rows
+    array([[-0.0448,  0.0404,  0.0043],
+           [ 0.0366, -0.0732,  0.0366]])
+
+    As the objective of ``scipy.optimize.minimize(..., jac=True)`` for a linear model
+    ``logits = X @ W``: the chain rule gives ``X.T @ dlogits``.
+
+    >>> from scipy.optimize import minimize
+    >>> rng = np.random.default_rng(0)
+    >>> X, y = rng.standard_normal((60, 4)), rng.integers(0, 3, 60)
+    >>> def fun(w):
+    ...     loss, dlogits = crit.value_and_grad(X @ w.reshape(4, 3), y)
+    ...     return loss, (X.T @ dlogits).ravel()
+    >>> minimize(fun, np.zeros(12), jac=True, method="L-BFGS-B").success
+    True
+    """
+
+    def __init__(self, label_smoothing=0.1, **keywords):
+        if "sample_weight" in keywords:
+            raise TypeError("sample_weight belongs to a batch: pass it when calling the "
+                            "criterion, crit(logits, targets, sample_weight=...)")
+        if "out" in keywords:
+            raise TypeError("LabelSmoothingLoss does not take out=; it allocates each "
+                            "gradient (use lsref.value_and_grad(..., out=) to reuse a buffer)")
+        allowed = {"axis", "reduction", "smoothing", "class_weight", "ignore_index", "z_loss",
+                   "kl", "n_threads"}
+        unknown = sorted(set(keywords) - allowed)
+        if unknown:
+            raise TypeError(f"LabelSmoothingLoss got unexpected keyword(s) {unknown}; "
+                            f"it takes label_smoothing and {sorted(allowed)}")
+        # the scalar options are checked now, so a typo fails at construction, not mid-training
+        self.label_smoothing = _real_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
+        check_choice("reduction", keywords.get("reduction", "mean"), REDUCTIONS)
+        check_choice("smoothing", keywords.get("smoothing", "uniform"), SMOOTHINGS)
+        _real_scalar("z_loss", keywords.get("z_loss", 0.0), 0.0)
+        self.keywords = dict(keywords)
+        self._grad = None
+
+    def __repr__(self):
+        kw = "".join(f", {k}={v!r}" for k, v in self.keywords.items())
+        return f"LabelSmoothingLoss(label_smoothing={self.label_smoothing!r}{kw})"
+
+    def value_and_grad(self, logits, targets, *, sample_weight=None):
+        """The loss and its gradient with respect to ``logits`` (kept for :meth:`backward`)."""
+        self._grad = None                       # a call that fails leaves no stale gradient
+        loss, grad = value_and_grad(logits, targets, label_smoothing=self.label_smoothing,
+                                    sample_weight=sample_weight, **self.keywords)
+        self._grad = grad
+        return loss, grad
+
+    def __call__(self, logits, targets, *, sample_weight=None):
+        """The loss; its gradient is kept for :meth:`backward`."""
+        return self.value_and_grad(logits, targets, sample_weight=sample_weight)[0]
+
+    def backward(self):
+        """The gradient of the last call's loss with respect to its logits.
+
+        It was computed in the same pass as the loss; nothing is recomputed. For
+        ``reduction="none"`` it is the gradient of the sum of the row losses.
+        """
+        if self._grad is None:
+            raise RuntimeError("backward() needs a forward call first: crit(logits, targets)")
+        return self._grad
