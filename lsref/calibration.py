@@ -256,8 +256,9 @@ def plot_reliability(probs=None, labels=None, *, diagram=None, n_bins=15, strate
     """Draw a reliability diagram with matplotlib (an optional dependency).
 
     Pass ``probs`` and ``labels`` (binned as in :func:`reliability_diagram`), or a
-    ``diagram`` already computed. Bars show each bin's accuracy, the diagonal is perfect
-    calibration, and the gap to it is shaded; the title carries the ECE.
+    ``diagram`` already computed. Bars show each bin's accuracy (with its number of
+    predictions at the foot), the diagonal is perfect calibration, and the gap to it is
+    shaded; the title carries the ECE.
 
     Returns
     -------
@@ -280,6 +281,9 @@ def plot_reliability(probs=None, labels=None, *, diagram=None, n_bins=15, strate
     ax.bar(lo[nz], np.abs(d.accuracy[nz] - d.confidence[nz]), bottom=gap_lo, width=width,
            align="edge", color="#dd8452", alpha=0.45, edgecolor="#dd8452",
            label="gap to confidence")
+    for x, w, n in zip(lo[nz], width, d.counts[nz]):     # how many predictions each bar holds
+        ax.text(x + w / 2, 0.015, str(n), ha="center", va="bottom", fontsize=6,
+                color="white", rotation=90 if n >= 1000 else 0)
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)

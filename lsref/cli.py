@@ -196,7 +196,8 @@ def main(argv=None):
                         "print accuracy, NLL, calibration and the logit gap; draw reliability "
                         "diagrams")
     dm.add_argument("--dataset", default=None, metavar="FILE.npz",
-                    help="features and labels (keys X and y); default: scikit-learn's digits")
+                    help="features and labels (keys X and y), or 'synthetic' (10 overlapping "
+                    "Gaussian classes); default: scikit-learn's digits")
     dm.add_argument("--eps", type=_eps, nargs="+", default=[0.0, 0.1],
                     help="label smoothing values to train with (default: 0 0.1)")
     dm.add_argument("--out", default="lsref-demo.png", help="PNG of the reliability diagrams "

@@ -40,9 +40,13 @@ def load_dataset(path=None, *, seed=0, stream=None):
     """Features, integer labels and a description.
 
     ``path``: an ``.npz`` holding a 2-D feature array and a 1-D label array (keys ``X``/``y``,
-    ``features``/``labels``, ``data``/``target``). Without a path: scikit-learn's digits, or
-    a synthetic mixture (with a message) when scikit-learn is not installed.
+    ``features``/``labels``, ``data``/``target``), or ``"synthetic"``: ten overlapping
+    Gaussian classes. Without a path: scikit-learn's digits, or the synthetic mixture (with
+    a message) when scikit-learn is not installed.
     """
+    if path == "synthetic":
+        X, y = _synthetic(seed)
+        return X, y, "synthetic Gaussian mixture (2000 samples, 20 features, 10 classes)"
     if path is not None:
         try:
             f = np.load(path, allow_pickle=False)

@@ -36,4 +36,4 @@ def test_readme_states_the_two_commands_ci_runs():
     ci = (README.parent / ".ci" / "run").read_text()
     test_cmd = 'python3 -m pip install ".[test]" && pytest'
     assert test_cmd in text and test_cmd in ci
-    assert "python3 -m pip install . && lsref selfcheck" in text
+    assert 'python3 -m pip install ".[demo]" && lsref demo' in text
