@@ -76,3 +76,15 @@ def require(module):
             pytest.fail(f"LSREF_REQUIRE_FRAMEWORKS is set but {module} cannot be imported: "
                         f"{exc}")
     return pytest.importorskip(module)
+
+
+def hide_module(monkeypatch, name):
+    """Make ``import name`` (and its submodules) fail, as if it were not installed."""
+    import builtins
+    real_import = builtins.__import__
+
+    def without(module, *args, **kwargs):
+        if module == name or module.startswith(name + "."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(module, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", without)

@@ -9,7 +9,7 @@ from lsref.calibration import (expected_calibration_error, maximum_calibration_e
                                optimal_logit_gap, optimal_probabilities, plot_reliability,
                                reliability_diagram)
 from lsref._tolerances import CALIBRATION_ATOL
-from conftest import require
+from conftest import hide_module, require
 
 
 def two_class(conf, correct):
@@ -186,14 +186,7 @@ def test_plot_reliability_draws_bars_and_saves(tmp_path):
 
 
 def test_plot_reliability_without_matplotlib_says_what_to_install(monkeypatch):
-    import builtins
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *a, **k):
-        if name.startswith("matplotlib"):
-            raise ImportError("No module named 'matplotlib'")
-        return real_import(name, *a, **k)
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    hide_module(monkeypatch, "matplotlib")
     probs, labels = two_class([0.7], [1])
     with pytest.raises(ImportError, match="pip install matplotlib"):
         plot_reliability(probs, labels)

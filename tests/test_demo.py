@@ -1,6 +1,5 @@
 """`lsref demo` (quick mode) and the examples: they train, print the table, draw the picture,
 take an .npz, fall back without scikit-learn, and say clearly what is wrong with bad input."""
-import builtins
 import io
 import os
 import subprocess
@@ -11,7 +10,7 @@ import pytest
 
 from lsref import cli, demo
 from lsref.calibration import optimal_logit_gap
-from conftest import require
+from conftest import hide_module, require
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -110,13 +109,7 @@ def test_cli_demo_rejects_a_bad_eps(capsys):
 
 
 def test_without_scikit_learn_the_demo_says_so_and_uses_synthetic_data(monkeypatch):
-    real_import = builtins.__import__
-
-    def no_sklearn(name, *a, **k):
-        if name.startswith("sklearn"):
-            raise ImportError("No module named 'sklearn'")
-        return real_import(name, *a, **k)
-    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    hide_module(monkeypatch, "sklearn")
     out = io.StringIO()
     demo.run(quick=True, out=None, progress=False, stream=out, maxiter=10)
     text = out.getvalue()
