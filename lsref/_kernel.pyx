@@ -809,3 +809,95 @@ def softmax_rows(const stored_in[:, ::1] x,      # IN  (N, K)
                 inv = 1.0 / st.se
                 for k in range(K):
                     _st(o, k, _ex(x[i, k], st.m) * inv)
+
+
+# --- partial statistics of (row block, class block) pieces (lsref/sharded.py) -------------------
+#
+# A row's loss needs only m, se = sum exp(z - m), U = sum_k w_k (z_k - m) and z_t, and those
+# merge exactly across class blocks (lsref/sharded.py). The block's sum of exps is kept as
+# rest = se - 1, the sum without the block's (first) maximum, whose term is exactly 1: merged
+# blocks keep it exact, and log1p(rest) is then accurate also for a dominated row.
+
+ctypedef fused flt:
+    float
+    double
+
+
+def block_stats(const flt[:, ::1] z,             # IN  (n, kb): one class block of n rows
+                const double[::1] class_weight,  # IN  (kb,) this block's weights, or None
+                const int64_t[::1] targets,      # IN  (n,) global class indices
+                int64_t offset,                  # the block's first global class
+                double[::1] m_out, double[::1] rest_out, double[::1] u_out,
+                double[::1] zt_out,              # OUT (n,) each
+                unsigned char[::1] has_t,        # OUT (n,): the target is in this block
+                unsigned char[::1] bad,          # OUT (n,): a NaN or +inf in the block's row
+                int n_threads):
+    cdef Py_ssize_t n = z.shape[0], kb = z.shape[1], i, k
+    cdef const double *w = NULL if class_weight is None else &class_weight[0]
+    cdef row_stats st
+    cdef int64_t t
+    cdef double rest
+    cdef bint skipped
+    if n == 0:
+        return
+    with nogil:
+        for i in prange(n, schedule="static", num_threads=n_threads):
+            t = targets[i] - offset
+            has_t[i] = 0 <= t < kb
+            zt_out[i] = z[i, t] if 0 <= t < kb else 0.0
+            if kb == 0:
+                m_out[i], rest_out[i], u_out[i], bad[i] = -INFINITY, -1.0, 0.0, 0
+                continue
+            st = _stats(&z[i, 0], kb, w, <flt *> NULL)
+            m_out[i] = st.m
+            if st.m == -INFINITY:                    # -inf only (no mass here), or NaN
+                bad[i] = 0
+                for k in range(kb):
+                    if isnan(z[i, k]):
+                        bad[i] = 1
+                rest_out[i], u_out[i] = -1.0, 0.0
+                continue
+            bad[i] = st.m == INFINITY or isnan(st.se)
+            if bad[i]:
+                rest_out[i], u_out[i] = -1.0, 0.0
+                continue
+            u_out[i] = st.u
+            if st.se >= 2.0:
+                rest_out[i] = st.se - 1.0
+            else:                                    # se - 1 would cancel: sum the rest again
+                rest = 0.0
+                skipped = False
+                for k in range(kb):
+                    if not skipped and z[i, k] == st.m:
+                        skipped = True
+                    else:
+                        rest = rest + exp(<double> z[i, k] - st.m)
+                rest_out[i] = rest
+
+
+def block_grad(const flt[:, ::1] z,              # IN  (n, kb)
+               const double[::1] class_weight,   # IN  (kb,) or None
+               const int64_t[::1] targets,       # IN  (n,) global class indices
+               int64_t offset,
+               const double[::1] lse,            # IN  (n,) the whole row's log-sum-exp
+               const double[::1] coef_p,         # IN  (n,) s (C + 2 lam lse), 0 if ignored
+               const double[::1] coef_q,         # IN  (n,) s, 0 if ignored
+               double q_t, double beta,
+               flt[:, ::1] grad_out,             # OUT (n, kb)
+               int n_threads):
+    """g_k = coef_p exp(z_k - lse) - coef_q w_k q_k over one class block."""
+    cdef Py_ssize_t n = z.shape[0], kb = z.shape[1], i, k
+    cdef const double *w = NULL if class_weight is None else &class_weight[0]
+    cdef int64_t t
+    cdef double a, c, wk
+    if n == 0 or kb == 0:
+        return
+    with nogil:
+        for i in prange(n, schedule="static", num_threads=n_threads):
+            t = targets[i] - offset
+            a = coef_p[i]
+            c = coef_q[i]
+            for k in range(kb):
+                wk = 1.0 if w == NULL else w[k]
+                grad_out[i, k] = <flt> ((a * exp(<double> z[i, k] - lse[i]) if a != 0.0 else 0.0)
+                                        - c * wk * (q_t if k == t else beta))
