@@ -272,3 +272,68 @@ def test_streaming_rejects_a_non_matrix(tmp_path):
     with pytest.raises(ValueError, match="2-D C-order"):
         sharded.stream_value_and_grad(str(tmp_path / "z.npy"), np.zeros(2, int),
                                       progress=False)
+
+
+BIG_SCRIPT = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))     # 1 GiB of address space
+import numpy as np
+from lsref import sharded
+try:
+    np.ones(1 << 30, np.uint8)
+    limited = False
+except MemoryError:
+    limited = True
+loss = sharded.stream_value_and_grad(sys.argv[1], sys.argv[2], grad=sys.argv[3],
+                                     label_smoothing=0.1, progress=True)
+# the peak resident memory of this process image (ru_maxrss would include the parent's,
+# inherited through fork)
+peak = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM")]
+peak = peak[0] if peak else 0
+json.dump(dict(loss=float(loss), limited=limited, peak_rss=peak), sys.stdout)
+"""
+
+
+@pytest.mark.slow
+def test_streaming_a_4_gib_file_within_1_gib_of_memory(tmp_path):
+    """A 4 GiB float32 logit file streamed (gradient written to a second 4 GiB file) by a
+    process limited to 1 GiB of address space; the loss against the in-memory kernel on the
+    whole array, the gradient on a sample of rows."""
+    import json
+    import subprocess
+    import sys
+    N, K = 1 << 20, 1024                               # 2^30 float32 = 4 GiB
+    zpath, tpath, gpath = (str(tmp_path / n) for n in ("z.npy", "t.npy", "g.npy"))
+    z = np.lib.format.open_memmap(zpath, mode="w+", dtype=np.float32, shape=(N, K))
+    rng = np.random.default_rng(0)
+    for r0 in range(0, N, 1 << 16):
+        z[r0:r0 + (1 << 16)] = rng.standard_normal((1 << 16, K), dtype=np.float32) * 3
+    z.flush()
+    del z
+    t = rng.integers(0, K, N)
+    np.save(tpath, t)
+    try:
+        r = subprocess.run([sys.executable, "-c", BIG_SCRIPT, zpath, tpath, gpath],
+                           capture_output=True, text=True, timeout=1800)
+        assert r.returncode == 0, r.stderr[-3000:]
+        out = json.loads(r.stdout)
+        assert out["limited"]                          # the 1 GiB limit was in force
+        assert "100.0%" in r.stderr                    # the progress display ran to the end
+        z = np.load(zpath, mmap_mode="r")
+        ref = lsref.cross_entropy(z, t, label_smoothing=0.1)
+        np.testing.assert_allclose(out["loss"], ref, rtol=F32.loss_rtol)
+        rows = np.sort(rng.choice(N, 4096, replace=False))
+        g = np.load(gpath, mmap_mode="r")
+        ref_g = R.cross_entropy_grad(np.asarray(z[rows]), t[rows], label_smoothing=0.1) \
+            * (rows.size / N)                          # the sample's mean -> the file's mean
+        np.testing.assert_allclose(g[rows], ref_g, rtol=0,
+                                   atol=F32.grad_rtol * np.abs(ref_g).max())
+        assert out["peak_rss"] < 1 << 30
+        print(f"peak RSS of the streaming process: {out['peak_rss'] / 2**20:.0f} MiB")
+    finally:
+        for p in (zpath, gpath):
+            try:
+                import os
+                os.remove(p)
+            except OSError:
+                pass
