@@ -33,6 +33,6 @@ def block_stats(z: NDArray, class_weight: NDArray[np.float64] | None,
                 zt_out: NDArray[np.float64], has_t: NDArray[np.uint8], bad: NDArray[np.uint8],
                 n_threads: int) -> None: ...
 def block_grad(z: NDArray, class_weight: NDArray[np.float64] | None,
-               targets: NDArray[np.int64], offset: int, lse: NDArray[np.float64],
-               coef_p: NDArray[np.float64], coef_q: NDArray[np.float64], q_t: float,
+               targets: NDArray[np.int64], offset: int, m: NDArray[np.float64],
+               coef_e: NDArray[np.float64], coef_q: NDArray[np.float64], q_t: float,
                beta: float, grad_out: NDArray, n_threads: int) -> None: ...

@@ -879,25 +879,42 @@ def block_grad(const flt[:, ::1] z,              # IN  (n, kb)
                const double[::1] class_weight,   # IN  (kb,) or None
                const int64_t[::1] targets,       # IN  (n,) global class indices
                int64_t offset,
-               const double[::1] lse,            # IN  (n,) the whole row's log-sum-exp
-               const double[::1] coef_p,         # IN  (n,) s (C + 2 lam lse), 0 if ignored
+               const double[::1] m,              # IN  (n,) the whole row's max (a logit)
+               const double[::1] coef_e,         # IN  (n,) s (C + 2 lam lse) / se, 0 if ignored
                const double[::1] coef_q,         # IN  (n,) s, 0 if ignored
                double q_t, double beta,
                flt[:, ::1] grad_out,             # OUT (n, kb)
                int n_threads):
-    """g_k = coef_p exp(z_k - lse) - coef_q w_k q_k over one class block."""
+    """g_k = coef_e exp(z_k - m) - coef_q w_k q_k over one class block: the whole row's
+    p_k = exp(z_k - m) / se, through the vectorised sweeps of the in-memory kernel."""
     cdef Py_ssize_t n = z.shape[0], kb = z.shape[1], i, k
     cdef const double *w = NULL if class_weight is None else &class_weight[0]
     cdef int64_t t
-    cdef double a, c, wk
+    cdef double a, c, e_t, se, u           # se, u: the sweep's sums, not used here (shared
+    cdef flt *g                            # between threads, written and never read)
     if n == 0 or kb == 0:
         return
     with nogil:
         for i in prange(n, schedule="static", num_threads=n_threads):
             t = targets[i] - offset
-            a = coef_p[i]
+            a = coef_e[i]
             c = coef_q[i]
-            for k in range(kb):
-                wk = 1.0 if w == NULL else w[k]
-                grad_out[i, k] = <flt> ((a * exp(<double> z[i, k] - lse[i]) if a != 0.0 else 0.0)
-                                        - c * wk * (q_t if k == t else beta))
+            g = &grad_out[i, 0]
+            if a == 0.0 and c == 0.0:                # an ignored row
+                memset(g, 0, kb * sizeof(flt))
+                continue
+            if flt is float:
+                lsref_simd.expsum_f32(&z[i, 0], kb, <float> m[i], <float *> g, &se, &u)
+            else:
+                lsref_simd.expsum_f64(&z[i, 0], kb, m[i], <double *> g, &se, &u)
+            e_t = g[t] if 0 <= t < kb else 0.0
+            if w == NULL:
+                if flt is float:
+                    lsref_simd.affine_f32(<float *> g, kb, a, c * beta)
+                else:
+                    lsref_simd.affine_f64(<double *> g, kb, a, c * beta)
+            else:
+                for k in range(kb):
+                    g[k] = <flt> (a * g[k] - c * w[k] * beta)
+            if 0 <= t < kb:
+                g[t] = <flt> (a * e_t - c * (1.0 if w == NULL else w[t]) * q_t)

@@ -57,7 +57,7 @@ def _merge_blocks(x, axis=None, keepdims=True):
 
 
 def _finish_block(stats, t, s, num_classes=None, kw=None):
-    """Per row: [s*loss_row, lse, s*(C + 2 lam lse), s, counts in D (s*w_t)]."""
+    """Per row: [s*loss_row, m, s*(C + 2 lam lse)/se, s, counts in D (s*w_t)]."""
     st = _unpack(stats)
     t = t[:, 0]
     sw = None if s is None else s[:, 0]
@@ -68,12 +68,12 @@ def _finish_block(stats, t, s, num_classes=None, kw=None):
     d = np.zeros(t.size)
     if t.size:
         d[0] = D_part                                    # this chunk's share of D
-    return np.stack([terms.row_loss, terms.lse, terms.coef_p, terms.coef_q, d], axis=-1)
+    return np.stack([terms.row_loss, terms.m, terms.coef_e, terms.coef_q, d], axis=-1)
 
 
-def _grad_block(z, t, lse, cp, cq, class_weight=None, q_t=0.0, beta=0.0, block_info=None):
+def _grad_block(z, t, m, ce, cq, class_weight=None, q_t=0.0, beta=0.0, block_info=None):
     c0 = block_info[0]["array-location"][1][0]
-    terms = sharded.RowTerms(None, None, lse[:, 0], cp[:, 0], cq[:, 0], q_t, beta,
+    terms = sharded.RowTerms(None, None, m[:, 0], ce[:, 0], cq[:, 0], q_t, beta,
                              class_weight, 1.0)
     return sharded.block_gradient(z, t[:, 0], terms, class_offset=c0, n_threads=1)
 

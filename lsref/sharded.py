@@ -18,7 +18,7 @@ merged statistics, with ``L = log1p(rest)`` and ``lse = m + L``::
     loss_row = s [ beta (W L - U) + (q_t - beta) w_t (m - z_t + L) + lam lse^2 (+ KL const) ]
     g_k      = s [ (C + 2 lam lse) exp(z_k - lse) - w_k q_k ],   C = beta W + (q_t - beta) w_t
 
-so the gradient of any block needs only that block and its rows' ``lse``. The statistics
+so the gradient of any block needs only that block and its rows' ``m`` and ``1 + rest``. The statistics
 and the gradient are computed by the Cython kernel; merging and finishing are O(rows).
 Class-index targets only (probability targets have no single target logit to carry).
 """
@@ -166,8 +166,8 @@ class RowTerms:
 
     loss: object            # the reduced loss (float64 scalar, or (n,) for "none")
     row_loss: np.ndarray    # (n,) s * loss_row (before any 1/D)
-    lse: np.ndarray         # (n,) 0 on ignored rows
-    coef_p: np.ndarray      # (n,) s (C + 2 lam lse) / D, 0 on ignored rows
+    m: np.ndarray           # (n,) the row max (0 on ignored rows)
+    coef_e: np.ndarray      # (n,) s (C + 2 lam lse) / (D se): g_k = coef_e exp(z_k - m) - ...
     coef_q: np.ndarray      # (n,) s / D, 0 on ignored rows
     q_t: float
     beta: float
@@ -253,12 +253,13 @@ def finish(stats, targets, num_classes, **kw):
         loss = np.float64(row.sum())
     else:
         loss = row.reshape(p.batch_shape)
-    with np.errstate(invalid="ignore"):
-        coef_p = np.where(active, np.where(undefined, np.nan, s * scale * (C + 2 * lam * lse)),
+    with np.errstate(invalid="ignore", divide="ignore"):
+        coef_e = np.where(active, np.where(undefined, np.nan,
+                                           s * scale * (C + 2 * lam * lse) / (1.0 + stats.rest)),
                           0.0)
     coef_q = np.where(active, s * scale, 0.0)
-    lse = np.where(active & ~undefined, lse, 0.0)
-    return RowTerms(loss, row, lse, coef_p, coef_q, q_t, beta, p.class_weight,
+    m = np.where(active & ~undefined, stats.m, 0.0)
+    return RowTerms(loss, row, m, coef_e, coef_q, q_t, beta, p.class_weight,
                     D if p.reduction == "mean" else 1.0)
 
 
@@ -270,15 +271,15 @@ def block_gradient(z_block, targets, terms, *, class_offset=0, rows=slice(None),
     n, kb = z.shape
     t = _targets(targets, n)
     wb, _ = _block_weights(terms.class_weight, int(class_offset), kb)
-    lse, cp, cq = (np.ascontiguousarray(a[rows]) for a in (terms.lse, terms.coef_p,
-                                                           terms.coef_q))
-    if lse.shape != (n,):
-        raise ValueError(f"rows selects {lse.shape[0]} rows of the terms; the block has {n}")
+    m, ce, cq = (np.ascontiguousarray(a[rows], dtype=np.float64)
+                 for a in (terms.m, terms.coef_e, terms.coef_q))
+    if m.shape != (n,):
+        raise ValueError(f"rows selects {m.shape[0]} rows of the terms; the block has {n}")
     if out is None:
         out = np.empty_like(z)
     elif out.shape != z.shape or out.dtype != z.dtype or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous {z.dtype} array of shape {z.shape}")
-    _kernel.block_grad(z, wb, t, int(class_offset), lse, cp, cq, terms.q_t, terms.beta, out,
+    _kernel.block_grad(z, wb, t, int(class_offset), m, ce, cq, terms.q_t, terms.beta, out,
                        _threads(n_threads, z.size))
     return out
 
