@@ -112,11 +112,41 @@ def _load_npz(path):
     return data
 
 
+def _verify_files(args, conv):
+    from .verify import verify_files
+    if args.file is not None or args.targets is None:
+        raise _UsageError("with --logits give --targets (and --grad and/or --loss), and no "
+                          ".npz file")
+    params = {}
+    if args.label_smoothing is not None:
+        params[conv.smoothing_param] = args.label_smoothing
+    for item in args.param:
+        if "=" not in item:
+            raise _UsageError(f"--param takes NAME=VALUE, got {item!r}")
+        name, value = item.split("=", 1)
+        params[name] = _parse_value(value)
+    loss = args.loss
+    if loss is not None and not loss.endswith(".npy"):
+        try:
+            loss = float(loss)
+        except ValueError:
+            raise _UsageError(f"--loss takes a number or an .npy path, got {loss!r}") from None
+    return verify_files(args.logits, args.targets, loss, args.grad, convention=conv,
+                        rtol=args.rtol, atol=args.atol, memory=int(args.memory * 2**20),
+                        progress=not args.json, **params)
+
+
 def _verify(args):
     from .conventions import get_convention
     from .verify import verify
     try:
         conv = get_convention(args.convention)
+        if args.logits is not None:
+            report = _verify_files(args, conv)
+            print(json.dumps(report.to_dict(), indent=2) if args.json else report)
+            return 0 if report.passed else 1
+        if args.file is None:
+            raise _UsageError("give an .npz file, or --logits and --targets")
         data = _load_npz(args.file)
         params = {}
         if args.label_smoothing is not None:
@@ -136,7 +166,7 @@ def _verify(args):
     except _UsageError as exc:
         print(f"lsref verify: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
         print(f"lsref verify: unusable input: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report.to_dict(), indent=2) if args.json else report)
@@ -216,8 +246,17 @@ def main(argv=None):
     sc.add_argument("--repeat", type=int, default=5, help="kernel runs (median is reported)")
     sc.add_argument("--seed", type=int, default=0)
     vf = sub.add_parser("verify", help="check a framework's loss/gradient saved in an .npz "
-                        "(arrays: logits, targets, and loss and/or grad; optional weight)")
-    vf.add_argument("file")
+                        "(arrays: logits, targets, and loss and/or grad; optional weight), "
+                        "or in .npy files larger than memory (--logits, --targets, --grad, "
+                        "--loss)")
+    vf.add_argument("file", nargs="?", default=None)
+    vf.add_argument("--logits", default=None, metavar="FILE.npy",
+                    help="logits (rows, classes) in an .npy, read in windows (no .npz file)")
+    vf.add_argument("--targets", default=None, metavar="FILE.npy")
+    vf.add_argument("--grad", default=None, metavar="FILE.npy")
+    vf.add_argument("--loss", default=None, help="the candidate loss: a number, or an .npy "
+                    "of per-row losses")
+    vf.add_argument("--memory", type=float, default=128, help="MiB per window (128)")
     vf.add_argument("--convention", default="lsref",
                     help="torch, keras, optax, timm, fairseq, fairseq-0.10, t5x or lsref")
     vf.add_argument("--label-smoothing", type=float, default=None,

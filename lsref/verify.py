@@ -304,3 +304,157 @@ def verify(logits, targets, loss=None, grad=None, *, convention="lsref", rtol=No
         report.diagnosis = diagnose(z, t, plan, loss, grad, lc, gc, cand_dtype, eps, tiny,
                                     ref_loss, ref_grad, _check)
     return report
+
+
+# --- files larger than memory --------------------------------------------------------------
+
+def _plan_divisor(plan, t, K):
+    """The "mean" divisor of the whole problem, from its targets and weights alone (the
+    reference's D, "rows" or "sample_weight"; gradient_terms would need the logits)."""
+    if plan.reduction != "mean" or plan.divisor is None:
+        return 1.0
+    if not isinstance(plan.divisor, str):
+        return float(plan.divisor)
+    kw = plan.kwargs
+    N = t.shape[0]
+    s = np.ones(N) if kw.get("sample_weight") is None else \
+        np.asarray(kw["sample_weight"], np.float64).reshape(-1)
+    prob = t.shape == (N, K) and t.dtype.kind == "f"
+    ignore = kw.get("ignore_index", -100)
+    counted = np.ones(N, bool) if (prob or ignore is None) else t != ignore
+    if plan.divisor == "rows":
+        return float(counted.sum())
+    if plan.divisor == "sample_weight":
+        return float(s[counted].sum())
+    if prob:
+        return float(N)
+    cw = kw.get("class_weight")
+    w_t = np.ones(N) if cw is None else np.asarray(cw, np.float64)[np.where(counted, t, 0)]
+    return float(np.sum(s[counted] * w_t[counted]))
+
+
+def _merge_comparisons(parts, name, shape, eps):
+    """One Comparison for a whole array from those of its row windows (index offsets)."""
+    out = Comparison(name=name, shape=shape)
+    worst_ratio = -1.0
+    for r0, c in parts:
+        out.n_checked += c.n_checked
+        out.n_failed += c.n_failed
+        out.n_nonfinite += c.n_nonfinite
+        for item in c.nonfinite:
+            if len(out.nonfinite) < _MAX_LISTED:
+                idx = list(item["index"])
+                out.nonfinite.append(dict(item, index=[idx[0] + r0] + idx[1:] if idx else []))
+        out.max_abs_error = max(out.max_abs_error, c.max_abs_error)
+        out.max_rel_error = max(out.max_rel_error, c.max_rel_error)
+        if c.n_checked:
+            ratio = abs(c.worst_candidate - c.worst_reference) / max(c.worst_tolerance, 1e-300)
+            if ratio > worst_ratio:
+                worst_ratio = ratio
+                idx = c.worst_index
+                out.worst_index = (idx[0] + r0,) + tuple(idx[1:]) if idx else ()
+                out.worst_candidate = c.worst_candidate
+                out.worst_reference = c.worst_reference
+                out.worst_tolerance = c.worst_tolerance
+    out.max_error_eps = out.max_rel_error / eps
+    return out
+
+
+def verify_files(logits, targets, loss=None, grad=None, *, convention="lsref", rtol=None,
+                 atol=None, memory=128 << 20, progress=False, **params):
+    """:func:`verify` for logits (and a gradient) in ``.npy`` files larger than memory.
+
+    ``logits`` and ``grad`` are paths of 2-D C-order ``.npy`` files (rows, classes), read in
+    row windows of about ``memory`` bytes through ``np.memmap`` windows; ``targets`` an array
+    or an ``.npy`` path; ``loss`` a number (or, for per-row losses, an array or ``.npy``
+    path). The reference and the tolerance model are those of :func:`verify`, window by
+    window, with the whole problem's "mean" divisor; the report covers the whole arrays.
+    """
+    from .sharded import _npy_header
+    conv = get_convention(convention)
+    shape, fortran, dtype, offset = _npy_header(logits)
+    if len(shape) != 2 or fortran:
+        raise ValueError(f"{logits}: need a 2-D C-order .npy of (rows, classes), got shape "
+                         f"{shape}, fortran_order={fortran}")
+    N, K = shape
+    load = (lambda a: np.load(a) if isinstance(a, (str, bytes)) or hasattr(a, "__fspath__")
+            else (None if a is None else np.asarray(a)))
+    t = load(targets)
+    loss = load(loss) if not isinstance(loss, (int, float)) else np.float64(loss)
+    g_info = None
+    if grad is not None:
+        g_shape, g_fortran, g_dtype, g_offset = _npy_header(grad)
+        if tuple(g_shape) != tuple(shape) or g_fortran:
+            raise ValueError(f"{grad}: the gradient must have the logits' shape {shape} in "
+                             f"C order, got {g_shape}")
+        g_info = (g_dtype, g_offset)
+    if loss is None and grad is None:
+        raise ValueError("give the candidate loss, grad, or both")
+    stand_in = np.broadcast_to(np.zeros((), dtype), (min(N, 1), K))
+    plan = conv.make_plan(stand_in, t[:min(N, 1)], dict(params))
+    D = _plan_divisor(plan, t, K)
+    cand_dtype = g_info[0] if g_info else np.asarray(loss).dtype
+    if cand_dtype.kind != "f":
+        cand_dtype = np.dtype(np.float64)
+    eps, tiny = verify_eps(cand_dtype)
+    itemsize = np.dtype(dtype).itemsize
+    step = max(1, int(memory) // (K * (itemsize + (cand_dtype.itemsize if g_info else 0) + 40)))
+    sw = plan.kwargs.get("sample_weight")
+    g_parts, l_parts = [], []
+    ref_total, tol_total = 0.0, 0.0
+    row_losses = plan.reduction == "none"
+    for r0 in range(0, N, step):
+        r1 = min(N, r0 + step)
+        z = np.asarray(np.memmap(logits, dtype=dtype, mode="r",
+                                 offset=offset + r0 * K * itemsize, shape=(r1 - r0, K)))
+        kw = dict(plan.kwargs)
+        if sw is not None:
+            kw["sample_weight"] = np.asarray(sw).reshape(-1)[r0:r1]
+        from .conventions import Plan
+        wplan = Plan(kwargs=kw, reduction=plan.reduction,
+                     divisor=None if plan.reduction != "mean" else D, empty=plan.empty)
+        ref_loss, ref_grad, pieces, terms = _reference(z, t[r0:r1], wplan)
+        if g_info:
+            gz = np.asarray(np.memmap(grad, dtype=g_info[0], mode="r",
+                                      offset=g_info[1] + r0 * K * g_info[0].itemsize,
+                                      shape=(r1 - r0, K)))
+        _, grad_tol = _tolerances(ref_loss, pieces, terms, eps, tiny, K, plan.reduction, rtol,
+                                  atol, ref_grad)
+        if g_info:
+            g_parts.append((r0, _compare("gradient", gz, ref_grad, grad_tol, eps)))
+        if loss is not None:
+            if row_losses:
+                l_tol, _ = _tolerances(ref_loss, pieces, terms, eps, tiny, K, "none", rtol,
+                                       atol, ref_grad)
+                l_parts.append((r0, _compare("loss", np.asarray(loss)[r0:r1], ref_loss,
+                                             l_tol, eps)))
+            else:
+                rows, row_target, lse, _ = pieces
+                with np.errstate(invalid="ignore", over="ignore"):
+                    row_tol = VERIFY_SAFETY * eps * (np.abs(rows) + row_target
+                                                     * (verify_growth(K) + np.abs(lse)))
+                tol_total += float(np.sum(np.where(np.isfinite(row_tol), row_tol, 0.0)))
+                ref_total += float(np.sum(rows))
+        if progress:
+            print(f"\r  verifying {logits}: {100 * r1 / N:5.1f}%", end="", flush=True)
+    if progress:
+        print(flush=True)
+    lc = None
+    if loss is not None:
+        if row_losses:
+            lc = _merge_comparisons(l_parts, "loss", (N,), eps)
+        else:
+            ref = np.float64(plan.empty) if (plan.reduction == "mean" and D == 0) \
+                else np.float64(ref_total)
+            if rtol is not None or atol is not None:
+                tol = (atol or 0.0) + (rtol or 0.0) * abs(ref)
+            else:
+                tol = tol_total + VERIFY_SAFETY * eps * math.log2(N + 1) * abs(ref) + tiny
+            lc = _compare("loss", np.asarray(loss), ref, tol, eps)
+    gc = _merge_comparisons(g_parts, "gradient", (N, K), eps) if g_info else None
+    return VerificationReport(
+        passed=all(c is None or c.passed for c in (lc, gc)), convention=conv.name,
+        call=conv.call, dtype=cand_dtype.name, n_classes=K, params=params, loss=lc, grad=gc,
+        tolerance=(f"atol={atol}, rtol={rtol}" if (rtol is not None or atol is not None)
+                   else f"model for {cand_dtype.name} (eps {eps:.3g}) and K = {K}, "
+                        f"windows of {step} rows"))

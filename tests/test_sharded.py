@@ -337,3 +337,56 @@ def test_streaming_a_4_gib_file_within_1_gib_of_memory(tmp_path):
                 os.remove(p)
             except OSError:
                 pass
+
+
+def _files(tmp_path, z, t, g):
+    paths = [str(tmp_path / n) for n in ("z.npy", "t.npy", "g.npy")]
+    for p, a in zip(paths, (z, t, g)):
+        np.save(p, a)
+    return paths
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_verify_files_agrees_with_verify_in_memory(tmp_path, reduction):
+    from lsref.verify import verify_files
+    rng = np.random.default_rng(6)
+    z = (rng.standard_normal((300, 57)) * 3).astype(np.float32)
+    t = rng.integers(0, 57, 300)
+    t[::9] = 2
+    w = rng.random(57)
+    kw = dict(label_smoothing=0.1, class_weight=w, ignore_index=2, reduction=reduction)
+    loss, g = lsref.value_and_grad(z, t, **kw)
+    zp, tp, gp = _files(tmp_path, z, t, g)
+    windowed = verify_files(zp, tp, loss, gp, memory=20_000, **kw)
+    whole = lsref.verify(z, t, loss, g, **kw)
+    assert windowed.passed and whole.passed
+    assert windowed.grad.n_checked == whole.grad.n_checked == z.size
+    np.testing.assert_allclose(windowed.grad.max_abs_error, whole.grad.max_abs_error,
+                               rtol=1e-12)
+    np.testing.assert_allclose(windowed.loss.max_abs_error, whole.loss.max_abs_error,
+                               rtol=1e-6, atol=1e-15)
+    # one wrong element and a wrong loss are found, at the right place
+    g_bad = g.copy()
+    g_bad[201, 13] += 1e-3 * np.abs(g).max()
+    np.save(gp, g_bad)
+    bad_loss = loss * 1.001
+    r = verify_files(zp, tp, bad_loss, gp, memory=20_000, **kw)
+    assert not r.passed and r.grad.n_failed == 1 and r.grad.worst_index == (201, 13)
+    assert not r.loss.passed
+
+
+def test_lsref_verify_command_on_npy_files(tmp_path, capsys):
+    from lsref import cli
+    rng = np.random.default_rng(7)
+    z = (rng.standard_normal((200, 40)) * 2).astype(np.float32)
+    t = rng.integers(0, 40, 200)
+    loss, g = lsref.value_and_grad(z, t, label_smoothing=0.1)
+    zp, tp, gp = _files(tmp_path, z, t, g)
+    args = ["verify", "--logits", zp, "--targets", tp, "--grad", gp, "--loss", str(loss),
+            "--label-smoothing", "0.1", "--memory", "0.01", "--json"]
+    assert cli.main(args) == 0
+    g[5, 5] = -g[5, 5] + 1.0
+    np.save(gp, g)
+    assert cli.main(args) == 1
+    assert cli.main(["verify", "--logits", zp, "--grad", gp]) == 2
+    assert "--targets" in capsys.readouterr().err
