@@ -389,7 +389,8 @@ def stream_value_and_grad(logits, targets, *, grad=None, memory=256 << 20, progr
     The "mean" divisor depends only on the targets and weights, so it is known before the
     first window; each window then goes through the kernel with ``reduction="sum"`` and
     row weights ``s / D``. Only windows are ever mapped: the address space needed is
-    ``memory`` plus the targets, whatever the file's size.
+    ``memory`` plus the targets, whatever the file's size; the gradient is written from a
+    reused buffer.
     """
     shape, fortran, dtype, offset = _npy_header(logits)
     if len(shape) != 2 or fortran or dtype not in (np.float32, np.float64):
@@ -411,36 +412,45 @@ def stream_value_and_grad(logits, targets, *, grad=None, memory=256 << 20, progr
     if reduction == "mean" and D == 0:
         row_scale = np.zeros_like(s)
     g_offset = _new_npy(grad, shape, dtype) if grad is not None else None
+    g_file = open(grad, "r+b") if grad is not None else None
     itemsize = np.dtype(dtype).itemsize
     step = max(1, int(memory) // (K * itemsize * (2 if grad is not None else 1)))
     rows_loss = np.empty(N) if reduction == "none" else None
     total = 0.0
     t0 = time.perf_counter()
     call_kw = {k: v for k, v in kw.items() if k not in ("reduction", "axis")}
-    for r0 in range(0, N, step):
-        r1 = min(N, r0 + step)
-        z = np.memmap(logits, dtype=dtype, mode="r", offset=offset + r0 * K * itemsize,
-                      shape=(r1 - r0, K))
-        out = None
-        if grad is not None:
-            out = np.memmap(grad, dtype=dtype, mode="r+", offset=g_offset + r0 * K * itemsize,
-                            shape=(r1 - r0, K))
-        res = value_and_grad(z, t[r0:r1], reduction="none", sample_weight=row_scale[r0:r1],
-                             out=out, n_threads=n_threads, **call_kw) if out is not None \
-            else (_loss_only(z, t[r0:r1], row_scale[r0:r1], n_threads, call_kw), None)
-        part = np.asarray(res[0], np.float64)
-        if rows_loss is not None:
-            rows_loss[r0:r1] = part
-        total += float(np.sum(part))
-        if out is not None:
-            out.flush()
-        del z, out, res
-        if progress:
-            done = r1 * K * itemsize
-            rate = done / max(time.perf_counter() - t0, 1e-9)
-            print(f"\r  streaming {logits}: {100 * r1 / N:5.1f}% ({done / 2**30:.2f} of "
-                  f"{N * K * itemsize / 2**30:.2f} GiB, {rate / 2**20:.0f} MiB/s)", end="",
-                  file=sys.stderr, flush=True)
+    # the gradient goes through one reused buffer and a plain write: writing through a
+    # mapping of the output file instead faults in every page (measured on 1 GB of float32,
+    # page cache warm: 0.37 GB/s of logits that way, 1.9 GB/s this way)
+    buf = np.empty((min(step, N), K), dtype) if grad is not None else None
+    try:
+        for r0 in range(0, N, step):
+            r1 = min(N, r0 + step)
+            z = np.memmap(logits, dtype=dtype, mode="r", offset=offset + r0 * K * itemsize,
+                          shape=(r1 - r0, K))
+            if buf is not None:
+                out = buf[:r1 - r0]
+                part = value_and_grad(z, t[r0:r1], reduction="none",
+                                      sample_weight=row_scale[r0:r1], out=out,
+                                      n_threads=n_threads, **call_kw)[0]
+                g_file.seek(g_offset + r0 * K * itemsize)
+                g_file.write(out.data)
+            else:
+                part = _loss_only(z, t[r0:r1], row_scale[r0:r1], n_threads, call_kw)
+            part = np.asarray(part, np.float64)
+            if rows_loss is not None:
+                rows_loss[r0:r1] = part
+            total += float(np.sum(part))
+            del z
+            if progress:
+                done = r1 * K * itemsize
+                rate = done / max(time.perf_counter() - t0, 1e-9)
+                print(f"\r  streaming {logits}: {100 * r1 / N:5.1f}% ({done / 2**30:.2f} of "
+                      f"{N * K * itemsize / 2**30:.2f} GiB, {rate / 2**20:.0f} MiB/s)",
+                      end="", file=sys.stderr, flush=True)
+    finally:
+        if g_file is not None:
+            g_file.close()
     if progress:
         print(file=sys.stderr, flush=True)
     if reduction == "none":
