@@ -155,7 +155,7 @@ def value_and_grad(logits, targets, *, split_every=None, **kw):
     if reduction == "mean":
         D = rows[:, 4].sum()
         loss = da.where(D != 0, total / da.where(D != 0, D, 1.0), np.nan)
-        scale = da.where(D != 0, 1.0 / da.where(D != 0, D, 1.0), 0.0)
+        scale = 1.0 / da.where(D != 0, D, 1.0)             # D = 0: unscaled, as in memory
     else:
         loss = total if reduction == "sum" else rows[:, 0]
         scale = 1.0

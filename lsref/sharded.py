@@ -248,7 +248,10 @@ def finish(stats, targets, num_classes, **kw):
     scale = 1.0
     if p.reduction == "mean":
         loss = np.float64(row.sum() / D) if D != 0 else np.float64(np.nan)
-        scale = 1.0 / D if D != 0 else 0.0
+        # D = 0: as the in-memory kernel and the oracle do, the gradient is left unscaled
+        # (0 when every row is ignored; the gradient of the sum when the targets' weights
+        # sum to 0)
+        scale = 1.0 / D if D != 0 else 1.0
     elif p.reduction == "sum":
         loss = np.float64(row.sum())
     else:
@@ -408,9 +411,7 @@ def stream_value_and_grad(logits, targets, *, grad=None, memory=256 << 20, progr
     p = _problem(t, K, dict(kw, sample_weight=sw))
     reduction = p.reduction
     D, active, s, _ = _divisor(p)
-    row_scale = s / D if reduction == "mean" and D != 0 else s
-    if reduction == "mean" and D == 0:
-        row_scale = np.zeros_like(s)
+    row_scale = s / D if reduction == "mean" and D != 0 else s   # D = 0: as in memory
     g_offset = _new_npy(grad, shape, dtype) if grad is not None else None
     g_file = open(grad, "r+b") if grad is not None else None
     itemsize = np.dtype(dtype).itemsize

@@ -81,8 +81,12 @@ def test_merged_statistics_reproduce_the_in_memory_result(problem):
     np.testing.assert_allclose(g, ref_g, rtol=0, atol=1e-12 * max(np.abs(ref_g).max(), 1e-300))
     o_loss, o_g = R.value_and_grad(z, t, **kw)
     np.testing.assert_allclose(loss, o_loss, rtol=F64.loss_rtol, atol=1e-300)
-    np.testing.assert_allclose(g, o_g, rtol=0, atol=F64.grad_rtol * max(np.abs(o_g).max(),
-                                                                         1e-300))
+    # against the oracle, the bound is relative to the size of the gradient's two terms
+    # (s C p_j and s w_j q_j), which can cancel to far below either (conftest's term_scale)
+    terms = R.gradient_terms(z, t, **kw)
+    D = terms["divisor"] if kw.get("reduction", "mean") == "mean" and terms["divisor"] else 1
+    scale = max(np.abs(o_g).max(), terms["prob"].max() / D, terms["target"].max() / D, 1e-300)
+    np.testing.assert_allclose(g, o_g, rtol=0, atol=F64.grad_rtol * scale)
 
 
 @given(st.integers(0, 2**32 - 1), st.integers(2, 6))
