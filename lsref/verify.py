@@ -328,9 +328,9 @@ def _plan_divisor(plan, t, K):
         return float(s[counted].sum())
     if prob:
         return float(N)
-    cw = kw.get("class_weight")
-    w_t = np.ones(N) if cw is None else np.asarray(cw, np.float64)[np.where(counted, t, 0)]
-    return float(np.sum(s[counted] * w_t[counted]))
+    from .sharded import divisor                 # lsref's D: sum of s * w_t over counted rows
+    return divisor(t, K, class_weight=kw.get("class_weight"),
+                   sample_weight=kw.get("sample_weight"), ignore_index=ignore)
 
 
 def _merge_comparisons(parts, name, shape, eps):
