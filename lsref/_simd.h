@@ -334,7 +334,8 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
     for (j = 0; j < 8; j++) {
         double mj = ms[j], sej = se_f[j], d_t = (double)et_f[j] - mj;
         int fine = ok[j] && isfinite(mj) && isfinite(sej) && isfinite(d_t)
-                   && !(P->beta == 0.0 && d_t == 0.0 && sej < 2.0);
+                   && !(d_t == 0.0 && sej < 2.0 && (P->beta == 0.0 || P->beta * (P->W - 1.0)
+                        < 1e-2 * (P->q_t + P->beta * P->W)));   /* as _row_index refines */
         redo[i0 + j] = (unsigned char)!fine;
         if (!fine) { A[j] = 0.0; S[j] = 0.0; continue; }
         double s = P->row_scale ? P->scale * P->row_scale[i0 + j] : P->scale;
