@@ -100,13 +100,13 @@ def _prepare(logits, targets, kw):
     if kw.get("axis", -1) not in (-1, 1):
         raise ValueError("lsref.dask takes rows of classes: axis must be -1")
     kw = {k: v for k, v in kw.items() if k != "axis"}
-    N, K = logits.shape
+    K = logits.shape[1]
     cw = kw.get("class_weight")
     if cw is not None:
         cw = np.asarray(cw, dtype=np.float64)
         kw["class_weight"] = cw
     # the scalar options and the weights, checked now rather than on the workers
-    sharded._problem(np.zeros(0, np.int64), K, dict(sharded._KW, **{
+    p = sharded._problem(np.zeros(0, np.int64), K, dict(sharded._KW, **{
         k: v for k, v in kw.items() if k != "sample_weight"}))
     rows = logits.chunks[0]
     t = _column(targets, rows, "targets")
@@ -114,7 +114,7 @@ def _prepare(logits, targets, kw):
         raise TypeError(f"targets must be integer class indices, got dtype "
                         f"{None if t is None else t.dtype}")
     sw = _column(kw.pop("sample_weight", None), rows, "sample_weight")
-    return logits, t, sw, kw, N, K
+    return logits, t, sw, kw, K, p.q_target_and_beta
 
 
 def _terms(logits, t, sw, kw, K, split_every):
@@ -148,7 +148,7 @@ def value_and_grad(logits, targets, *, split_every=None, **kw):
     >>> bool(np.isclose(loss.compute(), ref_loss)), bool(np.allclose(grad.compute(), ref_grad))
     (True, True)
     """
-    logits, t, sw, kw, N, K = _prepare(logits, targets, kw)
+    logits, t, sw, kw, K, (q_t, beta) = _prepare(logits, targets, kw)
     reduction = kw.get("reduction", "mean")
     rows = _terms(logits, t, sw, kw, K, split_every)
     total = rows[:, 0].sum()
@@ -159,9 +159,6 @@ def value_and_grad(logits, targets, *, split_every=None, **kw):
     else:
         loss = total if reduction == "sum" else rows[:, 0]
         scale = 1.0
-    p = sharded._problem(np.zeros(0, np.int64), K, dict(sharded._KW, **{
-        k: v for k, v in kw.items() if k != "sample_weight"}))
-    q_t, beta = p.q_target_and_beta
     grad = da.map_blocks(_grad_block, logits, t, rows[:, 1:2], rows[:, 2:3] * scale,
                          rows[:, 3:4] * scale, class_weight=kw.get("class_weight"), q_t=q_t,
                          beta=beta, dtype=logits.dtype, meta=np.empty((0, 0), logits.dtype))

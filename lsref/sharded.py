@@ -31,6 +31,7 @@ import numpy as np
 
 from . import _kernel
 from ._validation import check_problem
+from .reference import _DEFAULTS
 from .loss import _threads, value_and_grad
 
 __all__ = ["PartialStats", "RowTerms", "partial_stats", "merge", "concat_rows", "finish",
@@ -191,8 +192,7 @@ def _problem(targets, num_classes, kw):
     return p
 
 
-_KW = dict(label_smoothing=0.0, axis=-1, reduction="mean", smoothing="uniform",
-           class_weight=None, sample_weight=None, ignore_index=-100, z_loss=0.0, kl=False)
+_KW = _DEFAULTS                    # cross_entropy's keywords and their defaults
 
 
 def divisor(targets, num_classes, *, class_weight=None, sample_weight=None,
