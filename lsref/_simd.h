@@ -26,7 +26,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(_OPENMP) || defined(LSREF_OPENMP_SIMD)
+/* `omp simd` (OpenMP >= 4.0, _OPENMP >= 201307) gives each vector lane its own partial sum.
+ * It is emitted only where the compiler implements it: gcc or clang with -fopenmp-simd
+ * (LSREF_OPENMP_SIMD, defined by setup.py when that flag compiles) or with OpenMP >= 4.0.
+ * MSVC's /openmp is OpenMP 2.0 (_OPENMP == 200203), which has no simd directive (error
+ * C3001): there the loops stay plain C, still correct, vectorised only where the compiler
+ * can do it by itself. No `reduction(max:...)` anywhere: OpenMP's identity for max is the
+ * most negative finite value, not -inf (see the max sweeps below). */
+#if (defined(_OPENMP) && _OPENMP >= 201307) || defined(LSREF_OPENMP_SIMD)
 #define LSREF_PRAGMA(x) _Pragma(#x)
 #else
 #define LSREF_PRAGMA(x)
@@ -96,18 +103,31 @@ static inline double lsref_exp_neg_f64(double x)
 #define LSREF_UNUSED
 #endif
 
+/* The max of a row, for lsref_max_f32/f64 below: -inf for an empty row, a row of -inf or a
+ * row of NaN; NaN entries are passed over (`NaN > a` is false), they surface in the sum of
+ * the exponentials. Written with LANES explicit accumulators (128 bytes: 4 AVX2 or 2 AVX-512
+ * registers), each starting at -inf, instead of `omp simd reduction(max:m)`: OpenMP's
+ * identity for max is the most negative finite value, which clang uses (a row of -inf
+ * came out as -DBL_MAX), and clang leaves that reduction scalar without -ffinite-math.
+ * `z > a ? z : a` is exactly x86's maxps/maxpd(z, a) (a kept when z is NaN), so gcc and
+ * clang vectorise the lanes without any relaxation of IEEE semantics. The last n % LANES
+ * entries go into the first lanes, then the lanes are folded pairwise. */
+#define LSREF_MAX_BODY(T, LANES)                                                             \
+    T a[LANES]; Py_ssize_t k = 0, r; int j, h;                                               \
+    for (j = 0; j < LANES; j++) a[j] = -INFINITY;                                            \
+    for (; k + LANES <= n; k += LANES)                                                       \
+        for (j = 0; j < LANES; j++) a[j] = z[k + j] > a[j] ? z[k + j] : a[j];                \
+    for (r = n - k, j = 0; j < r; j++) a[j] = z[k + j] > a[j] ? z[k + j] : a[j];             \
+    for (h = LANES / 2; h > 0; h /= 2)                                                       \
+        for (j = 0; j < h; j++) a[j] = a[j + h] > a[j] ? a[j + h] : a[j];                    \
+    return a[0];
+
 /* One set of row sweeps, instantiated once per instruction set. */
 #define LSREF_SWEEPS(SUF, ATTR)                                                              \
 ATTR LSREF_UNUSED static float lsref_max_f32_##SUF(const float *z, Py_ssize_t n) {                        \
-    float m = -INFINITY; Py_ssize_t k;                                                       \
-    LSREF_PRAGMA(omp simd reduction(max:m))                                                  \
-    for (k = 0; k < n; k++) m = z[k] > m ? z[k] : m;                                         \
-    return m; }                                                                              \
+    LSREF_MAX_BODY(float, 32) }                                                              \
 ATTR LSREF_UNUSED static double lsref_max_f64_##SUF(const double *z, Py_ssize_t n) {                      \
-    double m = -INFINITY; Py_ssize_t k;                                                      \
-    LSREF_PRAGMA(omp simd reduction(max:m))                                                  \
-    for (k = 0; k < n; k++) m = z[k] > m ? z[k] : m;                                         \
-    return m; }                                                                              \
+    LSREF_MAX_BODY(double, 16) }                                                             \
 ATTR LSREF_UNUSED static void lsref_expsum_f32_##SUF(const float *z, Py_ssize_t n, float m, float *e,     \
                                         double *se_out, double *u_out) {                     \
     double se = 0.0, u = 0.0; Py_ssize_t k, j, end;                                          \

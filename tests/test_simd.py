@@ -157,3 +157,41 @@ def test_small_k_block_kernel_matches_oracle_and_row_path():
             assert_array_equal(np.isnan(grad2), np.isnan(ref_grad))
             fin = np.all(np.isfinite(ref_grad), axis=1)
             assert_close_to_oracle(ref_loss, grad2[fin], ref_loss, ref_grad[fin], np.float32)
+
+
+def _max_sweep_rows(n, dtype):
+    """Rows of length n that each vector lane and the tail of the max sweep must get right:
+    all -inf, all NaN, and for each of (up to 70) positions p: 1000 at p among zeros (exp of
+    anything measured from a wrong max overflows), 2 at p among -inf, NaN at p, +inf at p."""
+    positions = range(n) if n <= 70 else sorted({0, 1, 7, 8, 15, 16, 31, 32, 33, n // 2,
+                                                 n - 33, n - 32, n - 17, n - 9, n - 2, n - 1})
+    rows = [np.full(n, -np.inf), np.full(n, np.nan)]
+    for p in positions:
+        for base, value in ((0.0, 1000.0), (-np.inf, 2.0), (0.0, np.nan), (-1.0, np.inf)):
+            row = np.full(n, base)
+            row[p] = value
+            rows.append(row)
+    return np.array(rows).astype(dtype)
+
+
+def test_row_max_sweep_special_values_every_length_and_position(dtype):
+    """The max sweep (lanes, a tail, a fold of the lanes) under logsumexp and log_softmax,
+    against scipy: a row of -inf gives -inf and a NaN log_softmax (OpenMP's max identity is
+    -DBL_MAX, not -inf, so a `reduction(max:)` built by clang gave -1.8e308 and -inf), NaN
+    entries are passed over by the max and surface as NaN, the max is found in every lane
+    and in the tail. Run on each vector path by .ci/run (LSREF_SIMD)."""
+    import lsref
+    from scipy import special
+    for n in list(range(1, 71)) + [95, 96, 97, 127, 128, 129, 1000, 1001]:
+        x = _max_sweep_rows(n, dtype)
+        x64 = x.astype(np.float64)
+        with np.errstate(all="ignore"):
+            want = special.logsumexp(x64, axis=1)
+            want_ls = special.log_softmax(x64, axis=1)
+        got = lsref.logsumexp(x)
+        np.testing.assert_allclose(got, want.astype(dtype), rtol=1e-6, err_msg=f"n={n}")
+        fin = ~np.isposinf(x64).any(axis=1)     # (+inf rows: SEMANTICS.md's own rule)
+        got_ls = lsref.log_softmax(x)[fin]
+        assert_array_equal(np.isnan(got_ls), np.isnan(want_ls[fin]), err_msg=f"n={n}")
+        assert_array_equal(np.isneginf(got_ls), np.isneginf(want_ls[fin]), err_msg=f"n={n}")
+        assert got[0] == -np.inf and np.isnan(got[1])
