@@ -5,6 +5,7 @@ from numpy.typing import NDArray
 
 OPENMP_ENABLED: bool
 BUILD_FLAGS: str
+OPENMP_NOTE: str
 COMPILER: str
 
 def omp_max_threads() -> int: ...

@@ -76,6 +76,9 @@ cdef extern from *:
     #ifndef LSREF_BUILD_FLAGS
     #define LSREF_BUILD_FLAGS "unknown"
     #endif
+    #ifndef LSREF_OPENMP_NOTE
+    #define LSREF_OPENMP_NOTE ""
+    #endif
     #if defined(__clang__)
     #define LSREF_COMPILER "clang " __clang_version__
     #elif defined(__GNUC__)
@@ -152,6 +155,7 @@ cdef extern from *:
     int LSREF_OPENMP
     int lsref_omp_max_threads() nogil
     const char *LSREF_BUILD_FLAGS
+    const char *LSREF_OPENMP_NOTE
     const char *LSREF_COMPILER
     float lsref_f16_to_f32(uint16_t) nogil
     float lsref_bf16_to_f32(int16_t) nogil
@@ -218,6 +222,7 @@ def exp_neg_f32_sweep(const float[::1] x, float[::1] out):
 
 OPENMP_ENABLED = bool(LSREF_OPENMP)
 BUILD_FLAGS = LSREF_BUILD_FLAGS.decode()
+OPENMP_NOTE = LSREF_OPENMP_NOTE.decode()    # why OpenMP is off (setup.py), or ""
 COMPILER = LSREF_COMPILER.decode()
 
 

@@ -18,13 +18,20 @@ def _info(args):
           f"{platform.machine()} {platform.system()}")
     print(f"compiler: {_kernel.COMPILER}")
     print(f"build flags: {_kernel.BUILD_FLAGS}")
-    omp = "on" if _kernel.OPENMP_ENABLED else "off (the kernel runs on one thread)"
-    print(f"OpenMP: {omp}")
+    print(f"OpenMP: {openmp_status()}")
     print(f"threads: {_default_threads()} by default (OpenMP's own default: "
           f"{_kernel.omp_max_threads()})")
-    print(f"vector path: {_kernel.SIMD_PATH} (chosen at run time; LSREF_SIMD=generic forces "
-          f"the portable one)")
+    print(f"vector path: {_kernel.SIMD_PATH} (chosen at run time; LSREF_SIMD=generic|avx2|"
+          f"avx512 forces one)")
     return 0
+
+
+def openmp_status():
+    """"on (multi-threaded)", or "off (single-threaded: <why>)", as the build recorded it."""
+    if _kernel.OPENMP_ENABLED:
+        return "on (multi-threaded)"
+    why = getattr(_kernel, "OPENMP_NOTE", "") or "the build did not record why"
+    return f"off (single-threaded: {why})"
 
 
 def _step(msg):

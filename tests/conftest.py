@@ -1,8 +1,13 @@
 import os
+import warnings
+import zlib
 
 import numpy as np
 import pytest
 
+with warnings.catch_warnings():    # a forced LSREF_SIMD the CPU lacks: pytest_configure says so
+    warnings.filterwarnings("ignore", "LSREF_SIMD=", RuntimeWarning)
+    from lsref import _kernel
 from lsref._tolerances import kernel_accuracy
 
 try:
@@ -15,11 +20,67 @@ try:
 except ImportError:  # hypothesis is in the test extra; its tests skip without it
     settings = None
 
+# Hypothesis is reproducible by default: "repro" derives each test's examples from the test
+# itself (derandomize) and keeps no example database, so every run, here or in CI, draws the
+# same examples; a failure also prints its @reproduce_failure blob.
+# LSREF_HYPOTHESIS_PROFILE=explore (or pytest --hypothesis-profile=explore) draws fresh random
+# examples on each run instead; a failure there prints its blob, and with it the example.
+HYPOTHESIS_PROFILE = os.environ.get("LSREF_HYPOTHESIS_PROFILE", "repro")
 if settings is not None:
-    settings.register_profile("dev", deadline=None, print_blob=True, max_examples=60)
-    settings.register_profile("ci", deadline=None, print_blob=True, max_examples=60,
+    settings.register_profile("repro", deadline=None, print_blob=True, max_examples=60,
                               derandomize=True, database=None)
-    settings.load_profile("ci" if os.environ.get("CI") else "dev")
+    settings.register_profile("explore", deadline=None, print_blob=True, max_examples=60,
+                              database=None)
+    settings.load_profile(HYPOTHESIS_PROFILE)
+
+
+def stable_seed(*parts):
+    """A seed for numpy's default_rng from test parameters, the same in every process
+    (the built-in hash of a str changes from run to run with PYTHONHASHSEED)."""
+    return zlib.crc32(repr(parts).encode())
+
+
+# The vector path LSREF_SIMD forces (.ci/run runs the kernel tests once per path the CPU
+# has): the kernel's name for it. A forced path the kernel did not take (the CPU or the build
+# lacks it, or a misspelling) stops the run: the tests must not pass on another path.
+SIMD_NAMES = {"generic": "generic", "avx2": "avx2+fma", "avx512": "avx512f"}
+
+
+def forced_simd_problem(forced, taken):
+    """Why the forced vector path ``forced`` (LSREF_SIMD) is not the one taken, or None."""
+    forced = (forced or "").strip().lower()
+    if not forced:
+        return None
+    if forced not in SIMD_NAMES:
+        return (f"LSREF_SIMD={forced!r} is not a vector path (choose from "
+                f"{', '.join(SIMD_NAMES)})")
+    if SIMD_NAMES[forced] != taken:
+        return (f"LSREF_SIMD={forced!r} was requested but the kernel runs {taken!r} (this "
+                f"CPU or build lacks {forced})")
+    return None
+
+
+def kernel_summary():
+    from lsref.cli import openmp_status
+    return (f"lsref kernel: {_kernel.COMPILER.strip()}, OpenMP {openmp_status()}, vector path "
+            f"{_kernel.SIMD_PATH}; hypothesis profile {HYPOTHESIS_PROFILE!r}")
+
+
+def pytest_configure(config):
+    problem = forced_simd_problem(os.environ.get("LSREF_SIMD"), _kernel.SIMD_PATH)
+    if problem:
+        raise pytest.UsageError(problem)
+
+
+def pytest_report_header(config):
+    return [kernel_summary()]
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _kernel.OPENMP_ENABLED:          # a single-threaded build is said at the end too
+        from lsref.cli import openmp_status
+        terminalreporter.write_sep("!", f"lsref's kernel is built without OpenMP: "
+                                        f"{openmp_status()}", yellow=True)
 
 
 def assert_close_to_oracle(loss, grad, ref_loss, ref_grad, dtype, term_scale=0.0):

@@ -22,7 +22,10 @@ def test_info_reports_build():
     r = run("info")
     assert r.returncode == 0, r.stderr
     assert f"lsref {lsref.__version__}" in r.stdout
-    assert ("OpenMP: on" in r.stdout) == lsref._kernel.OPENMP_ENABLED
+    assert ("OpenMP: on (multi-threaded)" in r.stdout) == lsref._kernel.OPENMP_ENABLED
+    if not lsref._kernel.OPENMP_ENABLED:        # single-threaded, and why (setup.py)
+        assert "OpenMP: off (single-threaded: " in r.stdout
+        assert lsref._kernel.OPENMP_NOTE and lsref._kernel.OPENMP_NOTE in r.stdout
     assert lsref._kernel.BUILD_FLAGS in r.stdout
 
 
