@@ -180,6 +180,7 @@ cdef extern from "_simd.h" nogil:
                            double *) noexcept nogil
         void (*affine_f32)(float *, Py_ssize_t, double, double) noexcept nogil
         void (*affine_f64)(double *, Py_ssize_t, double, double) noexcept nogil
+        double (*rest_f32)(const float *, Py_ssize_t, double, float *) noexcept nogil
     lsref_simd_table lsref_simd
     int lsref_simd_init(const char *force)
     ctypedef struct lsref_small_params:
@@ -368,10 +369,6 @@ cdef inline double _row_max(const stored_in *z, Py_ssize_t K) noexcept nogil:
 cdef enum:
     SUM_BLOCK = 256        # terms per block of a blocked row sum
 
-# rest = se - 1 below exp(-8): a float32 row so dominated that its gradient is computed from
-# the logits in double (see _row_index)
-cdef double FLOAT_DOMINATED = 3.3546262790251185e-04
-
 
 cdef inline Py_ssize_t _first_max(const stored_in *z, Py_ssize_t K, double m) noexcept nogil:
     """The first k with z_k == m (m a finite max of the row)."""
@@ -391,6 +388,8 @@ cdef inline double _rest_exact(const stored_in *z, Py_ssize_t K, double m) noexc
     cdef double rest = 0.0, part
     cdef bint skipped = False
     cdef Py_ssize_t k, k0
+    if stored_in is float:                 # the same, vectorised (_simd.h)
+        return lsref_simd.rest_f32(z, K, m, NULL)
     k0 = 0
     while k0 < K:
         part = 0.0
@@ -624,22 +623,18 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
         # The target of a dominated row: g_t = s (c p_t - q_t w_t) with p_t ~ 1 cancels; with
         # p_t = 1/se and 1 - p_t = rest/se it is s (beta (W - w_t) + 2 lam lse - q_t w_t rest)
         # / se, from the sum of the other terms (the exps already in the row, or the logits).
-        if d_t == 0.0 and se < 2.0 and rest < 0.0:
-            rest = _rest_scratch(e, K) if scratch else _rest_exact(z, K, st.m)
-            if stored_in is float and rest < FLOAT_DOMINATED and not z_gone:
-                rest = _rest_exact(z, K, st.m)
+        # float32 logits: the row's exps again, in double from the exact z_k - m (float32's
+        # z_k - m and expf carry up to ~6e-7 each, which the sum for g_t would collect).
+        if d_t == 0.0 and se < 2.0:
+            if stored_in is float and stored_out is float and not z_gone:
+                rest = lsref_simd.rest_f32(z, K, st.m, <float *> g)
+            elif rest < 0.0:
+                rest = _rest_scratch(e, K) if scratch else _rest_exact(z, K, st.m)
         if rest >= 0.0:
             se = 1.0 + rest
         A = s * (c + 2.0 * lam * lse) / se
         B = s * beta
-        if stored_in is float and d_t == 0.0 and rest >= 0.0 and rest < FLOAT_DOMINATED \
-                and not z_gone:
-            # Every other class is below exp(-8) of the target, and so is the largest
-            # gradient entry: float32's z_k - m, rounded by up to 2**-24 |z_k - m|, would put
-            # up to 1e-6 of error on it. exp in double of the exact difference instead.
-            for k in range(K):
-                _st(g, k, A * exp(_ld(z[k]) - st.m) - B * (1.0 if w == NULL else w[k]))
-        elif scratch:
+        if scratch:
             e_t = _ld(g[t])
             if w == NULL and stored_out is float:
                 lsref_simd.affine_f32(<float *> g, K, A, B)
