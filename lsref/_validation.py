@@ -152,6 +152,20 @@ def check_n_threads(n_threads):
     return n
 
 
+def check_num_classes(num_classes):
+    """The number of classes of ``smooth_labels``: an integer >= 1 (not a bool)."""
+    if isinstance(num_classes, (bool, np.bool_)):
+        raise TypeError(f"num_classes must be a positive integer, got {num_classes!r}")
+    try:
+        K = operator.index(num_classes)
+    except TypeError:
+        raise TypeError(f"num_classes must be a positive integer, got {num_classes!r}") \
+            from None
+    if K < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {K}")
+    return K
+
+
 def _position(shape, flat_index):
     idx = np.unravel_index(flat_index, shape)
     return "[" + ", ".join(str(int(i)) for i in idx) + "]"

@@ -517,8 +517,12 @@ def _run_binary(logits, targets, *, want_grad, out, n_threads, **kw):
     elem = np.empty((N, K), np.float64) if p.reduction == "none" else None
     row_loss = np.empty(N, np.float64)
     a, b = p.smoothing_affine
-    _kernel.bce(z, labels, idx, a, b, cw, sw, scale, ignore, ignoring, row_loss, elem,
-                grad_rows, nt)
+    if K:
+        _kernel.bce(z, labels, idx, a, b, cw, sw, scale, ignore, ignoring, row_loss, elem,
+                    grad_rows, nt)
+    else:
+        row_loss.fill(0.0)                # a row of no elements: an empty sum (the gradient,
+                                          # and "none"'s losses, are empty arrays)
     if p.reduction == "none":
         loss = np.moveaxis(elem.reshape(p.shape), -1, p.axis).astype(_loss_dtype(dtype))
     else:

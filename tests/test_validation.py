@@ -375,3 +375,24 @@ def test_tensor_that_requires_grad_names_the_argument():
     # detached (or never requiring grad), a CPU tensor converts as any array does
     np.testing.assert_allclose(lsref.cross_entropy(z.detach(), torch.tensor(T)),
                                R.cross_entropy(np.zeros((4, 5)), T), rtol=1e-15)
+
+
+@pytest.mark.parametrize("num_classes,exc", [(0, ValueError), (-1, ValueError),
+                                             (2.5, TypeError), ("3", TypeError),
+                                             (True, TypeError)])
+def test_check_num_classes_names_the_argument(num_classes, exc):
+    """The shared check for smooth_labels' num_classes (lsref._validation)."""
+    from lsref._validation import check_num_classes
+    with pytest.raises(exc, match=rf"^num_classes must be a positive integer, got "):
+        check_num_classes(num_classes)
+    assert check_num_classes(np.int64(3)) == 3
+
+
+@pytest.mark.xfail(strict=True, reason="reference.smooth_labels (the oracle's file) does not "
+                   "call _validation.check_num_classes yet: 0/-1/2.5/'3' give numpy's or "
+                   "check_problem's messages, not one naming num_classes")
+@pytest.mark.parametrize("num_classes,exc", [(0, ValueError), (-1, ValueError),
+                                             (2.5, TypeError), ("3", TypeError)])
+def test_smooth_labels_num_classes_is_named(num_classes, exc):
+    with pytest.raises(exc, match=r"^num_classes must be a positive integer, got "):
+        lsref.smooth_labels([0], num_classes, 0.1)
