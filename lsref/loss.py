@@ -11,8 +11,8 @@ import os
 import numpy as np
 
 from . import _kernel
-from ._validation import (MAX_THREADS, as_array, check_axis, check_binary_problem,
-                          check_float_array, check_n_threads, check_problem, is_bfloat16)
+from ._validation import (as_array, check_axis, check_binary_problem, check_float_array,
+                          check_n_threads, check_problem, is_bfloat16)
 
 __all__ = ["cross_entropy", "cross_entropy_grad", "value_and_grad", "logsumexp",
            "log_softmax", "softmax", "binary_cross_entropy", "binary_cross_entropy_grad",
@@ -125,9 +125,9 @@ def _check_out(out, logits, dtype, others):
     """The caller's out= buffer: the logits' shape, the gradient's dtype (the logits' dtype,
     or float32 for 16-bit logits), writeable, overlapping no input except (exactly) the
     logits themselves."""
-    as_array("out", out)                  # a masked buffer is refused, as any masked input
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    as_array("out", out)                  # a masked buffer is refused, as any masked input
     if out.shape != logits.shape:
         raise ValueError(f"out must have the logits' shape {logits.shape}, got {out.shape}")
     allowed = [dtype] + ([np.dtype(np.float32)] if _is_half(dtype) else [])

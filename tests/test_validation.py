@@ -383,7 +383,7 @@ def test_tensor_that_requires_grad_names_the_argument():
 def test_check_num_classes_names_the_argument(num_classes, exc):
     """The shared check for smooth_labels' num_classes (lsref._validation)."""
     from lsref._validation import check_num_classes
-    with pytest.raises(exc, match=rf"^num_classes must be a positive integer, got "):
+    with pytest.raises(exc, match=r"^num_classes must be a positive integer, got "):
         check_num_classes(num_classes)
     assert check_num_classes(np.int64(3)) == 3
 
