@@ -18,6 +18,13 @@ with class weights ``w`` (default 1), a sample weight ``s`` (default 1) and z-lo
 The KL form (T5X) subtracts ``s * H_w(q) = -s * sum_k w_k q_k log q_k`` (``0 log 0 = 0``)
 from the loss, and leaves the gradient as it is.
 
+Accuracy: the kernel is measured against this oracle, so it keeps full relative accuracy where
+float64 allows. ``lse - z_top`` is ``log1p`` of the other terms (a tiny loss stays exact) and the
+top class's gradient is formed from ``expm1`` (a dominated row's gradient is not rounding
+noise). Row sums are NumPy's pairwise sums along the contiguous class axis, not compensated
+sums: against 50-digit mpmath at K = 200000 they land within ~1e-16 of the exact sum of the same
+terms, which neither ``math.fsum`` nor a long-double sum improves (tests/test_reference_exact.py).
+
 Binary (sigmoid) cross-entropy, per element with smoothed label ``y`` and weight ``c``::
 
     loss = c * [y * softplus(-x) + (1 - y) * softplus(x)],   dloss/dx = c * (sigmoid(x) - y)
@@ -190,6 +197,8 @@ def _mass_times_p_minus_target(c, prob, neg_log_p, top):
 
     whose two terms keep their relative accuracy (lse - z_top = log1p(...) is accurate). On a
     dominated row the gradient is otherwise all rounding error (e.g. 0 instead of -4e-18).
+    Where two or more classes tie at the max, each p is at most 1/2 and this is the plain
+    formula again: its error is then ~1e-16 of the terms, not of their difference.
     """
     C = c.sum(axis=-1, keepdims=True)
     out = C * prob - c
