@@ -4,6 +4,7 @@
 re-exported here run the typed Cython kernel over rows in parallel.
 """
 from . import reference
+from ._validation import MAX_THREADS
 from .loss import (binary_cross_entropy, binary_cross_entropy_grad, binary_value_and_grad,
                    cross_entropy, cross_entropy_grad, log_softmax, logsumexp, softmax,
                    value_and_grad)
@@ -18,4 +19,4 @@ __all__ = ["cross_entropy", "cross_entropy_grad", "value_and_grad", "logsumexp",
            "log_softmax", "softmax", "smooth_labels", "binary_cross_entropy",
            "binary_cross_entropy_grad", "binary_value_and_grad", "LabelSmoothingLoss", "verify",
            "VerificationReport", "calibration",
-           "conventions", "testing", "reference", "__version__"]
+           "conventions", "testing", "reference", "MAX_THREADS", "__version__"]

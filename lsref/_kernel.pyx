@@ -39,8 +39,19 @@
 # - Reading z_t before the first write and reading each z_k before writing g_k makes an
 #   in-place gradient (grad_out is the logits buffer) safe.
 # - This module never validates and never allocates: lsref/loss.py does both.
+# - Every entry point walks its rows in blocks of about 2**22 logits (a few milliseconds) and
+#   checks for signals between blocks, so Ctrl-C stops a long call; each block is one parallel
+#   region, whose start costs microseconds.
+# - A process forked after the kernel ran threads (multiprocessing's "fork" start method,
+#   PyTorch's DataLoader workers) cannot use the parent's OpenMP thread pool: GNU libgomp's
+#   workers do not exist in the child and its first parallel region would wait for them
+#   forever. Such a child runs every call on one thread (same results: they are bit-identical
+#   for every thread count).
+# - Row sums are blocked: a sum of a few hundred terms per block, then the blocks' sums, so a
+#   row of 200k classes has the rounding error of ~1000 additions, not of 200k.
 
 from cython.parallel cimport prange
+from cpython.exc cimport PyErr_CheckSignals
 from libc.math cimport exp, expf, log, log1p, fabs, INFINITY, NAN, isfinite, isnan
 from libc.stdint cimport int64_t, uint16_t, int16_t, uint32_t
 from libc.string cimport memset
@@ -173,6 +184,7 @@ cdef extern from "_simd.h" nogil:
                            double *) noexcept nogil
         void (*affine_f32)(float *, Py_ssize_t, double, double) noexcept nogil
         void (*affine_f64)(double *, Py_ssize_t, double, double) noexcept nogil
+        double (*rest_f32)(const float *, Py_ssize_t, double, float *) noexcept nogil
     lsref_simd_table lsref_simd
     int lsref_simd_init(const char *force)
     ctypedef struct lsref_small_params:
@@ -218,6 +230,50 @@ def exp_neg_f32_sweep(const float[::1] x, float[::1] out):
     if x.shape[0] == 0:
         return
     lsref_exp_neg_f32_array(&x[0], &out[0], x.shape[0])
+
+
+# --- threads after fork, and interruptible calls -----------------------------------------------
+
+cdef int _threads_started = 0     # this process has run a parallel region of more than 1 thread
+cdef int _forked_child = 0        # ... and then forked: this is the child
+
+
+def _after_fork_in_child():
+    global _forked_child
+    if _threads_started:
+        _forked_child = 1
+
+
+import os as _os
+_os.register_at_fork(after_in_child=_after_fork_in_child)
+del _os
+
+
+def single_threaded_after_fork():
+    """True in a process forked after its parent ran the kernel on several threads: such a
+    process runs every call on one thread (OpenMP's thread pool does not survive fork)."""
+    return bool(_forked_child)
+
+
+cdef int _nt(int n_threads) noexcept:
+    """The thread count a parallel loop may use: n_threads, or 1 in a forked child."""
+    global _threads_started
+    if _forked_child:
+        return 1
+    if n_threads > 1:
+        _threads_started = 1
+    return n_threads
+
+
+cdef Py_ssize_t _block_rows(Py_ssize_t K, Py_ssize_t multiple) noexcept:
+    """Rows per interruptible block: about 2**22 logits, a multiple of `multiple`, >= 1 block."""
+    cdef Py_ssize_t r = (<Py_ssize_t> 1 << 22) // (K if K > 0 else 1)
+    r = (r // multiple) * multiple
+    return r if r > 0 else multiple
+
+
+cdef inline Py_ssize_t _min(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a < b else b
 
 
 OPENMP_ENABLED = bool(LSREF_OPENMP)
@@ -315,46 +371,66 @@ cdef inline double _row_max(const stored_in *z, Py_ssize_t K) noexcept nogil:
         return m
 
 
-cdef inline double _log_se_exact(const stored_in *z, Py_ssize_t K, double m) noexcept nogil:
-    """log(sum_k exp(z_k - m)) from the logits in double (libm exp; z_k - m exact), as
-    log1p of the terms other than the first max (which is exactly 1). Used where the
-    vectorised float sum is not accurate enough: a dominated row (_log_se) and the KL form
-    near the optimum, where KL = CE - H(q) cancels."""
-    cdef double rest = 0.0
-    cdef bint skipped = False
+cdef enum:
+    SUM_BLOCK = 256        # terms per block of a blocked row sum
+
+
+cdef inline Py_ssize_t _first_max(const stored_in *z, Py_ssize_t K, double m) noexcept nogil:
+    """The first k with z_k == m (m a finite max of the row)."""
     cdef Py_ssize_t k
     for k in range(K):
-        if not skipped and _ld(z[k]) == m:
-            skipped = True
-        else:
-            rest += exp(_ld(z[k]) - m)
-    return log1p(rest)
+        if _ld(z[k]) == m:
+            return k
+    return 0
 
 
-cdef inline double _log_se(const stored_in *z, Py_ssize_t K, double m, double se,
-                           const stored_out *e) noexcept nogil:
-    """L = log(se) = lse - m, accurate also when one class dominates.
-
-    The max term of se is exactly 1 (exp(0)); when se < 2, log(se) = log(1 + delta) has lost
-    the low bits of delta to the rounding of 1 + delta, and the row's loss can be of size
-    delta. There, sum the other terms again and take log1p (Blanchard, Higham & Higham 2021).
-    Without e the exps are recomputed from z in double (z_k - m exactly, exp in double), so
-    a float32 row's small loss carries no float32 rounding of z_k - m; the term left out is
-    the first z_k equal to m. With e (only for an in-place gradient, where z is already
-    overwritten by its exps) the stored values are summed, leaving out the first 1."""
-    cdef double rest = 0.0
+cdef inline double _rest_exact(const stored_in *z, Py_ssize_t K, double m) noexcept nogil:
+    """rest = sum_k exp(z_k - m) without the first max term (exactly 1), from the logits in
+    double (libm exp; z_k - m exact), blocked. se = 1 + rest and log(se) = log1p(rest) then
+    keep the relative accuracy of a small rest, which 1 + rest rounded has lost (Blanchard,
+    Higham & Higham 2021). Used where a vectorised float sum is not accurate enough: a
+    dominated row's loss and target gradient, the KL form near the optimum."""
+    cdef double rest = 0.0, part
     cdef bint skipped = False
-    cdef Py_ssize_t k
-    if not (se < 2.0):                     # NaN too: nothing to refine
-        return log(se)
-    if e != NULL:
-        for k in range(K):
+    cdef Py_ssize_t k, k0
+    if stored_in is float:                 # the same, vectorised (_simd.h)
+        return lsref_simd.rest_f32(z, K, m, NULL)
+    k0 = 0
+    while k0 < K:
+        part = 0.0
+        for k in range(k0, _min(K, k0 + SUM_BLOCK)):
+            if not skipped and _ld(z[k]) == m:
+                skipped = True
+            else:
+                part += exp(_ld(z[k]) - m)
+        rest += part
+        k0 += SUM_BLOCK
+    return rest
+
+
+cdef inline double _rest_scratch(const stored_out *e, Py_ssize_t K) noexcept nogil:
+    """rest from the exps already stored in the gradient row (the first 1.0 left out), summed
+    in double, blocked: for an in-place gradient (the logits are gone) and for the target
+    gradient of a dominated row (cheap: no exp)."""
+    cdef double rest = 0.0, part
+    cdef bint skipped = False
+    cdef Py_ssize_t k, k0
+    k0 = 0
+    while k0 < K:
+        part = 0.0
+        for k in range(k0, _min(K, k0 + SUM_BLOCK)):
             if not skipped and e[k] == 1.0:
                 skipped = True
             else:
-                rest += e[k]
-        return log1p(rest)
-    return _log_se_exact(z, K, m)
+                part += e[k]
+        rest += part
+        k0 += SUM_BLOCK
+    return rest
+
+
+cdef inline double _log_se(const stored_in *z, Py_ssize_t K, double m, double se) noexcept nogil:
+    """log(se) = lse - m, from the exact rest where se < 2 (logsumexp, softmax)."""
+    return log1p(_rest_exact(z, K, m)) if se < 2.0 else log(se)
 
 
 cdef inline bint _kl_cancels(double ce, double minus_h) noexcept nogil:
@@ -362,14 +438,24 @@ cdef inline bint _kl_cancels(double ce, double minus_h) noexcept nogil:
     return minus_h != 0.0 and fabs(ce + minus_h) < 1e-2 * fabs(ce)
 
 
+cdef inline bint _mass_at_max(double other, double c) noexcept nogil:
+    """Almost all of the weighted target mass c sits on the row's max class (the weighted
+    mass elsewhere, `other`, is below 1% of it): only then can the loss be tiny, since every
+    other class k adds its mass times lse - z_k >= log 2 when se < 2. There the loss is about
+    c * log(se), and log(se) must come from an accurate rest (a row with more mass elsewhere
+    has a loss >= 0.69 * other, far above the ~1e-16 * c error of log(se))."""
+    return fabs(other) < 1e-2 * fabs(c)
+
+
 cdef inline row_stats _stats(const stored_in *z, Py_ssize_t K, const double *w,
                              stored_out *e) noexcept nogil:
     """m, se and U of one row; exp(z - m) goes to e when e is not NULL.
 
-    Unweighted float32/float64 rows take the vectorised sweeps of _simd.h."""
+    Unweighted float32/float64 rows take the vectorised sweeps of _simd.h; the others are
+    summed here, blocked."""
     cdef row_stats st
-    cdef double m, d, ek, se = 0.0, u = 0.0
-    cdef Py_ssize_t k
+    cdef double m, ek, se = 0.0, u = 0.0, ps, pu
+    cdef Py_ssize_t k, k0
     st.up = st.sp = st.qlq = 0.0
     if stored_in is float:
         if w == NULL and (e == NULL or stored_out is float):
@@ -382,25 +468,21 @@ cdef inline row_stats _stats(const stored_in *z, Py_ssize_t K, const double *w,
             lsref_simd.expsum_f64(z, K, st.m, <double *> e, &st.se, &st.u)
             return st
     st.m = m = _row_max(z, K)
-    if w == NULL:
-        if e != NULL:
-            for k in range(K):
-                ek = _ex(z[k], m)
-                se += ek
-                u += _ld(z[k]) - m
-                e[k] = <stored_out> ek
-        else:
-            for k in range(K):
-                se += _ex(z[k], m)
-                u += _ld(z[k]) - m
-    else:
-        for k in range(K):
+    k0 = 0
+    while k0 < K:
+        ps = pu = 0.0
+        for k in range(k0, _min(K, k0 + SUM_BLOCK)):
             ek = _ex(z[k], m)
-            se += ek
-            if w[k] != 0.0:
-                u += w[k] * (_ld(z[k]) - m)
+            ps += ek
+            if w == NULL:
+                pu += _ld(z[k]) - m
+            elif w[k] != 0.0:
+                pu += w[k] * (_ld(z[k]) - m)
             if e != NULL:
                 e[k] = <stored_out> ek
+        se += ps
+        u += pu
+        k0 += SUM_BLOCK
     st.se = se
     st.u = u
     return st
@@ -411,24 +493,35 @@ cdef inline row_stats _stats_prob(const stored_in *z, const real_t *P, Py_ssize_
                                   stored_out *e) noexcept nogil:
     """Like _stats, plus the target sums of a probability row (and sum w q log q for KL)."""
     cdef row_stats st
-    cdef double m, d, ek, se = 0.0, u = 0.0, up = 0.0, sp = 0.0, qlq = 0.0, wk, wp
-    cdef Py_ssize_t k
+    cdef double m, d, ek, wk, wp
+    cdef double se = 0.0, u = 0.0, up = 0.0, sp = 0.0, qlq = 0.0
+    cdef double bse, bu, bup, bsp, bqlq
+    cdef Py_ssize_t k, k0
     st.m = m = _row_max(z, K)
-    for k in range(K):
-        ek = _ex(z[k], m)
-        d = _ld(z[k]) - m
-        se += ek
-        wk = 1.0 if w == NULL else w[k]
-        wp = wk * P[k]
-        if wk != 0.0:
-            u += wk * d
-        if wp != 0.0:
-            up += wp * d
-            sp += wp
-        if kl:
-            qlq += wk * _xlogx(a * P[k] + beta)
-        if e != NULL:
-            e[k] = <stored_out> ek
+    k0 = 0
+    while k0 < K:
+        bse = bu = bup = bsp = bqlq = 0.0
+        for k in range(k0, _min(K, k0 + SUM_BLOCK)):
+            ek = _ex(z[k], m)
+            d = _ld(z[k]) - m
+            bse += ek
+            wk = 1.0 if w == NULL else w[k]
+            wp = wk * P[k]
+            if wk != 0.0:
+                bu += wk * d
+            if wp != 0.0:
+                bup += wp * d
+                bsp += wp
+            if kl:
+                bqlq += wk * _xlogx(a * P[k] + beta)
+            if e != NULL:
+                e[k] = <stored_out> ek
+        se += bse
+        u += bu
+        up += bup
+        sp += bsp
+        qlq += bqlq
+        k0 += SUM_BLOCK
     st.se = se
     st.u = u
     st.up = up
@@ -439,8 +532,8 @@ cdef inline row_stats _stats_prob(const stored_in *z, const real_t *P, Py_ssize_
 
 cdef inline double _u_without(const stored_in *z, Py_ssize_t K, Py_ssize_t t, double m,
                               const double *w) noexcept nogil:
-    """sum_{k != t} w_k (z_k - m): the rare path taken when z_t = -inf, where U - w_t*d_t
-    would be inf - inf."""
+    """sum_{k != t} w_k (z_k - m), summed afresh: where z_t = -inf (U - w_t*d_t would be
+    inf - inf) and for a tiny loss (U - w_t*d_t would keep the rounding error of w_t*d_t)."""
     cdef double u = 0.0, wk
     cdef Py_ssize_t k
     for k in range(K):
@@ -483,36 +576,48 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
     cdef double w_t = 1.0 if w == NULL else w[t]
     cdef bint scratch = _scratch_ok(g)
     cdef stored_out *e = g if scratch else NULL
+    # after the stats sweep, an in-place gradient row holds exps, no longer the logits
+    cdef bint z_gone = scratch and <const void *> g == <const void *> z
     cdef row_stats st = _stats(z, K, w, e)
-    cdef double L, lse, d_t, u_other, loss, c, A, B, e_t
+    cdef double c = q_t * w_t + beta * (W - w_t)      # sum_k w_k q_k
+    cdef double L, lse, d_t, u_other, loss, A, B, e_t, other, minus_h, se
+    cdef double rest = -1.0                # sum of the non-max exps, where computed accurately
     cdef Py_ssize_t k
-    if not isfinite(st.m):                 # every z_k = -inf, or some z_k = +inf
+    # The NaN rule comes first (SEMANTICS.md): every z_k = -inf (m = -inf), some z_k = +inf
+    # (m = +inf) or a NaN (passed over by the max, it reaches se) make the row NaN whatever
+    # its target mass.
+    if not isfinite(st.m) or isnan(st.se):
         if g != NULL:
             _fill_nan(g, K)
         return NAN
     d_t = zt - st.m
-    # The log1p refinement matters only where the loss itself can be tiny: the target at the
-    # row's max (else loss >= -d_t) and (almost) no weighted smoothing mass on the other
-    # classes (beta = 0, or their class weights are ~0), else loss >= that mass times
-    # (L - d_k) > 0.7 for a dominated row. The 1e-2 keeps the unrefined error (~1e-16 of
-    # q_t w_t + beta W) 1e-13 below the loss.
-    if d_t == 0.0 and (beta == 0.0 or beta * (W - w_t) < 1e-2 * (q_t * w_t + beta * W)):
-        L = _log_se(z, K, st.m, st.se, e if <const void *> g == <const void *> z else NULL)
-    else:
-        L = log(st.se)
+    se = st.se
+    if se < 2.0:                           # a dominated row: log(se) may need the exact rest
+        if d_t == 0.0:
+            other = beta * (W - w_t)
+        elif fabs(q_t * w_t) < 1e-2 * fabs(c):
+            other = q_t * w_t + beta * (W - w_t - (1.0 if w == NULL else
+                                                   w[_first_max(z, K, st.m)] if not z_gone
+                                                   else w[_first_max(e, K, 1.0)]))
+        else:
+            other = c
+        if _mass_at_max(other, c):
+            rest = _rest_scratch(e, K) if z_gone else _rest_exact(z, K, st.m)
+    L = log1p(rest) if rest >= 0.0 else log(se)
     u_other = 0.0
     if beta != 0.0:
         if w_t == 0.0:
             u_other = st.u
-        elif isfinite(d_t):
+        elif isfinite(d_t) and (rest < 0.0 or d_t == 0.0 or z_gone):
             u_other = st.u - w_t * d_t
         else:
             u_other = _u_without(z, K, t, st.m, w)
     loss = _ce_index(L, d_t, q_t, w_t, beta, W, u_other)
     if kl:                                 # minus H(q) = + sum_k w_k q_k log q_k
         minus_h = w_t * _xlogx(q_t) + (W - w_t) * _xlogx(beta)
-        if _kl_cancels(loss, minus_h) and <const void *> g != <const void *> z:
-            L = _log_se_exact(z, K, st.m)
+        if _kl_cancels(loss, minus_h) and rest < 0.0:
+            rest = _rest_scratch(e, K) if z_gone else _rest_exact(z, K, st.m)
+            L = log1p(rest)
             loss = _ce_index(L, d_t, q_t, w_t, beta, W, u_other)
         loss += minus_h
     lse = st.m + L
@@ -520,8 +625,19 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
         loss += lam * lse * lse
     loss *= s
     if g != NULL:
-        c = q_t * w_t + beta * (W - w_t)   # sum_k w_k q_k
-        A = s * (c + 2.0 * lam * lse) / st.se
+        # The target of a dominated row: g_t = s (c p_t - q_t w_t) with p_t ~ 1 cancels; with
+        # p_t = 1/se and 1 - p_t = rest/se it is s (beta (W - w_t) + 2 lam lse - q_t w_t rest)
+        # / se, from the sum of the other terms (the exps already in the row, or the logits).
+        # float32 logits: the row's exps again, in double from the exact z_k - m (float32's
+        # z_k - m and expf carry up to ~6e-7 each, which the sum for g_t would collect).
+        if d_t == 0.0 and se < 2.0:
+            if stored_in is float and stored_out is float and not z_gone:
+                rest = lsref_simd.rest_f32(z, K, st.m, <float *> g)
+            elif rest < 0.0:
+                rest = _rest_scratch(e, K) if scratch else _rest_exact(z, K, st.m)
+        if rest >= 0.0:
+            se = 1.0 + rest
+        A = s * (c + 2.0 * lam * lse) / se
         B = s * beta
         if scratch:
             e_t = _ld(g[t])
@@ -540,7 +656,10 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
             for k in range(K):            # z[k] is read before g[k] is written (in place)
                 _st(g, k, A * _ex(z[k], st.m) - B * (1.0 if w == NULL else w[k]))
         # the target class: the whole expression, not a correction of a rounded value
-        _st(g, t, A * e_t - s * q_t * w_t)
+        if d_t == 0.0 and rest >= 0.0:
+            _st(g, t, s * (beta * (W - w_t) + 2.0 * lam * lse - q_t * w_t * rest) / se)
+        else:
+            _st(g, t, A * e_t - s * q_t * w_t)
     return loss
 
 
@@ -561,20 +680,26 @@ cdef inline double _row_prob(const stored_in *z, const real_t *P, Py_ssize_t K,
     """Loss of one row with a probability target P (q = a*P + beta)."""
     cdef bint scratch = _scratch_ok(g)
     cdef stored_out *e = g if scratch else NULL
+    cdef bint z_gone = scratch and <const void *> g == <const void *> z
     cdef row_stats st = _stats_prob(z, P, K, w, a, beta, kl, e)
-    cdef double L, lse, loss, c, A, wk, ek
-    cdef Py_ssize_t k
-    if not isfinite(st.m):
+    cdef double c = a * st.sp + beta * W   # sum_k w_k q_k
+    cdef double L, lse, loss, A, wk, ek, se = st.se, rest = -1.0
+    cdef Py_ssize_t k, kmax
+    if not isfinite(st.m) or isnan(st.se):   # the NaN rule first, as for class indices
         if g != NULL:
             _fill_nan(g, K)
         return NAN
-    # as for class indices: only a row without smoothing mass can have a tiny loss
-    L = _log_se(z, K, st.m, st.se, e if <const void *> g == <const void *> z else NULL) \
-        if beta == 0.0 else log(st.se)
+    if se < 2.0:                           # as for class indices: mass (almost) all on the max
+        kmax = _first_max(e, K, 1.0) if z_gone else _first_max(z, K, st.m)
+        wk = 1.0 if w == NULL else w[kmax]
+        if _mass_at_max(c - wk * (a * P[kmax] + beta), c):
+            rest = _rest_scratch(e, K) if z_gone else _rest_exact(z, K, st.m)
+    L = log1p(rest) if rest >= 0.0 else log(se)
     loss = _ce_prob(L, a, beta, W, st)
     if kl:
-        if _kl_cancels(loss, st.qlq) and <const void *> g != <const void *> z:
-            L = _log_se_exact(z, K, st.m)
+        if _kl_cancels(loss, st.qlq) and rest < 0.0:
+            rest = _rest_scratch(e, K) if z_gone else _rest_exact(z, K, st.m)
+            L = log1p(rest)
             loss = _ce_prob(L, a, beta, W, st)
         loss += st.qlq
     lse = st.m + L
@@ -582,14 +707,14 @@ cdef inline double _row_prob(const stored_in *z, const real_t *P, Py_ssize_t K,
         loss += lam * lse * lse
     loss *= s
     if g != NULL:
-        c = a * st.sp + beta * W
-        A = s * (c + 2.0 * lam * lse) / st.se
+        if rest >= 0.0:
+            se = 1.0 + rest
+        A = s * (c + 2.0 * lam * lse) / se
         for k in range(K):
             wk = 1.0 if w == NULL else w[k]
             ek = _ld(g[k]) if scratch else _ex(z[k], st.m)
             _st(g, k, A * ek - s * wk * (a * P[k] + beta))
     return loss
-
 
 # ---------------------------------------------------------------------------------------------
 # Entry points (called by lsref/loss.py only; arguments are trusted)
@@ -613,45 +738,53 @@ def ce_index(const stored_in[:, ::1] logits,     # IN  (N, K)
     With ``redo`` (float32, K <= 16, no class weights, on a CPU with AVX2) whole blocks of 8
     rows go through the across-rows kernel of _simd.h first; the per-row loop then does the
     remaining rows and the ones that kernel flagged."""
-    cdef Py_ssize_t N = logits.shape[0], K = logits.shape[1], i, b, n_blocked = 0
+    cdef Py_ssize_t N = logits.shape[0], K = logits.shape[1], i, b, r0, r1, step
     cdef const double *w = NULL if class_weight is None else &class_weight[0]
     cdef const double *rs = NULL if row_scale is None else &row_scale[0]
-    cdef bint want_grad = grad_out is not None
+    cdef bint want_grad = grad_out is not None, small = False
     cdef stored_out *g
     cdef int64_t t
     cdef double s
     cdef lsref_small_params P
     cdef float *g32 = NULL
+    cdef int nt = _nt(n_threads)
     if N == 0 or K == 0:
         return
     if stored_in is float:
         if (redo is not None and w == NULL and K <= 16 and N >= 8
                 and lsref_small8_available() and (stored_out is float or not want_grad)):
+            small = True
             P.q_t, P.beta, P.W, P.scale, P.lam = q_t, beta, W, scale, z_loss
             P.kl_const = (_xlogx(q_t) + (W - 1.0) * _xlogx(beta)) if kl else 0.0
             P.row_scale = rs
             P.ignore_index, P.has_ignore = ignore_index, has_ignore
             if want_grad:
                 g32 = <float *> &grad_out[0, 0]
-            n_blocked = (N // 8) * 8
-            with nogil:
-                for b in prange(N // 8, schedule="static", num_threads=n_threads):
-                    lsref_small8_f32(&logits[0, 0], b * 8, K, &targets[0], &P,
-                                     &loss_out[0], g32, &redo[0])
-    with nogil:
-        for i in prange(N, schedule="static", num_threads=n_threads):
-            if i < n_blocked and not redo[i]:
-                continue
-            t = targets[i]
-            g = &grad_out[i, 0] if want_grad else NULL
-            if has_ignore and t == ignore_index:
-                loss_out[i] = 0.0
-                if want_grad:
-                    memset(g, 0, K * sizeof(stored_out))
-            else:
-                s = scale if rs == NULL else scale * rs[i]
-                loss_out[i] = _row_index(&logits[i, 0], K, t, q_t, beta, W, w, s, z_loss,
-                                         kl, g)
+    step = _block_rows(K, 8)
+    r0 = 0
+    while r0 < N:
+        r1 = _min(N, r0 + step)
+        with nogil:
+            if stored_in is float:
+                if small:                   # whole blocks of 8 rows; redo[] flags the others
+                    for b in prange(r0 // 8, r1 // 8, schedule="static", num_threads=nt):
+                        lsref_small8_f32(&logits[0, 0], b * 8, K, &targets[0], &P,
+                                         &loss_out[0], g32, &redo[0])
+            for i in prange(r0, r1, schedule="static", num_threads=nt):
+                if small and i < (N // 8) * 8 and not redo[i]:
+                    continue
+                t = targets[i]
+                g = &grad_out[i, 0] if want_grad else NULL
+                if has_ignore and t == ignore_index:
+                    loss_out[i] = 0.0
+                    if want_grad:
+                        memset(g, 0, K * sizeof(stored_out))
+                else:
+                    s = scale if rs == NULL else scale * rs[i]
+                    loss_out[i] = _row_index(&logits[i, 0], K, t, q_t, beta, W, w, s, z_loss,
+                                             kl, g)
+        PyErr_CheckSignals()
+        r0 = r1
 
 
 def ce_prob(const stored_in[:, ::1] logits,      # IN  (N, K)
@@ -674,12 +807,19 @@ def ce_prob(const stored_in[:, ::1] logits,      # IN  (N, K)
     cdef double s
     if N == 0 or K == 0:
         return
-    with nogil:
-        for i in prange(N, schedule="static", num_threads=n_threads):
-            g = &grad_out[i, 0] if want_grad else NULL
-            s = scale if rs == NULL else scale * rs[i]
-            loss_out[i] = _row_prob(&logits[i, 0], &probs[i, 0], K, a, beta, W, w, s,
-                                    z_loss, kl, g)
+    cdef Py_ssize_t r0, r1, step = _block_rows(K, 1)
+    cdef int nt = _nt(n_threads)
+    r0 = 0
+    while r0 < N:
+        r1 = _min(N, r0 + step)
+        with nogil:
+            for i in prange(r0, r1, schedule="static", num_threads=nt):
+                g = &grad_out[i, 0] if want_grad else NULL
+                s = scale if rs == NULL else scale * rs[i]
+                loss_out[i] = _row_prob(&logits[i, 0], &probs[i, 0], K, a, beta, W, w, s,
+                                        z_loss, kl, g)
+        PyErr_CheckSignals()
+        r0 = r1
 
 
 # --- binary (sigmoid) cross-entropy ----------------------------------------------------------
@@ -738,31 +878,38 @@ def bce(const stored_in[:, ::1] logits,           # IN  (N, K)
     cdef int64_t t
     if N == 0 or K == 0:
         return
-    with nogil:
-        for i in prange(N, schedule="static", num_threads=n_threads):
-            t = targets[i] if by_index else 0
-            if by_index and has_ignore and t == ignore_index:
-                loss_out[i] = 0.0
-                if want_grad:
-                    memset(&grad_out[i, 0], 0, K * sizeof(stored_out))
-                if want_elem:
-                    memset(&elem_out[i, 0], 0, K * sizeof(double))
-            else:
-                s = scale if rs == NULL else scale * rs[i]
-                row = 0.0
-                for k in range(K):
-                    if by_index:
-                        y = a * (1.0 if k == t else 0.0) + b
-                    else:
-                        y = a * labels[i, k] + b
-                    c = s if w == NULL else s * w[k]
-                    lg = _bce_elem(_ld(logits[i, k]), y, c)
-                    row = row + lg.loss
-                    if want_elem:
-                        elem_out[i, k] = lg.loss
+    cdef Py_ssize_t r0, r1, step = _block_rows(K, 1)
+    cdef int nt = _nt(n_threads)
+    r0 = 0
+    while r0 < N:
+        r1 = _min(N, r0 + step)
+        with nogil:
+            for i in prange(r0, r1, schedule="static", num_threads=nt):
+                t = targets[i] if by_index else 0
+                if by_index and has_ignore and t == ignore_index:
+                    loss_out[i] = 0.0
                     if want_grad:
-                        _st(&grad_out[i, 0], k, lg.grad)
-                loss_out[i] = row
+                        memset(&grad_out[i, 0], 0, K * sizeof(stored_out))
+                    if want_elem:
+                        memset(&elem_out[i, 0], 0, K * sizeof(double))
+                else:
+                    s = scale if rs == NULL else scale * rs[i]
+                    row = 0.0
+                    for k in range(K):
+                        if by_index:
+                            y = a * (1.0 if k == t else 0.0) + b
+                        else:
+                            y = a * labels[i, k] + b
+                        c = s if w == NULL else s * w[k]
+                        lg = _bce_elem(_ld(logits[i, k]), y, c)
+                        row = row + lg.loss
+                        if want_elem:
+                            elem_out[i, k] = lg.loss
+                        if want_grad:
+                            _st(&grad_out[i, 0], k, lg.grad)
+                    loss_out[i] = row
+        PyErr_CheckSignals()
+        r0 = r1
 
 
 # --- log-sum-exp and softmax ------------------------------------------------------------------
@@ -776,13 +923,20 @@ def logsumexp_rows(const stored_in[:, ::1] x,     # IN  (N, K)
     cdef row_stats st
     if N == 0:
         return
-    with nogil:
-        for i in prange(N, schedule="static", num_threads=n_threads):
-            st = _stats(&x[i, 0], K, NULL, <double *> NULL)
-            if isfinite(st.m):
-                out[i] = st.m + _log_se(&x[i, 0], K, st.m, st.se, <double *> NULL)
-            else:
-                out[i] = _nonfinite_max(&x[i, 0], K, st.m)
+    cdef Py_ssize_t r0, r1, step = _block_rows(K, 1)
+    cdef int nt = _nt(n_threads)
+    r0 = 0
+    while r0 < N:
+        r1 = _min(N, r0 + step)
+        with nogil:
+            for i in prange(r0, r1, schedule="static", num_threads=nt):
+                st = _stats(&x[i, 0], K, NULL, <double *> NULL)
+                if isfinite(st.m):
+                    out[i] = st.m + _log_se(&x[i, 0], K, st.m, st.se)
+                else:
+                    out[i] = _nonfinite_max(&x[i, 0], K, st.m)
+        PyErr_CheckSignals()
+        r0 = r1
 
 
 cdef inline double _nonfinite_max(const stored_in *z, Py_ssize_t K, double m) noexcept nogil:
@@ -805,18 +959,25 @@ def softmax_rows(const stored_in[:, ::1] x,      # IN  (N, K)
     cdef stored_out *o
     if N == 0 or K == 0:
         return
-    with nogil:
-        for i in prange(N, schedule="static", num_threads=n_threads):
-            o = &out[i, 0]
-            st = _stats(&x[i, 0], K, NULL, <double *> NULL)
-            L = _log_se(&x[i, 0], K, st.m, st.se, <double *> NULL)
-            if log_space:
-                for k in range(K):
-                    _st(o, k, (_ld(x[i, k]) - st.m) - L)
-            else:
-                inv = 1.0 / st.se
-                for k in range(K):
-                    _st(o, k, _ex(x[i, k], st.m) * inv)
+    cdef Py_ssize_t r0, r1, step = _block_rows(K, 1)
+    cdef int nt = _nt(n_threads)
+    r0 = 0
+    while r0 < N:
+        r1 = _min(N, r0 + step)
+        with nogil:
+            for i in prange(r0, r1, schedule="static", num_threads=nt):
+                o = &out[i, 0]
+                st = _stats(&x[i, 0], K, NULL, <double *> NULL)
+                L = _log_se(&x[i, 0], K, st.m, st.se)
+                if log_space:
+                    for k in range(K):
+                        _st(o, k, (_ld(x[i, k]) - st.m) - L)
+                else:
+                    inv = 1.0 / st.se
+                    for k in range(K):
+                        _st(o, k, _ex(x[i, k], st.m) * inv)
+        PyErr_CheckSignals()
+        r0 = r1
 
 
 # --- partial statistics of (row block, class block) pieces (lsref/sharded.py) -------------------
@@ -848,39 +1009,46 @@ def block_stats(const flt[:, ::1] z,             # IN  (n, kb): one class block 
     cdef bint skipped
     if n == 0:
         return
-    with nogil:
-        for i in prange(n, schedule="static", num_threads=n_threads):
-            t = targets[i] - offset
-            has_t[i] = 0 <= t < kb
-            zt_out[i] = z[i, t] if 0 <= t < kb else 0.0
-            if kb == 0:
-                m_out[i], rest_out[i], u_out[i], bad[i] = -INFINITY, -1.0, 0.0, 0
-                continue
-            st = _stats(&z[i, 0], kb, w, <flt *> NULL)
-            m_out[i] = st.m
-            if st.m == -INFINITY:                    # -inf only (no mass here), or NaN
-                bad[i] = 0
-                for k in range(kb):
-                    if isnan(z[i, k]):
-                        bad[i] = 1
-                rest_out[i], u_out[i] = -1.0, 0.0
-                continue
-            bad[i] = st.m == INFINITY or isnan(st.se)
-            if bad[i]:
-                rest_out[i], u_out[i] = -1.0, 0.0
-                continue
-            u_out[i] = st.u
-            if st.se >= 2.0:
-                rest_out[i] = st.se - 1.0
-            else:                                    # se - 1 would cancel: sum the rest again
-                rest = 0.0
-                skipped = False
-                for k in range(kb):
-                    if not skipped and z[i, k] == st.m:
-                        skipped = True
-                    else:
-                        rest = rest + exp(<double> z[i, k] - st.m)
-                rest_out[i] = rest
+    cdef Py_ssize_t r0, r1, step = _block_rows(kb, 1)
+    cdef int nt = _nt(n_threads)
+    r0 = 0
+    while r0 < n:
+        r1 = _min(n, r0 + step)
+        with nogil:
+            for i in prange(r0, r1, schedule="static", num_threads=nt):
+                t = targets[i] - offset
+                has_t[i] = 0 <= t < kb
+                zt_out[i] = z[i, t] if 0 <= t < kb else 0.0
+                if kb == 0:
+                    m_out[i], rest_out[i], u_out[i], bad[i] = -INFINITY, -1.0, 0.0, 0
+                    continue
+                st = _stats(&z[i, 0], kb, w, <flt *> NULL)
+                m_out[i] = st.m
+                if st.m == -INFINITY:                    # -inf only (no mass here), or NaN
+                    bad[i] = 0
+                    for k in range(kb):
+                        if isnan(z[i, k]):
+                            bad[i] = 1
+                    rest_out[i], u_out[i] = -1.0, 0.0
+                    continue
+                bad[i] = st.m == INFINITY or isnan(st.se)
+                if bad[i]:
+                    rest_out[i], u_out[i] = -1.0, 0.0
+                    continue
+                u_out[i] = st.u
+                if st.se >= 2.0:
+                    rest_out[i] = st.se - 1.0
+                else:                                    # se - 1 would cancel: sum the rest again
+                    rest = 0.0
+                    skipped = False
+                    for k in range(kb):
+                        if not skipped and z[i, k] == st.m:
+                            skipped = True
+                        else:
+                            rest = rest + exp(<double> z[i, k] - st.m)
+                    rest_out[i] = rest
+        PyErr_CheckSignals()
+        r0 = r1
 
 
 def block_grad(const flt[:, ::1] z,              # IN  (n, kb)
@@ -898,31 +1066,39 @@ def block_grad(const flt[:, ::1] z,              # IN  (n, kb)
     cdef Py_ssize_t n = z.shape[0], kb = z.shape[1], i, k
     cdef const double *w = NULL if class_weight is None else &class_weight[0]
     cdef int64_t t
-    cdef double a, c, e_t, se, u           # se, u: the sweep's sums, not used here (shared
-    cdef flt *g                            # between threads, written and never read)
+    cdef double a, c, e_t, se, u           # se, u: the sweep's sums, not used here
+    cdef flt *g
     if n == 0 or kb == 0:
         return
-    with nogil:
-        for i in prange(n, schedule="static", num_threads=n_threads):
-            t = targets[i] - offset
-            a = coef_e[i]
-            c = coef_q[i]
-            g = &grad_out[i, 0]
-            if a == 0.0 and c == 0.0:                # an ignored row
-                memset(g, 0, kb * sizeof(flt))
-                continue
-            if flt is float:
-                lsref_simd.expsum_f32(&z[i, 0], kb, <float> m[i], <float *> g, &se, &u)
-            else:
-                lsref_simd.expsum_f64(&z[i, 0], kb, m[i], <double *> g, &se, &u)
-            e_t = g[t] if 0 <= t < kb else 0.0
-            if w == NULL:
+    cdef Py_ssize_t r0, r1, step = _block_rows(kb, 1)
+    cdef int nt = _nt(n_threads)
+    r0 = 0
+    while r0 < n:
+        r1 = _min(n, r0 + step)
+        with nogil:
+            for i in prange(r0, r1, schedule="static", num_threads=nt):
+                t = targets[i] - offset
+                a = coef_e[i]
+                c = coef_q[i]
+                g = &grad_out[i, 0]
+                if a == 0.0 and c == 0.0:                # an ignored row
+                    memset(g, 0, kb * sizeof(flt))
+                    continue
+                se = u = 0.0          # assigned in the loop body: private to each thread
                 if flt is float:
-                    lsref_simd.affine_f32(<float *> g, kb, a, c * beta)
+                    lsref_simd.expsum_f32(&z[i, 0], kb, <float> m[i], <float *> g, &se, &u)
                 else:
-                    lsref_simd.affine_f64(<double *> g, kb, a, c * beta)
-            else:
-                for k in range(kb):
-                    g[k] = <flt> (a * g[k] - c * w[k] * beta)
-            if 0 <= t < kb:
-                g[t] = <flt> (a * e_t - c * (1.0 if w == NULL else w[t]) * q_t)
+                    lsref_simd.expsum_f64(&z[i, 0], kb, m[i], <double *> g, &se, &u)
+                e_t = g[t] if 0 <= t < kb else 0.0
+                if w == NULL:
+                    if flt is float:
+                        lsref_simd.affine_f32(<float *> g, kb, a, c * beta)
+                    else:
+                        lsref_simd.affine_f64(<double *> g, kb, a, c * beta)
+                else:
+                    for k in range(kb):
+                        g[k] = <flt> (a * g[k] - c * w[k] * beta)
+                if 0 <= t < kb:
+                    g[t] = <flt> (a * e_t - c * (1.0 if w == NULL else w[t]) * q_t)
+        PyErr_CheckSignals()
+        r0 = r1

@@ -158,6 +158,29 @@ ATTR LSREF_UNUSED static void lsref_expsum_f64_##SUF(const double *z, Py_ssize_t
         for (k = 0; k < n; k++) { double d = z[k] - m; se += lsref_exp_neg_f64(d); u += d; } \
     }                                                                                        \
     *se_out = se; *u_out = u; }                                                              \
+ATTR LSREF_UNUSED static double lsref_rest_f32_##SUF(const float *z, Py_ssize_t n, double m,     \
+                                                    float *e) {                              \
+    /* rest = sum of exp(z_k - m) over k other than one max (whose term is exactly 1), with   \
+       z_k - m exact in double and the double exp: a float32 row's dominated-row refinement. \
+       The max terms are counted, not summed, so a small rest keeps its relative accuracy.  \
+       With e, the exps go there too (rounded once to float). */                             \
+    double rest = 0.0; Py_ssize_t k, j, end, nmax = 0;                                       \
+    for (k = 0; k < n; k += 256) {                                                           \
+        double part = 0.0; Py_ssize_t c = 0;                                                 \
+        end = k + 256 < n ? k + 256 : n;                                                     \
+        if (e) {                                                                             \
+            LSREF_PRAGMA(omp simd reduction(+:part,c))                                       \
+            for (j = k; j < end; j++) { double d = (double)z[j] - m;                         \
+                double v = lsref_exp_neg_f64(d); e[j] = (float)v;                            \
+                part += d == 0.0 ? 0.0 : v; c += d == 0.0; }                                 \
+        } else {                                                                             \
+            LSREF_PRAGMA(omp simd reduction(+:part,c))                                       \
+            for (j = k; j < end; j++) { double d = (double)z[j] - m;                         \
+                double v = lsref_exp_neg_f64(d); part += d == 0.0 ? 0.0 : v; c += d == 0.0; } \
+        }                                                                                    \
+        rest += part; nmax += c;                                                             \
+    }                                                                                        \
+    return rest + (double)(nmax - 1); }                                                      \
 ATTR LSREF_UNUSED static void lsref_affine_f32_##SUF(float *g, Py_ssize_t n, double a, double b) {        \
     /* in float: a and b rounded once (6e-8), below the float32 result's own rounding */    \
     float af = (float)a, bf = (float)b; Py_ssize_t k;                                        \
@@ -176,11 +199,12 @@ typedef struct {
     void (*expsum_f64)(const double *, Py_ssize_t, double, double *, double *, double *);
     void (*affine_f32)(float *, Py_ssize_t, double, double);
     void (*affine_f64)(double *, Py_ssize_t, double, double);
+    double (*rest_f32)(const float *, Py_ssize_t, double, float *);
 } lsref_simd_table;
 
 #define LSREF_TABLE(SUF, NAME) { NAME, lsref_max_f32_##SUF, lsref_max_f64_##SUF,             \
     lsref_expsum_f32_##SUF, lsref_expsum_f64_##SUF, lsref_affine_f32_##SUF,                  \
-    lsref_affine_f64_##SUF }
+    lsref_affine_f64_##SUF, lsref_rest_f32_##SUF }
 
 LSREF_SWEEPS(generic, )
 static const lsref_simd_table lsref_simd_generic = LSREF_TABLE(generic, "generic");
@@ -312,7 +336,7 @@ static void lsref_expsum_f32_avx2i(const float *z, Py_ssize_t n, float m, float 
 
 static const lsref_simd_table lsref_simd_avx2 = { "avx2+fma", lsref_max_f32_avx2i,
     lsref_max_f64_avx2, lsref_expsum_f32_avx2i, lsref_expsum_f64_avx2, lsref_affine_f32_avx2,
-    lsref_affine_f64_avx2 };
+    lsref_affine_f64_avx2, lsref_rest_f32_avx2 };
 
 __attribute__((target("avx2,fma")))
 static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const int64_t *t,
@@ -350,16 +374,28 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
     _mm256_storeu_ps(se_f, se);
     _mm256_storeu_ps(u_f, u);
     _mm256_storeu_ps(et_f, zt);
-    double A[8], S[8];
+    double A[8], S[8], G[8], R[8];
+    float etv[16][8];
+    for (k = 0; k < K; k++) _mm256_storeu_ps(etv[k], e[k]);
+    const double c = P->q_t + P->beta * (P->W - 1.0);          /* sum_k q_k */
     for (j = 0; j < 8; j++) {
-        double mj = ms[j], sej = se_f[j], d_t = (double)et_f[j] - mj;
-        int fine = ok[j] && isfinite(mj) && isfinite(sej) && isfinite(d_t)
-                   && !(d_t == 0.0 && sej < 2.0 && (P->beta == 0.0 || P->beta * (P->W - 1.0)
-                        < 1e-2 * (P->q_t + P->beta * P->W)));   /* as _row_index refines */
+        double mj = ms[j], sej = se_f[j], d_t = (double)et_f[j] - mj, rest = -1.0;
+        /* A row that _row_index would refine goes back to it: a dominated row whose loss may
+           be tiny (its mass all on the max class), or whose target gradient needs the
+           logits in double (every other class below exp(-8) of it). */
+        int fine = ok[j] && isfinite(mj) && isfinite(sej) && isfinite(d_t);
+        if (fine && sej < 2.0) {
+            double other = d_t == 0.0 ? P->beta * (P->W - 1.0)
+                           : (fabs(P->q_t) < 1e-2 * fabs(c) ? 0.0 : c);
+            if (fabs(other) < 1e-2 * fabs(c)) fine = 0;
+        }
+        if (fine && d_t == 0.0 && sej < 2.0 && g != NULL)
+            fine = 0;          /* its target gradient is refined in double by _row_index */
+        R[j] = rest;
         redo[i0 + j] = (unsigned char)!fine;
         if (!fine) { A[j] = 0.0; S[j] = 0.0; continue; }
         double s = P->row_scale ? P->scale * P->row_scale[i0 + j] : P->scale;
-        double L = log(sej), lse = mj + L, l = 0.0;
+        double L = rest >= 0.0 ? log1p(rest) : log(sej), lse = mj + L, l = 0.0;
         if (P->q_t != 0.0) l = P->q_t * (L - d_t);
         if (P->beta != 0.0) l += P->beta * ((P->W - 1.0) * L - ((double)u_f[j] - d_t));
         if (P->kl_const != 0.0 && fabs(l + P->kl_const) < 1e-2 * fabs(l)) {
@@ -370,8 +406,10 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
         if (P->lam != 0.0) l += P->lam * lse * lse;
         l += P->kl_const;
         loss[i0 + j] = s * l;
-        A[j] = s * (P->q_t + P->beta * (P->W - 1.0) + 2.0 * P->lam * lse) / sej;
+        A[j] = s * (c + 2.0 * P->lam * lse) / sej;
         S[j] = s;
+        G[j] = R[j] >= 0.0 ? s * (P->beta * (P->W - 1.0) + 2.0 * P->lam * lse - P->q_t * R[j]) / sej
+                           : A[j] * (double)etv[tt[j]][j] - s * P->q_t;
     }
     if (g == NULL) return;
     float tmp[16][8];
@@ -382,13 +420,11 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
                                (float)(S[4] * P->beta), (float)(S[5] * P->beta),
                                (float)(S[6] * P->beta), (float)(S[7] * P->beta));
     for (k = 0; k < K; k++) _mm256_storeu_ps(tmp[k], _mm256_fmsub_ps(Av, e[k], Bv));
-    float etv[16][8];
-    for (k = 0; k < K; k++) _mm256_storeu_ps(etv[k], e[k]);
     for (j = 0; j < 8; j++) {
         if (redo[i0 + j]) continue;
         float *row = g + (i0 + j) * K;
         for (k = 0; k < K; k++) row[k] = tmp[k][j];
-        row[tt[j]] = (float)(A[j] * (double)etv[tt[j]][j] - S[j] * P->q_t);
+        row[tt[j]] = (float)G[j];
     }
 }
 #define LSREF_HAVE_SMALL8 1

@@ -69,10 +69,36 @@ def is_bfloat16(dtype):
     return dtype.name == "bfloat16"
 
 
+def as_array(name, x):
+    """``np.asarray(x)`` for the array argument ``name``, refusing what it would get wrong.
+
+    Every array argument (logits, targets, class_weight, sample_weight, out=) goes through
+    here once. Refused, with an error naming the argument:
+
+    - a masked array (``numpy.ma``): ``asarray`` drops the mask, and the kernel would
+      compute with the masked values (SEMANTICS.md, "Storage");
+    - a ragged nested sequence, which is not an array at all;
+    - a tensor that is part of an autograd graph (PyTorch's ``requires_grad``): converting
+      it would silently cut the graph, so the caller detaches it on purpose.
+    """
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array; lsref refuses masked arrays (the mask "
+                        f"would be dropped and the masked values used). Pass "
+                        f"{name}.filled(...) or select the unmasked rows")
+    if getattr(x, "requires_grad", False) is True and type(x).__module__.startswith("torch"):
+        raise TypeError(f"{name} is a torch.Tensor that requires grad; call {name}.detach() "
+                        f"(lsref computes the gradient itself and does not join autograd)")
+    try:
+        return np.asarray(x)
+    except ValueError as e:
+        raise ValueError(f"{name} must be a rectangular array; got a ragged nested "
+                         f"sequence ({e})") from None
+
+
 def check_float_array(name, x):
     """A real floating array (integers are widened to float64, as scipy.special does;
     bfloat16 from ml_dtypes counts as floating)."""
-    x = np.asarray(x)
+    x = as_array(name, x)
     if x.dtype.kind == "f" or is_bfloat16(x.dtype):
         return x
     if x.dtype.kind in "iu":
@@ -81,17 +107,34 @@ def check_float_array(name, x):
                     f"got dtype {x.dtype}")
 
 
-def check_axis(axis, ndim, name="axis"):
+def check_axis_type(axis, name="axis"):
+    """An integer axis (its bounds are checked against the array: :func:`check_axis`).
+    ``True``/``False`` are refused: ``axis=True`` meaning axis 1 is a typo, not a choice."""
+    if isinstance(axis, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {axis!r}")
     try:
-        axis = operator.index(axis)
+        return operator.index(axis)
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {axis!r}") from None
+
+
+def check_axis(axis, ndim, name="axis"):
+    axis = check_axis_type(axis, name)
     if not -ndim <= axis < ndim:
         raise ValueError(f"{name}={axis} is out of bounds for logits with {ndim} dimension(s)")
     return axis % ndim
 
 
+# The most threads one kernel call may start. Each OpenMP thread reserves its stack (8 MiB
+# by default on Linux), so the cap bounds the address space a call can claim: 256 threads
+# came to 2.2 GB of virtual memory in all, inside a 4 GiB RLIMIT_AS (tests/test_validation.py
+# runs that); 512 could not start there, and 2**31 - 1 asked libgomp for 481 GB. Far more
+# threads than any machine this runs on has cores.
+MAX_THREADS = 256
+
+
 def check_n_threads(n_threads):
+    """None (the default count), or an integer in [1, MAX_THREADS]."""
     if n_threads is None:
         return None
     if isinstance(n_threads, (bool, np.bool_)):
@@ -103,7 +146,24 @@ def check_n_threads(n_threads):
             from None
     if n < 1:
         raise ValueError(f"n_threads must be None or a positive integer, got {n}")
+    if n > MAX_THREADS:
+        raise ValueError(f"n_threads={n} is more than the cap lsref.MAX_THREADS = "
+                         f"{MAX_THREADS}")
     return n
+
+
+def check_num_classes(num_classes):
+    """The number of classes of ``smooth_labels``: an integer >= 1 (not a bool)."""
+    if isinstance(num_classes, (bool, np.bool_)):
+        raise TypeError(f"num_classes must be a positive integer, got {num_classes!r}")
+    try:
+        K = operator.index(num_classes)
+    except TypeError:
+        raise TypeError(f"num_classes must be a positive integer, got {num_classes!r}") \
+            from None
+    if K < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {K}")
+    return K
 
 
 def _position(shape, flat_index):
@@ -112,11 +172,17 @@ def _position(shape, flat_index):
 
 
 def _check_weight(name, w, shape, what):
+    """Finite real weights of the given shape (``shape=None``: of any length along one axis,
+    for a weight vector checked before the number of classes is known)."""
     if w is None:
         return None
-    w = np.asarray(w)
+    w = as_array(name, w)
     if w.dtype.kind not in "fiu":
         raise TypeError(f"{name} must be a real numeric array, got dtype {w.dtype}")
+    if shape is None:
+        if w.ndim != 1:
+            raise ValueError(f"{name} must have shape (K,) ({what}), got {w.shape}")
+        shape = w.shape
     if w.shape != shape:
         raise ValueError(f"{name} must have shape {shape} ({what}), got {w.shape}")
     w = w.astype(np.float64, copy=False)
@@ -179,6 +245,33 @@ def _check_class_indices(targets, K, ignore_index):
                          f"{targets.ravel()[i]} is outside [0, {K}){ign}")
 
 
+# The options of a call that do not depend on its arrays, each with the one check that
+# check_problem, check_binary_problem and the front door apply to it. check_options runs them
+# by name, so an object that stores options (LabelSmoothingLoss) can refuse a bad one when it
+# is built, with the message the call would give.
+_OPTIONS = {
+    "label_smoothing": lambda v: _real_scalar("label_smoothing", v, 0.0, 1.0),
+    "reduction": lambda v: check_choice("reduction", v, REDUCTIONS),
+    "smoothing": lambda v: check_choice("smoothing", v, SMOOTHINGS),
+    "z_loss": lambda v: _real_scalar("z_loss", v, 0.0),
+    "kl": lambda v: check_bool("kl", v),
+    "ignore_index": lambda v: _check_ignore_index(v),
+    "axis": lambda v: check_axis_type(v),
+    "n_threads": lambda v: check_n_threads(v),
+    "class_weight": lambda v: _check_weight("class_weight", v, None, "one weight per class"),
+}
+
+
+def check_options(**options):
+    """Check each given option (``label_smoothing=``, ``axis=``, ``class_weight=``, ...) as
+    a call would, before any array is seen: the axis's bounds and the class weights' length
+    wait for the logits. Raises TypeError/ValueError naming the option; returns nothing."""
+    for name, value in options.items():
+        if name not in _OPTIONS:
+            raise TypeError(f"unexpected keyword argument {name!r}")
+        _OPTIONS[name](value)
+
+
 def check_problem(logits, targets, *, label_smoothing, axis, reduction, smoothing,
                   class_weight, sample_weight, ignore_index, z_loss, kl=False):
     """Validate a cross-entropy call; raise TypeError/ValueError naming the bad argument."""
@@ -190,17 +283,17 @@ def check_problem(logits, targets, *, label_smoothing, axis, reduction, smoothin
     K = logits.shape[axis]
     if K == 0:
         raise ValueError(f"logits has 0 classes along axis={axis} (shape {logits.shape})")
-    eps = _real_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
-    reduction = check_choice("reduction", reduction, REDUCTIONS)
-    smoothing = check_choice("smoothing", smoothing, SMOOTHINGS)
-    z_loss = _real_scalar("z_loss", z_loss, 0.0)
-    kl = check_bool("kl", kl)
-    ignore_index = _check_ignore_index(ignore_index)
+    eps = _OPTIONS["label_smoothing"](label_smoothing)
+    reduction = _OPTIONS["reduction"](reduction)
+    smoothing = _OPTIONS["smoothing"](smoothing)
+    z_loss = _OPTIONS["z_loss"](z_loss)
+    kl = _OPTIONS["kl"](kl)
+    ignore_index = _OPTIONS["ignore_index"](ignore_index)
 
     z = np.moveaxis(logits, axis, -1)
     batch_shape = z.shape[:-1]
 
-    targets = np.asarray(targets)
+    targets = as_array("targets", targets)
     kind = targets.dtype.kind
     if is_bfloat16(targets.dtype):
         kind = "f"
@@ -283,12 +376,12 @@ def check_binary_problem(logits, targets, *, label_smoothing, axis, reduction, c
         logits = logits.reshape(1)
     axis = check_axis(axis, logits.ndim)
     K = logits.shape[axis]
-    eps = _real_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
-    reduction = check_choice("reduction", reduction, REDUCTIONS)
-    ignore_index = _check_ignore_index(ignore_index)
+    eps = _OPTIONS["label_smoothing"](label_smoothing)
+    reduction = _OPTIONS["reduction"](reduction)
+    ignore_index = _OPTIONS["ignore_index"](ignore_index)
     z = np.moveaxis(logits, axis, -1)
     batch_shape = z.shape[:-1]
-    targets = np.asarray(targets)
+    targets = as_array("targets", targets)
     if targets.ndim == 0 and logits.size == 1:
         targets = targets.reshape(logits.shape)
     kind = "f" if is_bfloat16(targets.dtype) else targets.dtype.kind

@@ -7,7 +7,7 @@ in its backward pass without a second sweep over the logits.
 """
 import numpy as np
 
-from ._validation import REDUCTIONS, SMOOTHINGS, _real_scalar, check_choice
+from ._validation import check_options
 from .loss import value_and_grad
 
 __all__ = ["LabelSmoothingLoss"]
@@ -70,11 +70,11 @@ class LabelSmoothingLoss:
         if unknown:
             raise TypeError(f"LabelSmoothingLoss got unexpected keyword(s) {unknown}; "
                             f"it takes label_smoothing and {sorted(allowed)}")
-        # the scalar options are checked now, so a typo fails at construction, not mid-training
-        self.label_smoothing = _real_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
-        check_choice("reduction", keywords.get("reduction", "mean"), REDUCTIONS)
-        check_choice("smoothing", keywords.get("smoothing", "uniform"), SMOOTHINGS)
-        _real_scalar("z_loss", keywords.get("z_loss", 0.0), 0.0)
+        # every option is checked now, with the checks (and messages) of a call, so a typo
+        # fails at construction, not mid-training; only what needs the logits (the axis's
+        # bounds, the class weights' length) waits for the first call
+        check_options(label_smoothing=label_smoothing, **keywords)
+        self.label_smoothing = float(label_smoothing)
         self.keywords = dict(keywords)
         self._grad = None
 

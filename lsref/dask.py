@@ -22,6 +22,7 @@ except ImportError:                                  # pragma: no cover - exerci
         from None
 
 from . import sharded
+from .loss import _loss_dtype
 
 __all__ = ["value_and_grad", "cross_entropy", "cross_entropy_grad"]
 
@@ -71,11 +72,13 @@ def _finish_block(stats, t, s, num_classes=None, kw=None):
     return np.stack([terms.row_loss, terms.m, terms.coef_e, terms.coef_q, d], axis=-1)
 
 
-def _grad_block(z, t, m, ce, cq, class_weight=None, q_t=0.0, beta=0.0, block_info=None):
+def _grad_block(z, t, m, ce, cq, class_weight=None, q_t=0.0, beta=0.0, out_dtype=None,
+                block_info=None):
     c0 = block_info[0]["array-location"][1][0]
     terms = sharded.RowTerms(None, None, m[:, 0], ce[:, 0], cq[:, 0], q_t, beta,
                              class_weight, 1.0)
-    return sharded.block_gradient(z, t[:, 0], terms, class_offset=c0, n_threads=1)
+    g = sharded.block_gradient(z, t[:, 0], terms, class_offset=c0, n_threads=1)
+    return g.astype(out_dtype, copy=False)  # 16-bit logits: computed in float32, stored 16-bit
 
 
 def _column(a, chunks, name):
@@ -150,6 +153,11 @@ def value_and_grad(logits, targets, *, split_every=None, **kw):
     """
     logits, t, sw, kw, K, (q_t, beta) = _prepare(logits, targets, kw)
     reduction = kw.get("reduction", "mean")
+    # the dtypes of the in-memory functions (SEMANTICS.md, "Storage"), declared here and
+    # computed by the blocks alike: the gradient in the logits' dtype (native byte order),
+    # the loss too, except float32 for 16-bit logits
+    grad_dtype = np.dtype(logits.dtype).newbyteorder("=")
+    loss_dtype = _loss_dtype(grad_dtype)
     rows = _terms(logits, t, sw, kw, K, split_every)
     total = rows[:, 0].sum()
     if reduction == "mean":
@@ -161,8 +169,9 @@ def value_and_grad(logits, targets, *, split_every=None, **kw):
         scale = 1.0
     grad = da.map_blocks(_grad_block, logits, t, rows[:, 1:2], rows[:, 2:3] * scale,
                          rows[:, 3:4] * scale, class_weight=kw.get("class_weight"), q_t=q_t,
-                         beta=beta, dtype=logits.dtype, meta=np.empty((0, 0), logits.dtype))
-    return loss, grad
+                         beta=beta, out_dtype=grad_dtype, dtype=grad_dtype,
+                         meta=np.empty((0, 0), grad_dtype))
+    return loss.astype(loss_dtype), grad
 
 
 def cross_entropy(logits, targets, **kw):

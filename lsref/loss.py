@@ -11,8 +11,8 @@ import os
 import numpy as np
 
 from . import _kernel
-from ._validation import (check_axis, check_binary_problem, check_float_array, check_n_threads,
-                          check_problem, is_bfloat16)
+from ._validation import (as_array, check_axis, check_binary_problem, check_float_array,
+                          check_n_threads, check_problem, is_bfloat16)
 
 __all__ = ["cross_entropy", "cross_entropy_grad", "value_and_grad", "logsumexp",
            "log_softmax", "softmax", "binary_cross_entropy", "binary_cross_entropy_grad",
@@ -49,9 +49,20 @@ def _is_half(dtype):
     return dtype == np.float16 or is_bfloat16(dtype)
 
 
+def _native_dtype(dtype):
+    return dtype if dtype.isnative else dtype.newbyteorder("=")
+
+
+def _native_order(a):
+    """``a`` in native byte order: big-endian ``>f4`` on a little-endian machine is float32
+    (converted, values unchanged), so it follows float32's rules, not float64's."""
+    return a if a.dtype.isnative else a.astype(_native_dtype(a.dtype))
+
+
 def _native(a):
-    """``a`` in a dtype the kernel stores natively: float32, float64, float16, bfloat16
-    (others, e.g. longdouble, are converted to float64)."""
+    """``a`` in a dtype the kernel stores natively, in native byte order: float32, float64,
+    float16, bfloat16 (others, e.g. longdouble, are converted to float64)."""
+    a = _native_order(a)
     if a.dtype in (np.float32, np.float64) or _is_half(a.dtype):
         return a
     return a.astype(np.float64)
@@ -67,18 +78,47 @@ def _bits(a):
     return a
 
 
+def _as_rows(a):
+    """(n_rows, K) of an array whose last axis is the class axis (an explicit row count, so
+    that K = 0 works: reshape(-1, 0) cannot infer it)."""
+    return a.reshape(int(np.prod(a.shape[:-1], dtype=np.int64)), a.shape[-1])
+
+
 def _rows(a, K):
     """``a`` (native dtype, class axis last) as C-contiguous (n_rows, K) kernel storage; no
     copy when it already is."""
-    return np.ascontiguousarray(_bits(a)).reshape(-1, K)
+    return _as_rows(np.ascontiguousarray(_bits(a)))
 
 
 def _real_rows(a, K):
     """Targets read as real numbers (probabilities, binary labels): float32 or float64 rows;
     other dtypes are converted (16-bit to float32, integers and booleans to float64)."""
+    a = _native_order(a)
     if a.dtype not in (np.float32, np.float64):
         a = a.astype(np.float32 if _is_half(a.dtype) else np.float64)
-    return np.ascontiguousarray(a).reshape(-1, K)
+    return _as_rows(np.ascontiguousarray(a))
+
+
+_INT64 = np.iinfo(np.int64)
+
+
+def _index_rows(targets, ignore_index):
+    """Class-index targets as the kernel's int64 rows, with (ignore value, ignoring?, the
+    rows that count or None). An ignore_index that no int64 can equal (2**63, say) is left
+    to NumPy's exact comparison: the rows equal to it (possible only for uint64 targets)
+    are marked -1 for the kernel, and if there are none, nothing is ignored."""
+    t = targets.reshape(-1)
+    if ignore_index is None:
+        return np.ascontiguousarray(t, dtype=np.int64), -1, False, None
+    if _INT64.min <= ignore_index <= _INT64.max:
+        rows = np.ascontiguousarray(t, dtype=np.int64)
+        return rows, ignore_index, True, rows != ignore_index
+    active = t != ignore_index
+    if active.all():
+        return np.ascontiguousarray(t, dtype=np.int64), -1, False, None
+    rows = t.astype(np.int64)                 # the ignored values wrap; they are marked next
+    rows[~active] = -1                        # the validated targets are in [0, K) elsewhere
+    return rows, -1, True, active
 
 
 def _check_out(out, logits, dtype, others):
@@ -87,10 +127,11 @@ def _check_out(out, logits, dtype, others):
     logits themselves."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    as_array("out", out)                  # a masked buffer is refused, as any masked input
     if out.shape != logits.shape:
         raise ValueError(f"out must have the logits' shape {logits.shape}, got {out.shape}")
     allowed = [dtype] + ([np.dtype(np.float32)] if _is_half(dtype) else [])
-    if out.dtype not in allowed:
+    if _native_dtype(out.dtype) not in allowed:         # either byte order is written
         names = " or ".join(str(d) for d in allowed)
         raise ValueError(f"out must have dtype {names} (the gradient's dtype), got "
                          f"{out.dtype}")
@@ -112,16 +153,15 @@ def _grad_buffer(out, axis, shape_last, dtype, inputs):
     """(kernel rows, returned array, copy-back target). The gradient goes straight into
     out= when that buffer already has the kernel's row layout (this covers out=logits, an
     in-place gradient); otherwise into a new buffer (copied into out= afterwards)."""
-    K = shape_last[-1]
     if out is not None:
         _check_out(out, *inputs)
         o = np.moveaxis(out, axis, -1)
-        if o.flags.c_contiguous:
-            return _bits(o).reshape(-1, K), out, None
-        buf = np.empty(shape_last, out.dtype)
-        return _bits(buf).reshape(-1, K), None, (out, buf)
+        if o.flags.c_contiguous and o.dtype.isnative:
+            return _as_rows(_bits(o)), out, None
+        buf = np.empty(shape_last, _native_dtype(out.dtype))
+        return _as_rows(_bits(buf)), None, (out, buf)
     buf = np.empty(shape_last, dtype)
-    return _bits(buf).reshape(-1, K), np.moveaxis(buf, -1, axis), None
+    return _as_rows(_bits(buf)), np.moveaxis(buf, -1, axis), None
 
 
 def _finish_grad(ret, copy_back, axis):
@@ -167,8 +207,7 @@ def _run(logits, targets, *, want_grad, out, n_threads, **kw):
     if p.prob_targets:
         targets_rows, active = _real_rows(p.targets, K), None
     else:
-        targets_rows = np.ascontiguousarray(p.targets.reshape(-1), dtype=np.int64)
-        active = None if p.ignore_index is None else targets_rows != p.ignore_index
+        targets_rows, ignore, ignoring, active = _index_rows(p.targets, p.ignore_index)
 
     # The "mean" divisor D (SEMANTICS.md, "Reductions"), known before the kernel runs so that
     # the gradient rows can carry 1/D.
@@ -205,8 +244,7 @@ def _run(logits, targets, *, want_grad, out, n_threads, **kw):
         redo = (np.empty(N, np.uint8) if dtype == np.float32 and cw is None and K <= 16
                 else None)
         _kernel.ce_index(z, targets_rows, q_t, beta, cw, W, sw, scale, p.z_loss, p.kl,
-                         -1 if p.ignore_index is None else p.ignore_index,
-                         p.ignore_index is not None, row_loss, grad_rows, nt, redo)
+                         ignore, ignoring, row_loss, grad_rows, nt, redo)
 
     loss = _reduce(p.reduction, row_loss, divisor, p.batch_shape, _loss_dtype(dtype))
     return loss, (_finish_grad(ret, copy_back, p.axis) if want_grad else None)
@@ -240,16 +278,19 @@ _DOC_KEYWORDS = """
         Per-row weights.
     ignore_index : int or None, default=-100
         Rows whose class-index target equals it have loss 0, gradient 0, and are left out
-        of the ``"mean"`` divisor.
+        of the ``"mean"`` divisor. Any integer is accepted; one that no target can equal
+        (``2**63``, say) ignores nothing.
     z_loss : float >= 0, default=0.0
         Adds ``z_loss * lse**2`` per row (T5X, PaLM); its gradient is ``2 z_loss lse p``.
     kl : bool, default=False
         The KL form (T5X): subtract the target entropy ``H(q) = -sum_k w_k q_k log q_k``
         from each row, so a perfect prediction has loss 0. The gradient does not change.
-    n_threads : int, optional
+    n_threads : int in [1, lsref.MAX_THREADS], optional
         Threads for the kernel; default: every core this process may use (one for fewer
         than 32768 logits, where threads cost more than they save). Results are
-        bit-identical for every value.
+        bit-identical for every value. At most ``lsref.MAX_THREADS`` (256): each thread
+        reserves its stack, and the cap keeps a call inside a 4 GiB address space; a larger
+        value raises ``ValueError``.
 """
 
 _DOC_NOTES = """
@@ -357,20 +398,26 @@ array([ 0.1125, -0.3375,  0.1125,  0.1125])
 # --- log-sum-exp and softmax ---------------------------------------------------------------
 
 def _row_layout(x, axis):
+    """(x, axis, x with that axis last, its kernel rows, was x 0-d). Degenerate shapes as
+    scipy.special has them: a 0-d x is a slice of one element (axis -1 or 0), and an empty
+    axis or an empty batch is a (n_rows, 0) or (0, K) array of rows."""
     x = _native(check_float_array("x", x))
-    if x.ndim == 0:
-        raise ValueError("x must have at least one dimension, got a scalar")
+    scalar = x.ndim == 0
+    if scalar:
+        x = x.reshape(1)
     axis = check_axis(axis, x.ndim)
     xm = np.moveaxis(x, axis, -1)
-    return x, axis, xm, _rows(xm, xm.shape[-1])
+    return x, axis, xm, _rows(xm, xm.shape[-1]), scalar
 
 
 def logsumexp(x, axis=-1, keepdims=False, *, n_threads=None):
     """``log(sum(exp(x), axis=axis))``, computed stably in one kernel pass.
 
-    Sums are accumulated in float64; the result has the input's dtype. Special values
-    follow ``scipy.special.logsumexp``: a slice of ``-inf`` gives ``-inf``, a slice
-    holding ``+inf`` gives ``+inf``, a slice holding NaN gives NaN.
+    Sums are accumulated in float64; the result has the input's dtype (in native byte
+    order). Special values and degenerate shapes follow ``scipy.special.logsumexp``: a slice
+    of ``-inf`` gives ``-inf``, a slice holding ``+inf`` gives ``+inf``, a slice holding NaN
+    gives NaN; an empty slice (``axis`` of length 0) gives ``-inf``, the log of an empty
+    sum; a 0-d ``x`` is its own log-sum-exp (with ``keepdims=True``, shape ``(1,)``).
 
     Parameters
     ----------
@@ -378,6 +425,7 @@ def logsumexp(x, axis=-1, keepdims=False, *, n_threads=None):
     axis : int, default=-1
     keepdims : bool, default=False
     n_threads : int, optional
+        As :func:`cross_entropy`: at most ``lsref.MAX_THREADS``.
 
     Examples
     --------
@@ -386,26 +434,34 @@ def logsumexp(x, axis=-1, keepdims=False, *, n_threads=None):
     >>> lsref.logsumexp(x)                    # np.log(np.sum(np.exp(x))) overflows
     array([1000.69314718,         -inf])
     """
-    x, axis, xm, rows = _row_layout(x, axis)
+    nt = check_n_threads(n_threads)
+    x, axis, xm, rows, _ = _row_layout(x, axis)
     out = np.empty(rows.shape[0], np.float64)
     if rows.shape[1] == 0:
-        out.fill(-np.inf)
-    else:
-        _kernel.logsumexp_rows(rows, out, _threads(n_threads, rows.size))
+        out.fill(-np.inf)                 # the log of an empty sum
+    elif rows.shape[0]:
+        _kernel.logsumexp_rows(rows, out, _threads(nt, rows.size))
     out = out.reshape(xm.shape[:-1]).astype(x.dtype)
     return np.expand_dims(out, axis) if keepdims else out
 
 
 def _softmax(x, axis, n_threads, log_space):
-    x, axis, xm, rows = _row_layout(x, axis)
+    nt = check_n_threads(n_threads)
+    x, axis, xm, rows, scalar = _row_layout(x, axis)
     res = np.empty(xm.shape, x.dtype)
-    _kernel.softmax_rows(rows, _bits(res).reshape(rows.shape), log_space,
-                         _threads(n_threads, rows.size))
-    return np.moveaxis(res, -1, axis)
+    if rows.size:                         # an empty axis or batch: an empty result
+        _kernel.softmax_rows(rows, _as_rows(_bits(res)), log_space,
+                             _threads(nt, rows.size))
+    res = np.moveaxis(res, -1, axis)
+    return res.reshape(()) if scalar else res
 
 
 def softmax(x, axis=-1, *, n_threads=None):
     """``exp(x - logsumexp(x))`` along ``axis``.
+
+    The result has the input's shape and dtype (in native byte order). An empty ``axis``
+    or batch gives an empty result; a 0-d ``x`` gives 1 (NaN for ``-inf``, ``+inf``, NaN),
+    as ``scipy.special.softmax``. ``n_threads`` as :func:`logsumexp`.
 
     Examples
     --------
@@ -418,6 +474,9 @@ def softmax(x, axis=-1, *, n_threads=None):
 
 def log_softmax(x, axis=-1, *, n_threads=None):
     """``x - logsumexp(x)`` along ``axis``, without forming ``exp(x)`` overflow.
+
+    Shapes, dtypes and degenerate inputs as :func:`softmax` (a 0-d ``x`` gives 0, as
+    ``scipy.special.log_softmax``).
 
     Examples
     --------
@@ -433,13 +492,14 @@ def log_softmax(x, axis=-1, *, n_threads=None):
 def _run_binary(logits, targets, *, want_grad, out, n_threads, **kw):
     p = check_binary_problem(logits, targets, **kw)
     nt, zn, dtype, K, N = _start(p, want_grad, out, n_threads)
-    z = _rows(zn, K) if K else np.empty((N, 0), _bits(zn).dtype)
+    z = _rows(zn, K)
     cw = None if p.class_weight is None else np.ascontiguousarray(p.class_weight)
     sw = None if p.sample_weight is None else np.ascontiguousarray(p.sample_weight.reshape(-1))
+    ignore, ignoring = -1, False
     if p.indices is not None:
-        idx = np.ascontiguousarray(p.indices.reshape(-1), dtype=np.int64)
+        idx, ignore, ignoring, active = _index_rows(p.indices, p.ignore_index)
         labels = np.zeros((1, 1))                  # unread: the one-hot comes from idx
-        active_rows = N if p.ignore_index is None else int(np.sum(idx != p.ignore_index))
+        active_rows = N if active is None else int(np.sum(active))
     else:
         idx, labels, active_rows = None, _real_rows(p.labels, K) if K else np.zeros((1, 1)), N
     # "mean": over the elements of the rows that count (PyTorch's BCEWithLogits and Keras
@@ -457,9 +517,12 @@ def _run_binary(logits, targets, *, want_grad, out, n_threads, **kw):
     elem = np.empty((N, K), np.float64) if p.reduction == "none" else None
     row_loss = np.empty(N, np.float64)
     a, b = p.smoothing_affine
-    _kernel.bce(z, labels, idx, a, b, cw, sw, scale,
-                -1 if p.ignore_index is None else p.ignore_index, p.ignore_index is not None,
-                row_loss, elem, grad_rows, nt)
+    if K:
+        _kernel.bce(z, labels, idx, a, b, cw, sw, scale, ignore, ignoring, row_loss, elem,
+                    grad_rows, nt)
+    else:
+        row_loss.fill(0.0)                # a row of no elements: an empty sum (the gradient,
+                                          # and "none"'s losses, are empty arrays)
     if p.reduction == "none":
         loss = np.moveaxis(elem.reshape(p.shape), -1, p.axis).astype(_loss_dtype(dtype))
     else:
@@ -499,7 +562,8 @@ def binary_value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, redu
     sample_weight : array_like shaped like ``logits`` without ``axis``, optional
     ignore_index : int or None, default=-100
         For class-index targets: rows with this target count for nothing.
-    n_threads : int, optional
+    n_threads : int in [1, lsref.MAX_THREADS], optional
+        As :func:`cross_entropy`.
     out : ndarray, optional
         Where to write the gradient (as :func:`value_and_grad`).
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _kernel
-from ._validation import check_problem
+from ._validation import as_array, check_problem
 from .reference import _DEFAULTS
 from .loss import _threads, value_and_grad
 
@@ -58,7 +58,9 @@ class PartialStats:
 
 
 def _as_rows(name, z):
-    z = np.asarray(z)
+    z = as_array(name, z)
+    if not z.dtype.isnative:                 # >f4 is float32, in native byte order
+        z = z.astype(z.dtype.newbyteorder("="))
     if z.ndim != 2:
         raise ValueError(f"{name} must be a 2-D block (rows, classes), got shape {z.shape}")
     if z.dtype not in (np.float32, np.float64):

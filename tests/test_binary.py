@@ -119,3 +119,30 @@ def test_binary_bit_identical_for_every_thread_count(dtype):
         for loss, grad in results[1:]:
             assert_array_equal(loss, results[0][0])
             assert_array_equal(grad, results[0][1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("weights", [False, True])
+def test_binary_with_no_classes_follows_the_oracle(dtype, weights):
+    """K = 0 with labels shaped like the logits was numpy's "cannot reshape array of size 0".
+    The loss of each row is a sum over no elements: 0. "sum" is 0, "none" is empty, and
+    "mean" divides by the number of elements, 0: nan, like the D = 0 rule of SEMANTICS.md;
+    the gradient is empty. The kernel front door gives what the oracle gives."""
+    x = np.zeros((3, 0), dtype)
+    y = np.zeros((3, 0))
+    kw = dict(class_weight=np.zeros(0), sample_weight=np.ones(3)) if weights else {}
+    for reduction in ("mean", "sum", "none"):
+        ref_loss, ref_grad = R.binary_value_and_grad(x, y, reduction=reduction, **kw)
+        loss, grad = lsref.binary_value_and_grad(x, y, reduction=reduction, **kw)
+        assert np.shape(loss) == np.shape(ref_loss) and grad.shape == ref_grad.shape == (3, 0)
+        assert grad.dtype == dtype and np.asarray(loss).dtype == dtype
+        assert_array_equal(loss, ref_loss)
+        assert_array_equal(lsref.binary_cross_entropy(x, y, reduction=reduction, **kw),
+                           ref_loss)
+        assert lsref.binary_cross_entropy_grad(x, y, reduction=reduction, **kw).shape == (3, 0)
+    assert np.isnan(lsref.binary_cross_entropy(x, y))
+    assert lsref.binary_cross_entropy(x, y, reduction="sum") == 0.0
+    # class indices cannot point into no classes: both refuse them alike
+    for mod in (lsref, R):
+        with pytest.raises(ValueError, match=r"logits has 0 classes along axis=1"):
+            mod.binary_cross_entropy(x, np.zeros(3, int))

@@ -115,3 +115,44 @@ def test_docstring_example():
     import doctest
     result = doctest.testmod(ldask, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def _dask_dtypes():
+    out = [np.float16, np.float32, np.float64, ">f4", ">f2"]
+    try:
+        import ml_dtypes
+        out.append(ml_dtypes.bfloat16)
+    except ImportError:
+        pass
+    return out
+
+
+@pytest.mark.parametrize("dtype", _dask_dtypes(), ids=lambda d: np.dtype(d).str)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_declared_dtypes_are_the_computed_ones(dtype, reduction):
+    """float16 logits declared a float16 gradient and computed float32. The dtypes dask
+    declares before computing are the ones computed, and both are the in-memory rule
+    (SEMANTICS.md, "Storage"): the gradient in the logits' dtype (native byte order), the
+    loss too, except float32 for 16-bit logits."""
+    z, t, _ = problem(np.float64, N=16, K=11)
+    z = z.astype(dtype)
+    native = np.dtype(dtype).newbyteorder("=")
+    is_half = native.itemsize == 2
+    loss_dtype = np.dtype(np.float32) if is_half else native
+    loss, grad = ldask.value_and_grad(chunked_4x4(z), t, label_smoothing=0.1,
+                                      reduction=reduction)
+    assert grad.dtype == native and grad._meta.dtype == native
+    assert loss.dtype == loss_dtype
+    lc, gc = loss.compute(), grad.compute()
+    assert gc.dtype == grad.dtype
+    assert np.asarray(lc).dtype == loss.dtype
+    ref_loss, ref_grad = lsref.reference.value_and_grad(z.astype(np.float64), t,
+                                                        label_smoothing=0.1,
+                                                        reduction=reduction)
+    # 16-bit logits are read exactly and computed in float32; only the stored gradient
+    # is rounded to 16 bits (bfloat16: 8 significant bits)
+    tol = 1e-12 if native.itemsize == 8 else 1e-5
+    gtol = 2 ** -8 if is_half else tol
+    np.testing.assert_allclose(np.asarray(gc, np.float64), ref_grad, rtol=0,
+                               atol=gtol * np.abs(ref_grad).max())
+    np.testing.assert_allclose(np.asarray(lc, np.float64), ref_loss, rtol=tol)

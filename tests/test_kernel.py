@@ -228,3 +228,54 @@ def test_logsumexp_special_values_match_scipy(dtype):
     assert_array_equal(np.isnan(lsref.softmax(x)), np.isnan(expected_softmax))
     assert_array_equal(lsref.softmax(x)[4], [0.0, 1.0, 0.0])
     assert_array_equal(lsref.log_softmax(x)[4], [-np.inf, 0.0, -np.inf])
+
+
+# --- degenerate shapes, as scipy.special has them --------------------------------------------
+
+DEGENERATE = [((3, 0), -1), ((3, 0), 0), ((3, 0), 1), ((0, 3), -1), ((0, 3), 0),
+              ((0, 0), 0), ((0, 0), -1), ((0,), -1), ((0,), 0), ((2, 0, 3), 1),
+              ((2, 0, 3), 0), ((2, 0, 3), -1), ((), -1), ((), 0)]
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("shape,axis", DEGENERATE, ids=str)
+def test_logsumexp_degenerate_shapes_match_scipy(dtype, shape, axis, keepdims):
+    """An empty class axis was numpy's "cannot reshape array of size 0" and a 0-d input
+    raised; scipy.special gives -inf (the log of an empty sum) and the input itself."""
+    x = np.full(shape, 3.0, dtype)
+    expected = special.logsumexp(x, axis=axis, keepdims=keepdims)
+    got = lsref.logsumexp(x, axis=axis, keepdims=keepdims)
+    assert got.shape == np.shape(expected)
+    assert got.dtype == dtype
+    assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("value", [3.0, -2.5, -np.inf, np.inf, np.nan])
+def test_zero_dimensional_input_matches_scipy(dtype, value):
+    x = dtype(value)
+    with np.errstate(all="ignore"):
+        for ours, theirs in [(lsref.logsumexp, special.logsumexp),
+                             (lsref.softmax, special.softmax),
+                             (lsref.log_softmax, special.log_softmax)]:
+            for axis in (-1, 0):
+                expected = theirs(x, axis=axis)
+                got = ours(x, axis=axis)
+                assert got.shape == () and got.dtype == dtype
+                assert_array_equal(got, expected)
+    for fn in (lsref.logsumexp, lsref.softmax, lsref.log_softmax):
+        with pytest.raises(ValueError, match=r"axis=1 is out of bounds"):
+            fn(x, axis=1)
+
+
+@pytest.mark.parametrize("shape,axis", [s for s in DEGENERATE if s[0]], ids=str)
+def test_softmax_of_an_empty_axis_or_batch_is_empty(dtype, shape, axis):
+    """An empty result of the input's shape (SEMANTICS.md). scipy.special.softmax agrees
+    where it is defined (an empty batch); over an empty axis it raises (no max of nothing),
+    and lsref gives the empty result instead."""
+    x = np.zeros(shape, dtype)
+    for ours, theirs in [(lsref.softmax, special.softmax),
+                         (lsref.log_softmax, special.log_softmax)]:
+        got = ours(x, axis=axis)
+        assert got.shape == shape and got.dtype == dtype
+        if x.shape[axis] > 0:
+            assert_array_equal(got, theirs(x, axis=axis))

@@ -146,3 +146,109 @@ def test_class_axis_equals_moving_it_last():
     assert_allclose(rows.reshape(-1), flat, rtol=1e-15)
     g = R.cross_entropy_grad(z, t, axis=1, label_smoothing=0.1)
     assert g.shape == z.shape
+
+
+INF, NAN = np.inf, np.nan
+
+
+@pytest.mark.parametrize("bad_row,kw", [
+    ([NAN, 0.0, 1.0], dict(class_weight=[1.0, 1.0, 0.0])),       # weight-0 target, eps = 0
+    ([0.0, INF, 1.0], dict(class_weight=[1.0, 1.0, 0.0])),
+    ([-INF, -INF, -INF], dict(class_weight=[1.0, 1.0, 0.0])),
+    ([-INF, -INF, -INF], {}),
+    ([-INF, -INF, -INF], dict(z_loss=1e-3, class_weight=[1.0, 1.0, 0.0])),
+    ([-INF, -INF, -INF], dict(label_smoothing=0.1, class_weight=[0.0, 0.0, 0.0])),
+])
+def test_nan_rule_comes_first_whatever_the_target_mass(bad_row, kw):
+    """SEMANTICS.md: a row holding NaN or +inf, or only -inf, is NaN (loss and gradient) even
+    where its target mass is 0; the other rows are untouched and the NaN reaches sum/mean."""
+    z = np.array([[2.0, -1.0, 0.5], bad_row, [0.0, 3.0, -2.0]])
+    t = np.array([0, 2, 1])
+    rows, grad = R.value_and_grad(z, t, reduction="none", **kw)
+    assert np.isnan(rows[1]) and np.isnan(grad[1]).all()
+    good = [0, 2]
+    eps = kw.get("label_smoothing", 0.0)
+    w = np.asarray(kw.get("class_weight", np.ones(3)))
+    q = (1 - eps) * np.eye(3)[t[good]] + eps / 3
+    lse = special.logsumexp(z[good], axis=1)
+    expected = ((w * q) * (lse[:, None] - z[good])).sum(axis=1) + kw.get("z_loss", 0.0) * lse**2
+    assert_allclose(rows[good], expected, rtol=1e-14, atol=1e-300)
+    assert np.isfinite(grad[good]).all()
+    assert np.isnan(R.cross_entropy(z, t, reduction="sum", **kw))
+    assert np.isnan(R.cross_entropy(z, t, reduction="mean", **kw))
+    # an ignored row stays ignored: loss 0, gradient 0
+    ignored = R.value_and_grad(z, [0, -100, 1], reduction="none", **kw)
+    assert ignored[0][1] == 0.0 and (ignored[1][1] == 0.0).all()
+
+
+def test_softmax_of_rows_without_one_is_nan_logsumexp_is_scipys():
+    """SEMANTICS.md: softmax and log_softmax are NaN on the whole of a row holding NaN or +inf,
+    or holding only -inf; logsumexp is scipy's (+inf, NaN, -inf)."""
+    x = np.array([[INF, 0.0, 1.0], [NAN, 0.0, 1.0], [-INF, -INF, -INF], [INF, -INF, 0.0],
+                  [INF, NAN, 0.0], [-INF, 0.0, 1.0]])
+    undefined = [0, 1, 2, 3, 4]
+    with np.errstate(all="ignore"):
+        assert_array_equal(R.logsumexp(x), special.logsumexp(x, axis=1))
+        assert_array_equal(R.logsumexp(x.T, axis=0), special.logsumexp(x, axis=1))
+        assert_array_equal(R.softmax(x), special.softmax(x, axis=1))
+        assert_allclose(R.softmax(x.T, axis=0), special.softmax(x, axis=1).T, rtol=1e-15)
+    assert np.isnan(R.log_softmax(x)[undefined]).all()
+    assert np.isnan(R.log_softmax(x.T, axis=0)[:, undefined]).all()
+    assert_allclose(R.log_softmax(x)[5], special.log_softmax(x[5]), rtol=1e-15)
+    assert R.log_softmax(x)[5, 0] == -INF
+    x_in = x.copy()
+    R.softmax(x), R.log_softmax(x), R.logsumexp(x)
+    assert_array_equal(x, x_in)
+
+
+@pytest.mark.parametrize("value", [3.0, -2.5, INF, -INF, NAN])
+def test_zero_d_input_is_its_own_logsumexp_as_in_scipy(value):
+    with np.errstate(all="ignore"):
+        for f in ("logsumexp", "softmax", "log_softmax"):
+            got, expected = getattr(R, f)(value), getattr(special, f)(value)
+            assert np.shape(got) == () and np.shape(got) == np.shape(expected)
+            assert_array_equal(got, expected)
+            assert_array_equal(getattr(R, f)(np.array(value), axis=0), expected)
+        assert_array_equal(R.logsumexp(value, keepdims=True),
+                           special.logsumexp(value, keepdims=True))
+    assert R.logsumexp(3.0) == 3.0
+
+
+@pytest.mark.parametrize("shape,axis", [((3, 0), 1), ((3, 0), -1), ((0, 3), 0), ((0,), 0),
+                                        ((2, 0, 3), 1), ((0, 3), 1), ((4, 0), 0)])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_degenerate_shapes_match_scipy(shape, axis, keepdims):
+    """An empty class axis: logsumexp -inf (scipy's), softmax/log_softmax an empty result
+    shaped like the input (scipy raises on an empty reduction there)."""
+    x = np.zeros(shape)
+    expected = special.logsumexp(x, axis=axis, keepdims=keepdims)
+    got = R.logsumexp(x, axis=axis, keepdims=keepdims)
+    assert got.shape == expected.shape
+    assert_array_equal(got, expected)
+    for f in (R.softmax, R.log_softmax):
+        out = f(x, axis=axis)
+        assert out.shape == shape
+        if x.shape[axis] != 0:
+            assert_array_equal(out, getattr(special, f.__name__)(x, axis=axis))
+
+
+@pytest.mark.parametrize("shape", [(3, 0), (0, 4), (0,)])
+def test_binary_cross_entropy_over_no_elements(shape):
+    """K = 0 or no rows: the sum over no elements is 0, the mean over none is NaN, the
+    per-element loss and the gradient are empty arrays shaped like the logits."""
+    x = np.zeros(shape)
+    rows, grad = R.binary_value_and_grad(x, np.zeros(shape), reduction="none")
+    assert rows.shape == shape and grad.shape == shape
+    assert R.binary_cross_entropy(x, np.zeros(shape), reduction="sum") == 0.0
+    assert np.isnan(R.binary_cross_entropy(x, np.zeros(shape), reduction="mean"))
+    assert R.binary_value_and_grad(x, np.zeros(shape))[1].shape == shape
+
+
+def test_binary_cross_entropy_of_a_0d_logit():
+    """A 0-d logit with a 0-d label is one element: softplus(-x) y + softplus(x) (1 - y)."""
+    x, y = 0.5, 0.25
+    expected = y * np.logaddexp(0, -x) + (1 - y) * np.logaddexp(0, x)
+    for reduction in ("none", "sum", "mean"):
+        loss, grad = R.binary_value_and_grad(np.array(x), np.array(y), reduction=reduction)
+        assert_allclose(loss, expected, rtol=1e-15)
+        assert_allclose(grad, special.expit(x) - y, rtol=1e-15)
