@@ -196,8 +196,11 @@ def test_softmax_of_a_row_holding_inf_or_nan_is_nan():
 # --- the process model: fork and Ctrl-C -----------------------------------------------------------
 
 def _run(code, timeout):
+    # cwd: the tests folder, so that `import lsref` is the installed package, not the source
+    # folder (which has no compiled kernel after a non-editable install)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout,
+                          cwd=os.path.dirname(os.path.abspath(__file__)))
 
 
 FORK_SETUP = """

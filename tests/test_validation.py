@@ -171,10 +171,12 @@ def test_max_threads_runs_inside_a_4_gib_address_space():
     """The cap is chosen so that a call with n_threads=MAX_THREADS starts its threads (each
     reserves its stack) inside a 4 GiB RLIMIT_AS and computes the oracle's loss; 1000
     threads segfaulted there."""
+    import os
     import subprocess
     import sys
     r = subprocess.run([sys.executable, "-c", MAX_THREADS_SCRIPT], capture_output=True,
-                       text=True, timeout=300)
+                       text=True, timeout=300,   # cwd: import the installed lsref, not the source
+                       cwd=os.path.dirname(os.path.abspath(__file__)))
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.startswith("ok")
 
