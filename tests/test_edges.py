@@ -241,18 +241,19 @@ def test_fork_pool_workers_compute_after_threaded_parent():
     assert "ok" in r.stdout
 
 
-def test_ctrl_c_stops_a_long_call():
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_ctrl_c_stops_a_long_call(n_threads):
     """SIGINT during a long call raises KeyboardInterrupt before the call has finished: rows
     after the interrupting block are never written (the sentinel survives). The old kernel
     ran every row before Python saw the signal."""
-    code = """
+    code = f"""
     import os, signal, threading, numpy as np, lsref
     z = np.random.default_rng(0).standard_normal((4096, 32000)).astype(np.float16)
     out = np.full(z.shape, 7.0, np.float16)            # a value no gradient entry takes
     t = np.arange(4096) % 32000
     threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
     try:                                                # one call of about a second
-        lsref.value_and_grad(z, t, out=out, n_threads=1)
+        lsref.value_and_grad(z, t, out=out, n_threads={n_threads})
     except KeyboardInterrupt:
         print("interrupted", bool((out == 7.0).all(axis=1).any()))
     """
