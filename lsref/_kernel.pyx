@@ -950,7 +950,10 @@ def bce(const stored_in[:, ::1] logits,           # IN  (N, K)
     cdef double s, c, y, row
     cdef loss_grad lg
     cdef int64_t t
-    if N == 0 or K == 0:
+    if N == 0:
+        return
+    if K == 0:                            # a row of no elements sums to 0
+        loss_out[:] = 0.0
         return
     cdef int nt = _nt(n_threads), tid
     cdef lsref_ticker tk = lsref_ticker_new()
