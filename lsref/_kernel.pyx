@@ -318,6 +318,17 @@ cdef int _nt(int n_threads) noexcept:
     return n_threads
 
 
+cdef inline bint _interrupted(lsref_ticker *tk, int tid, Py_ssize_t work) noexcept nogil:
+    """At the top of every row of a parallel loop: has a signal handler raised? Thread 0
+    (the caller) asks Python every 50 ms (lsref_tick); every thread then skips its rows."""
+    if lsref_stopped(tk):
+        return True
+    if tid == 0 and lsref_tick(tk, work):
+        with gil:
+            lsref_check_signals(tk)
+    return lsref_stopped(tk)
+
+
 cdef int _raise_pending() except -1:
     """Propagate the exception a signal handler left set (lsref_check_signals)."""
     return -1
@@ -829,19 +840,13 @@ def ce_index(const stored_in[:, ::1] logits,     # IN  (N, K)
         if stored_in is float:
             if small:                       # whole blocks of 8 rows; redo[] flags the others
                 for b in prange(N // 8, schedule="static"):
-                    if lsref_stopped(&tk):
+                    if _interrupted(&tk, tid, 8 * K):
                         continue
-                    if tid == 0 and lsref_tick(&tk, 8 * K):
-                        with gil:
-                            lsref_check_signals(&tk)
                     lsref_small8_f32(&logits[0, 0], b * 8, K, &targets[0], &P,
                                      &loss_out[0], g32, &redo[0])
         for i in prange(N, schedule="static"):
-            if lsref_stopped(&tk):
+            if _interrupted(&tk, tid, K):
                 continue
-            if tid == 0 and lsref_tick(&tk, K):
-                with gil:
-                    lsref_check_signals(&tk)
             if small and i < (N // 8) * 8 and not redo[i]:
                 continue
             t = targets[i]
@@ -883,11 +888,8 @@ def ce_prob(const stored_in[:, ::1] logits,      # IN  (N, K)
     with nogil, parallel(num_threads=nt):
         tid = lsref_thread_num()
         for i in prange(N, schedule="static"):
-            if lsref_stopped(&tk):
+            if _interrupted(&tk, tid, K):
                 continue
-            if tid == 0 and lsref_tick(&tk, K):
-                with gil:
-                    lsref_check_signals(&tk)
             g = &grad_out[i, 0] if want_grad else NULL
             s = scale if rs == NULL else scale * rs[i]
             loss_out[i] = _row_prob(&logits[i, 0], &probs[i, 0], K, a, beta, W, w, s,
@@ -960,11 +962,8 @@ def bce(const stored_in[:, ::1] logits,           # IN  (N, K)
     with nogil, parallel(num_threads=nt):
         tid = lsref_thread_num()
         for i in prange(N, schedule="static"):
-            if lsref_stopped(&tk):
+            if _interrupted(&tk, tid, K):
                 continue
-            if tid == 0 and lsref_tick(&tk, K):
-                with gil:
-                    lsref_check_signals(&tk)
             t = targets[i] if by_index else 0
             if by_index and has_ignore and t == ignore_index:
                 loss_out[i] = 0.0
@@ -1008,11 +1007,8 @@ def logsumexp_rows(const stored_in[:, ::1] x,     # IN  (N, K)
     with nogil, parallel(num_threads=nt):
         tid = lsref_thread_num()
         for i in prange(N, schedule="static"):
-            if lsref_stopped(&tk):
+            if _interrupted(&tk, tid, K):
                 continue
-            if tid == 0 and lsref_tick(&tk, K):
-                with gil:
-                    lsref_check_signals(&tk)
             st = _stats(&x[i, 0], K, NULL, <double *> NULL)
             if isfinite(st.m):
                 out[i] = st.m + _log_se(&x[i, 0], K, st.m, st.se)
@@ -1047,11 +1043,8 @@ def softmax_rows(const stored_in[:, ::1] x,      # IN  (N, K)
     with nogil, parallel(num_threads=nt):
         tid = lsref_thread_num()
         for i in prange(N, schedule="static"):
-            if lsref_stopped(&tk):
+            if _interrupted(&tk, tid, K):
                 continue
-            if tid == 0 and lsref_tick(&tk, K):
-                with gil:
-                    lsref_check_signals(&tk)
             o = &out[i, 0]
             st = _stats(&x[i, 0], K, NULL, <double *> NULL)
             L = _log_se(&x[i, 0], K, st.m, st.se)
@@ -1100,11 +1093,8 @@ def block_stats(const flt[:, ::1] z,             # IN  (n, kb): one class block 
     with nogil, parallel(num_threads=nt):
         tid = lsref_thread_num()
         for i in prange(n, schedule="static"):
-            if lsref_stopped(&tk):
+            if _interrupted(&tk, tid, kb):
                 continue
-            if tid == 0 and lsref_tick(&tk, kb):
-                with gil:
-                    lsref_check_signals(&tk)
             t = targets[i] - offset
             has_t[i] = 0 <= t < kb
             zt_out[i] = z[i, t] if 0 <= t < kb else 0.0
@@ -1164,11 +1154,8 @@ def block_grad(const flt[:, ::1] z,              # IN  (n, kb)
     with nogil, parallel(num_threads=nt):
         tid = lsref_thread_num()
         for i in prange(n, schedule="static"):
-            if lsref_stopped(&tk):
+            if _interrupted(&tk, tid, kb):
                 continue
-            if tid == 0 and lsref_tick(&tk, kb):
-                with gil:
-                    lsref_check_signals(&tk)
             t = targets[i] - offset
             a = coef_e[i]
             c = coef_q[i]
