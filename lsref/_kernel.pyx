@@ -39,9 +39,10 @@
 # - Reading z_t before the first write and reading each z_k before writing g_k makes an
 #   in-place gradient (grad_out is the logits buffer) safe.
 # - This module never validates and never allocates: lsref/loss.py does both.
-# - Every entry point walks its rows in blocks of about 2**22 logits (a few milliseconds) and
-#   checks for signals between blocks, so Ctrl-C stops a long call; each block is one parallel
-#   region, whose start costs microseconds.
+# - Ctrl-C stops a long call: in every parallel loop, thread 0 (the caller) asks Python for
+#   pending signals every 50 ms (lsref_tick: a clock read every ~2**16 logits, the GIL only
+#   then), and a KeyboardInterrupt ends the loop. One parallel region per call: row blocks
+#   with a region each cost 4x on a loaded machine (a barrier per block).
 # - A process forked after the kernel ran threads (multiprocessing's "fork" start method,
 #   PyTorch's DataLoader workers) cannot use the parent's OpenMP thread pool: GNU libgomp's
 #   workers do not exist in the child and its first parallel region would wait for them
@@ -50,7 +51,7 @@
 # - Row sums are blocked: a sum of a few hundred terms per block, then the blocks' sums, so a
 #   row of 200k classes has the rounding error of ~1000 additions, not of 200k.
 
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from cpython.exc cimport PyErr_CheckSignals
 from libc.math cimport exp, expf, log, log1p, fabs, INFINITY, NAN, isfinite, isnan
 from libc.stdint cimport int64_t, uint16_t, int16_t, uint32_t
@@ -84,6 +85,55 @@ cdef extern from *:
     #define LSREF_OPENMP 0
     #define lsref_omp_max_threads() 1
     #endif
+    #ifdef _OPENMP
+    #define lsref_thread_num() omp_get_thread_num()
+    #else
+    #define lsref_thread_num() 0
+    #endif
+
+    /* When the calling thread should look for signals (Ctrl-C): after about 2**16 logits of
+       its own rows, it reads the clock; every 50 ms it asks Python (taking the GIL, which
+       every other thread of the call leaves alone). Only thread 0 of a parallel region,
+       the caller itself, ticks. */
+    #include <time.h>
+    typedef struct { Py_ssize_t budget; double next; int stop; } lsref_ticker;
+    static inline double lsref_now(void) {
+        struct timespec ts;
+        timespec_get(&ts, TIME_UTC);
+        return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    }
+    static inline lsref_ticker lsref_ticker_new(void) {
+        lsref_ticker t;
+        t.budget = (Py_ssize_t)1 << 16;
+        t.next = lsref_now() + 0.05;
+        t.stop = 0;
+        return t;
+    }
+    #if defined(__GNUC__) || defined(__clang__)
+    #define LSREF_LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+    #define LSREF_STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+    #else
+    #define LSREF_LOAD(x) (*(volatile int *)&(x))
+    #define LSREF_STORE(x, v) (*(volatile int *)&(x) = (v))
+    #endif
+    /* every thread: has the call been interrupted? */
+    static inline int lsref_stopped(lsref_ticker *t) { return LSREF_LOAD(t->stop); }
+    /* thread 0, holding the GIL: run Python's signal handlers; an exception they raise
+       (KeyboardInterrupt) stays set, and every thread stops at its next row */
+    static inline void lsref_check_signals(lsref_ticker *t) {
+        if (PyErr_CheckSignals() < 0) LSREF_STORE(t->stop, 1);
+    }
+    static inline int lsref_tick(lsref_ticker *t, Py_ssize_t work) {
+        double now;
+        t->budget -= work;
+        if (t->budget > 0) return 0;
+        t->budget = (Py_ssize_t)1 << 16;
+        now = lsref_now();
+        if (now < t->next) return 0;
+        t->next = now + 0.05;
+        return 1;
+    }
+
     #ifndef LSREF_BUILD_FLAGS
     #define LSREF_BUILD_FLAGS "unknown"
     #endif
@@ -164,6 +214,13 @@ cdef extern from *:
     }
     """
     int LSREF_OPENMP
+    int lsref_thread_num() nogil
+    ctypedef struct lsref_ticker:
+        pass
+    lsref_ticker lsref_ticker_new() nogil
+    int lsref_tick(lsref_ticker *, Py_ssize_t) nogil
+    int lsref_stopped(lsref_ticker *) nogil
+    void lsref_check_signals(lsref_ticker *)
     int lsref_omp_max_threads() nogil
     const char *LSREF_BUILD_FLAGS
     const char *LSREF_OPENMP_NOTE
@@ -265,11 +322,20 @@ cdef int _nt(int n_threads) noexcept:
     return n_threads
 
 
-cdef Py_ssize_t _block_rows(Py_ssize_t K, Py_ssize_t multiple) noexcept:
-    """Rows per interruptible block: about 2**22 logits, a multiple of `multiple`, >= 1 block."""
-    cdef Py_ssize_t r = (<Py_ssize_t> 1 << 22) // (K if K > 0 else 1)
-    r = (r // multiple) * multiple
-    return r if r > 0 else multiple
+cdef inline bint _interrupted(lsref_ticker *tk, int tid, Py_ssize_t work) noexcept nogil:
+    """At the top of every row of a parallel loop: has a signal handler raised? Thread 0
+    (the caller) asks Python every 50 ms (lsref_tick); every thread then skips its rows."""
+    if lsref_stopped(tk):
+        return True
+    if tid == 0 and lsref_tick(tk, work):
+        with gil:
+            lsref_check_signals(tk)
+    return lsref_stopped(tk)
+
+
+cdef int _raise_pending() except -1:
+    """Propagate the exception a signal handler left set (lsref_check_signals)."""
+    return -1
 
 
 cdef inline Py_ssize_t _min(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -445,6 +511,16 @@ cdef inline bint _mass_at_max(double other, double c) noexcept nogil:
     c * log(se), and log(se) must come from an accurate rest (a row with more mass elsewhere
     has a loss >= 0.69 * other, far above the ~1e-16 * c error of log(se))."""
     return fabs(other) < 1e-2 * fabs(c)
+
+
+cdef inline bint _float_rest_too_coarse(double rest, double qw_t, double pull) noexcept nogil:
+    """A dominated float32 row's target gradient, s (pull - qw_t rest) / se, from a rest
+    summed from float exps (relative error up to ~6e-7) is not within 1e-6 of max|g|: where
+    pull (the smoothing and z-loss terms) cancels more than half of qw_t rest, or where
+    every other class lies below exp(-8) of the target (there z_k - m rounded to float32
+    alone costs up to 2**-24 |z_k - m| ~ 5e-7 and more). Shared with the small-K blocks
+    (_simd.h), which leave such rows to _row_index."""
+    return rest < 3.3546262790251185e-04 or fabs(qw_t * rest) > fabs(pull - qw_t * rest)
 
 
 cdef inline row_stats _stats(const stored_in *z, Py_ssize_t K, const double *w,
@@ -628,13 +704,16 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
         # The target of a dominated row: g_t = s (c p_t - q_t w_t) with p_t ~ 1 cancels; with
         # p_t = 1/se and 1 - p_t = rest/se it is s (beta (W - w_t) + 2 lam lse - q_t w_t rest)
         # / se, from the sum of the other terms (the exps already in the row, or the logits).
-        # float32 logits: the row's exps again, in double from the exact z_k - m (float32's
-        # z_k - m and expf carry up to ~6e-7 each, which the sum for g_t would collect).
         if d_t == 0.0 and se < 2.0:
-            if stored_in is float and stored_out is float and not z_gone:
-                rest = lsref_simd.rest_f32(z, K, st.m, <float *> g)
-            elif rest < 0.0:
+            if rest < 0.0:
                 rest = _rest_scratch(e, K) if scratch else _rest_exact(z, K, st.m)
+            # float32 logits: each stored exp carries up to ~6e-7 (expf, and z_k - m rounded
+            # to float), and so does their sum. Where that is too much for g_t, take the
+            # row's exps again in double from the exact z_k - m (_float_rest_too_coarse).
+            if stored_in is float and stored_out is float and not z_gone:
+                if _float_rest_too_coarse(rest, q_t * w_t,
+                                          beta * (W - w_t) + 2.0 * lam * (st.m + L)):
+                    rest = lsref_simd.rest_f32(z, K, st.m, <float *> g)
         if rest >= 0.0:
             se = 1.0 + rest
         A = s * (c + 2.0 * lam * lse) / se
@@ -738,7 +817,7 @@ def ce_index(const stored_in[:, ::1] logits,     # IN  (N, K)
     With ``redo`` (float32, K <= 16, no class weights, on a CPU with AVX2) whole blocks of 8
     rows go through the across-rows kernel of _simd.h first; the per-row loop then does the
     remaining rows and the ones that kernel flagged."""
-    cdef Py_ssize_t N = logits.shape[0], K = logits.shape[1], i, b, r0, r1, step
+    cdef Py_ssize_t N = logits.shape[0], K = logits.shape[1], i, b
     cdef const double *w = NULL if class_weight is None else &class_weight[0]
     cdef const double *rs = NULL if row_scale is None else &row_scale[0]
     cdef bint want_grad = grad_out is not None, small = False
@@ -747,7 +826,8 @@ def ce_index(const stored_in[:, ::1] logits,     # IN  (N, K)
     cdef double s
     cdef lsref_small_params P
     cdef float *g32 = NULL
-    cdef int nt = _nt(n_threads)
+    cdef int nt = _nt(n_threads), tid
+    cdef lsref_ticker tk = lsref_ticker_new()
     if N == 0 or K == 0:
         return
     if stored_in is float:
@@ -760,31 +840,32 @@ def ce_index(const stored_in[:, ::1] logits,     # IN  (N, K)
             P.ignore_index, P.has_ignore = ignore_index, has_ignore
             if want_grad:
                 g32 = <float *> &grad_out[0, 0]
-    step = _block_rows(K, 8)
-    r0 = 0
-    while r0 < N:
-        r1 = _min(N, r0 + step)
-        with nogil:
-            if stored_in is float:
-                if small:                   # whole blocks of 8 rows; redo[] flags the others
-                    for b in prange(r0 // 8, r1 // 8, schedule="static", num_threads=nt):
-                        lsref_small8_f32(&logits[0, 0], b * 8, K, &targets[0], &P,
-                                         &loss_out[0], g32, &redo[0])
-            for i in prange(r0, r1, schedule="static", num_threads=nt):
-                if small and i < (N // 8) * 8 and not redo[i]:
-                    continue
-                t = targets[i]
-                g = &grad_out[i, 0] if want_grad else NULL
-                if has_ignore and t == ignore_index:
-                    loss_out[i] = 0.0
-                    if want_grad:
-                        memset(g, 0, K * sizeof(stored_out))
-                else:
-                    s = scale if rs == NULL else scale * rs[i]
-                    loss_out[i] = _row_index(&logits[i, 0], K, t, q_t, beta, W, w, s, z_loss,
-                                             kl, g)
-        PyErr_CheckSignals()
-        r0 = r1
+    with nogil, parallel(num_threads=nt):
+        tid = lsref_thread_num()
+        if stored_in is float:
+            if small:                       # whole blocks of 8 rows; redo[] flags the others
+                for b in prange(N // 8, schedule="static"):
+                    if _interrupted(&tk, tid, 8 * K):
+                        continue
+                    lsref_small8_f32(&logits[0, 0], b * 8, K, &targets[0], &P,
+                                     &loss_out[0], g32, &redo[0])
+        for i in prange(N, schedule="static"):
+            if _interrupted(&tk, tid, K):
+                continue
+            if small and i < (N // 8) * 8 and not redo[i]:
+                continue
+            t = targets[i]
+            g = &grad_out[i, 0] if want_grad else NULL
+            if has_ignore and t == ignore_index:
+                loss_out[i] = 0.0
+                if want_grad:
+                    memset(g, 0, K * sizeof(stored_out))
+            else:
+                s = scale if rs == NULL else scale * rs[i]
+                loss_out[i] = _row_index(&logits[i, 0], K, t, q_t, beta, W, w, s, z_loss,
+                                         kl, g)
+    if lsref_stopped(&tk):
+        _raise_pending()
 
 
 def ce_prob(const stored_in[:, ::1] logits,      # IN  (N, K)
@@ -807,19 +888,19 @@ def ce_prob(const stored_in[:, ::1] logits,      # IN  (N, K)
     cdef double s
     if N == 0 or K == 0:
         return
-    cdef Py_ssize_t r0, r1, step = _block_rows(K, 1)
-    cdef int nt = _nt(n_threads)
-    r0 = 0
-    while r0 < N:
-        r1 = _min(N, r0 + step)
-        with nogil:
-            for i in prange(r0, r1, schedule="static", num_threads=nt):
-                g = &grad_out[i, 0] if want_grad else NULL
-                s = scale if rs == NULL else scale * rs[i]
-                loss_out[i] = _row_prob(&logits[i, 0], &probs[i, 0], K, a, beta, W, w, s,
-                                        z_loss, kl, g)
-        PyErr_CheckSignals()
-        r0 = r1
+    cdef int nt = _nt(n_threads), tid
+    cdef lsref_ticker tk = lsref_ticker_new()
+    with nogil, parallel(num_threads=nt):
+        tid = lsref_thread_num()
+        for i in prange(N, schedule="static"):
+            if _interrupted(&tk, tid, K):
+                continue
+            g = &grad_out[i, 0] if want_grad else NULL
+            s = scale if rs == NULL else scale * rs[i]
+            loss_out[i] = _row_prob(&logits[i, 0], &probs[i, 0], K, a, beta, W, w, s,
+                                    z_loss, kl, g)
+    if lsref_stopped(&tk):
+        _raise_pending()
 
 
 # --- binary (sigmoid) cross-entropy ----------------------------------------------------------
@@ -876,40 +957,43 @@ def bce(const stored_in[:, ::1] logits,           # IN  (N, K)
     cdef double s, c, y, row
     cdef loss_grad lg
     cdef int64_t t
-    if N == 0 or K == 0:
+    if N == 0:
         return
-    cdef Py_ssize_t r0, r1, step = _block_rows(K, 1)
-    cdef int nt = _nt(n_threads)
-    r0 = 0
-    while r0 < N:
-        r1 = _min(N, r0 + step)
-        with nogil:
-            for i in prange(r0, r1, schedule="static", num_threads=nt):
-                t = targets[i] if by_index else 0
-                if by_index and has_ignore and t == ignore_index:
-                    loss_out[i] = 0.0
-                    if want_grad:
-                        memset(&grad_out[i, 0], 0, K * sizeof(stored_out))
+    if K == 0:                            # a row of no elements sums to 0
+        loss_out[:] = 0.0
+        return
+    cdef int nt = _nt(n_threads), tid
+    cdef lsref_ticker tk = lsref_ticker_new()
+    with nogil, parallel(num_threads=nt):
+        tid = lsref_thread_num()
+        for i in prange(N, schedule="static"):
+            if _interrupted(&tk, tid, K):
+                continue
+            t = targets[i] if by_index else 0
+            if by_index and has_ignore and t == ignore_index:
+                loss_out[i] = 0.0
+                if want_grad:
+                    memset(&grad_out[i, 0], 0, K * sizeof(stored_out))
+                if want_elem:
+                    memset(&elem_out[i, 0], 0, K * sizeof(double))
+            else:
+                s = scale if rs == NULL else scale * rs[i]
+                row = 0.0
+                for k in range(K):
+                    if by_index:
+                        y = a * (1.0 if k == t else 0.0) + b
+                    else:
+                        y = a * labels[i, k] + b
+                    c = s if w == NULL else s * w[k]
+                    lg = _bce_elem(_ld(logits[i, k]), y, c)
+                    row = row + lg.loss
                     if want_elem:
-                        memset(&elem_out[i, 0], 0, K * sizeof(double))
-                else:
-                    s = scale if rs == NULL else scale * rs[i]
-                    row = 0.0
-                    for k in range(K):
-                        if by_index:
-                            y = a * (1.0 if k == t else 0.0) + b
-                        else:
-                            y = a * labels[i, k] + b
-                        c = s if w == NULL else s * w[k]
-                        lg = _bce_elem(_ld(logits[i, k]), y, c)
-                        row = row + lg.loss
-                        if want_elem:
-                            elem_out[i, k] = lg.loss
-                        if want_grad:
-                            _st(&grad_out[i, 0], k, lg.grad)
-                    loss_out[i] = row
-        PyErr_CheckSignals()
-        r0 = r1
+                        elem_out[i, k] = lg.loss
+                    if want_grad:
+                        _st(&grad_out[i, 0], k, lg.grad)
+                loss_out[i] = row
+    if lsref_stopped(&tk):
+        _raise_pending()
 
 
 # --- log-sum-exp and softmax ------------------------------------------------------------------
@@ -923,20 +1007,20 @@ def logsumexp_rows(const stored_in[:, ::1] x,     # IN  (N, K)
     cdef row_stats st
     if N == 0:
         return
-    cdef Py_ssize_t r0, r1, step = _block_rows(K, 1)
-    cdef int nt = _nt(n_threads)
-    r0 = 0
-    while r0 < N:
-        r1 = _min(N, r0 + step)
-        with nogil:
-            for i in prange(r0, r1, schedule="static", num_threads=nt):
-                st = _stats(&x[i, 0], K, NULL, <double *> NULL)
-                if isfinite(st.m):
-                    out[i] = st.m + _log_se(&x[i, 0], K, st.m, st.se)
-                else:
-                    out[i] = _nonfinite_max(&x[i, 0], K, st.m)
-        PyErr_CheckSignals()
-        r0 = r1
+    cdef int nt = _nt(n_threads), tid
+    cdef lsref_ticker tk = lsref_ticker_new()
+    with nogil, parallel(num_threads=nt):
+        tid = lsref_thread_num()
+        for i in prange(N, schedule="static"):
+            if _interrupted(&tk, tid, K):
+                continue
+            st = _stats(&x[i, 0], K, NULL, <double *> NULL)
+            if isfinite(st.m):
+                out[i] = st.m + _log_se(&x[i, 0], K, st.m, st.se)
+            else:
+                out[i] = _nonfinite_max(&x[i, 0], K, st.m)
+    if lsref_stopped(&tk):
+        _raise_pending()
 
 
 cdef inline double _nonfinite_max(const stored_in *z, Py_ssize_t K, double m) noexcept nogil:
@@ -959,25 +1043,25 @@ def softmax_rows(const stored_in[:, ::1] x,      # IN  (N, K)
     cdef stored_out *o
     if N == 0 or K == 0:
         return
-    cdef Py_ssize_t r0, r1, step = _block_rows(K, 1)
-    cdef int nt = _nt(n_threads)
-    r0 = 0
-    while r0 < N:
-        r1 = _min(N, r0 + step)
-        with nogil:
-            for i in prange(r0, r1, schedule="static", num_threads=nt):
-                o = &out[i, 0]
-                st = _stats(&x[i, 0], K, NULL, <double *> NULL)
-                L = _log_se(&x[i, 0], K, st.m, st.se)
-                if log_space:
-                    for k in range(K):
-                        _st(o, k, (_ld(x[i, k]) - st.m) - L)
-                else:
-                    inv = 1.0 / st.se
-                    for k in range(K):
-                        _st(o, k, _ex(x[i, k], st.m) * inv)
-        PyErr_CheckSignals()
-        r0 = r1
+    cdef int nt = _nt(n_threads), tid
+    cdef lsref_ticker tk = lsref_ticker_new()
+    with nogil, parallel(num_threads=nt):
+        tid = lsref_thread_num()
+        for i in prange(N, schedule="static"):
+            if _interrupted(&tk, tid, K):
+                continue
+            o = &out[i, 0]
+            st = _stats(&x[i, 0], K, NULL, <double *> NULL)
+            L = _log_se(&x[i, 0], K, st.m, st.se)
+            if log_space:
+                for k in range(K):
+                    _st(o, k, (_ld(x[i, k]) - st.m) - L)
+            else:
+                inv = 1.0 / st.se
+                for k in range(K):
+                    _st(o, k, _ex(x[i, k], st.m) * inv)
+    if lsref_stopped(&tk):
+        _raise_pending()
 
 
 # --- partial statistics of (row block, class block) pieces (lsref/sharded.py) -------------------
@@ -1009,46 +1093,46 @@ def block_stats(const flt[:, ::1] z,             # IN  (n, kb): one class block 
     cdef bint skipped
     if n == 0:
         return
-    cdef Py_ssize_t r0, r1, step = _block_rows(kb, 1)
-    cdef int nt = _nt(n_threads)
-    r0 = 0
-    while r0 < n:
-        r1 = _min(n, r0 + step)
-        with nogil:
-            for i in prange(r0, r1, schedule="static", num_threads=nt):
-                t = targets[i] - offset
-                has_t[i] = 0 <= t < kb
-                zt_out[i] = z[i, t] if 0 <= t < kb else 0.0
-                if kb == 0:
-                    m_out[i], rest_out[i], u_out[i], bad[i] = -INFINITY, -1.0, 0.0, 0
-                    continue
-                st = _stats(&z[i, 0], kb, w, <flt *> NULL)
-                m_out[i] = st.m
-                if st.m == -INFINITY:                    # -inf only (no mass here), or NaN
-                    bad[i] = 0
-                    for k in range(kb):
-                        if isnan(z[i, k]):
-                            bad[i] = 1
-                    rest_out[i], u_out[i] = -1.0, 0.0
-                    continue
-                bad[i] = st.m == INFINITY or isnan(st.se)
-                if bad[i]:
-                    rest_out[i], u_out[i] = -1.0, 0.0
-                    continue
-                u_out[i] = st.u
-                if st.se >= 2.0:
-                    rest_out[i] = st.se - 1.0
-                else:                                    # se - 1 would cancel: sum the rest again
-                    rest = 0.0
-                    skipped = False
-                    for k in range(kb):
-                        if not skipped and z[i, k] == st.m:
-                            skipped = True
-                        else:
-                            rest = rest + exp(<double> z[i, k] - st.m)
-                    rest_out[i] = rest
-        PyErr_CheckSignals()
-        r0 = r1
+    cdef int nt = _nt(n_threads), tid
+    cdef lsref_ticker tk = lsref_ticker_new()
+    with nogil, parallel(num_threads=nt):
+        tid = lsref_thread_num()
+        for i in prange(n, schedule="static"):
+            if _interrupted(&tk, tid, kb):
+                continue
+            t = targets[i] - offset
+            has_t[i] = 0 <= t < kb
+            zt_out[i] = z[i, t] if 0 <= t < kb else 0.0
+            if kb == 0:
+                m_out[i], rest_out[i], u_out[i], bad[i] = -INFINITY, -1.0, 0.0, 0
+                continue
+            st = _stats(&z[i, 0], kb, w, <flt *> NULL)
+            m_out[i] = st.m
+            if st.m == -INFINITY:                    # -inf only (no mass here), or NaN
+                bad[i] = 0
+                for k in range(kb):
+                    if isnan(z[i, k]):
+                        bad[i] = 1
+                rest_out[i], u_out[i] = -1.0, 0.0
+                continue
+            bad[i] = st.m == INFINITY or isnan(st.se)
+            if bad[i]:
+                rest_out[i], u_out[i] = -1.0, 0.0
+                continue
+            u_out[i] = st.u
+            if st.se >= 2.0:
+                rest_out[i] = st.se - 1.0
+            else:                                    # se - 1 would cancel: sum the rest again
+                rest = 0.0
+                skipped = False
+                for k in range(kb):
+                    if not skipped and z[i, k] == st.m:
+                        skipped = True
+                    else:
+                        rest = rest + exp(<double> z[i, k] - st.m)
+                rest_out[i] = rest
+    if lsref_stopped(&tk):
+        _raise_pending()
 
 
 def block_grad(const flt[:, ::1] z,              # IN  (n, kb)
@@ -1070,35 +1154,35 @@ def block_grad(const flt[:, ::1] z,              # IN  (n, kb)
     cdef flt *g
     if n == 0 or kb == 0:
         return
-    cdef Py_ssize_t r0, r1, step = _block_rows(kb, 1)
-    cdef int nt = _nt(n_threads)
-    r0 = 0
-    while r0 < n:
-        r1 = _min(n, r0 + step)
-        with nogil:
-            for i in prange(r0, r1, schedule="static", num_threads=nt):
-                t = targets[i] - offset
-                a = coef_e[i]
-                c = coef_q[i]
-                g = &grad_out[i, 0]
-                if a == 0.0 and c == 0.0:                # an ignored row
-                    memset(g, 0, kb * sizeof(flt))
-                    continue
-                se = u = 0.0          # assigned in the loop body: private to each thread
+    cdef int nt = _nt(n_threads), tid
+    cdef lsref_ticker tk = lsref_ticker_new()
+    with nogil, parallel(num_threads=nt):
+        tid = lsref_thread_num()
+        for i in prange(n, schedule="static"):
+            if _interrupted(&tk, tid, kb):
+                continue
+            t = targets[i] - offset
+            a = coef_e[i]
+            c = coef_q[i]
+            g = &grad_out[i, 0]
+            if a == 0.0 and c == 0.0:                # an ignored row
+                memset(g, 0, kb * sizeof(flt))
+                continue
+            se = u = 0.0          # assigned in the loop body: private to each thread
+            if flt is float:
+                lsref_simd.expsum_f32(&z[i, 0], kb, <float> m[i], <float *> g, &se, &u)
+            else:
+                lsref_simd.expsum_f64(&z[i, 0], kb, m[i], <double *> g, &se, &u)
+            e_t = g[t] if 0 <= t < kb else 0.0
+            if w == NULL:
                 if flt is float:
-                    lsref_simd.expsum_f32(&z[i, 0], kb, <float> m[i], <float *> g, &se, &u)
+                    lsref_simd.affine_f32(<float *> g, kb, a, c * beta)
                 else:
-                    lsref_simd.expsum_f64(&z[i, 0], kb, m[i], <double *> g, &se, &u)
-                e_t = g[t] if 0 <= t < kb else 0.0
-                if w == NULL:
-                    if flt is float:
-                        lsref_simd.affine_f32(<float *> g, kb, a, c * beta)
-                    else:
-                        lsref_simd.affine_f64(<double *> g, kb, a, c * beta)
-                else:
-                    for k in range(kb):
-                        g[k] = <flt> (a * g[k] - c * w[k] * beta)
-                if 0 <= t < kb:
-                    g[t] = <flt> (a * e_t - c * (1.0 if w == NULL else w[t]) * q_t)
-        PyErr_CheckSignals()
-        r0 = r1
+                    lsref_simd.affine_f64(<double *> g, kb, a, c * beta)
+            else:
+                for k in range(kb):
+                    g[k] = <flt> (a * g[k] - c * w[k] * beta)
+            if 0 <= t < kb:
+                g[t] = <flt> (a * e_t - c * (1.0 if w == NULL else w[t]) * q_t)
+    if lsref_stopped(&tk):
+        _raise_pending()

@@ -389,8 +389,17 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
                            : (fabs(P->q_t) < 1e-2 * fabs(c) ? 0.0 : c);
             if (fabs(other) < 1e-2 * fabs(c)) fine = 0;
         }
-        if (fine && d_t == 0.0 && sej < 2.0 && g != NULL)
-            fine = 0;          /* its target gradient is refined in double by _row_index */
+        if (fine && d_t == 0.0 && sej < 2.0 && g != NULL) {
+            /* the target's gradient from the sum of the other terms, not 1 - p_t; a row
+               where that float sum is too coarse goes back to _row_index, which refines it
+               in double (the condition is _kernel.pyx's _float_rest_too_coarse) */
+            double pull = P->beta * (P->W - 1.0) + 2.0 * P->lam * (mj + log(sej));
+            rest = 0.0;
+            for (k = 0; k < K; k++) if (k != tt[j]) rest += (double)etv[k][j];
+            if (rest < 3.3546262790251185e-04 || fabs(P->q_t * rest) > fabs(pull - P->q_t * rest))
+                fine = 0;
+            else sej = 1.0 + rest;
+        }
         R[j] = rest;
         redo[i0 + j] = (unsigned char)!fine;
         if (!fine) { A[j] = 0.0; S[j] = 0.0; continue; }

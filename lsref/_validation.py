@@ -133,19 +133,24 @@ def check_axis(axis, ndim, name="axis"):
 MAX_THREADS = 256
 
 
+def _positive_int(name, value, kind):
+    """An integer >= 1 (not a bool); the messages name the argument and say what it must be."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be {kind}, got {value!r}")
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be {kind}, got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"{name} must be {kind}, got {n}")
+    return n
+
+
 def check_n_threads(n_threads):
     """None (the default count), or an integer in [1, MAX_THREADS]."""
     if n_threads is None:
         return None
-    if isinstance(n_threads, (bool, np.bool_)):
-        raise TypeError(f"n_threads must be None or a positive integer, got {n_threads!r}")
-    try:
-        n = operator.index(n_threads)
-    except TypeError:
-        raise TypeError(f"n_threads must be None or a positive integer, got {n_threads!r}") \
-            from None
-    if n < 1:
-        raise ValueError(f"n_threads must be None or a positive integer, got {n}")
+    n = _positive_int("n_threads", n_threads, "None or a positive integer")
     if n > MAX_THREADS:
         raise ValueError(f"n_threads={n} is more than the cap lsref.MAX_THREADS = "
                          f"{MAX_THREADS}")
@@ -154,16 +159,7 @@ def check_n_threads(n_threads):
 
 def check_num_classes(num_classes):
     """The number of classes of ``smooth_labels``: an integer >= 1 (not a bool)."""
-    if isinstance(num_classes, (bool, np.bool_)):
-        raise TypeError(f"num_classes must be a positive integer, got {num_classes!r}")
-    try:
-        K = operator.index(num_classes)
-    except TypeError:
-        raise TypeError(f"num_classes must be a positive integer, got {num_classes!r}") \
-            from None
-    if K < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {K}")
-    return K
+    return _positive_int("num_classes", num_classes, "a positive integer")
 
 
 def _position(shape, flat_index):

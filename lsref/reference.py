@@ -38,7 +38,7 @@ log-sum-exp and softmax functions", IMA J. Numer. Anal. 41 (2021).
 import numpy as np
 
 from ._validation import (SMOOTHINGS, check_axis, check_binary_problem, check_choice,
-                          check_float_array, check_problem)
+                          check_float_array, check_num_classes, check_problem)
 
 __all__ = ["logsumexp", "log_softmax", "softmax", "smooth_labels", "cross_entropy",
            "cross_entropy_grad", "value_and_grad", "binary_cross_entropy",
@@ -150,7 +150,7 @@ def smooth_labels(targets, num_classes, label_smoothing, *, smoothing="uniform",
     >>> reference.smooth_labels([0], 4, 0.1)
     array([[0.925, 0.025, 0.025, 0.025]])
     """
-    K = num_classes
+    K = check_num_classes(num_classes)
     targets = np.asarray(targets)
     if targets.dtype.kind in "iu":
         like = np.zeros(targets.shape + (K,))

@@ -390,9 +390,6 @@ def test_check_num_classes_names_the_argument(num_classes, exc):
     assert check_num_classes(np.int64(3)) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="reference.smooth_labels (the oracle's file) does not "
-                   "call _validation.check_num_classes yet: 0/-1/2.5/'3' give numpy's or "
-                   "check_problem's messages, not one naming num_classes")
 @pytest.mark.parametrize("num_classes,exc", [(0, ValueError), (-1, ValueError),
                                              (2.5, TypeError), ("3", TypeError)])
 def test_smooth_labels_num_classes_is_named(num_classes, exc):
