@@ -13,6 +13,7 @@ import shlex
 import subprocess
 import sys
 import sysconfig
+from pathlib import Path
 
 import pytest
 
@@ -271,3 +272,24 @@ def test_a_forced_vector_path_the_kernel_did_not_take_stops_the_run():
                        cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0
     assert "LSREF_SIMD='sse9' is not a vector path" in r.stdout + r.stderr
+
+
+def test_block_grad_sweep_sums_are_thread_private(tmp_path):
+    """block_grad's sweep writes its sums (se, u) through pointers: they must be private to
+    each thread of the parallel loop (shared, every thread wrote them at once: a data race,
+    undefined behaviour in C, though nothing reads them). Cython makes a variable private
+    when the loop body assigns it; the OpenMP clause it emits for the loop says so."""
+    pytest.importorskip("Cython")
+    import lsref
+    pkg = Path(lsref.__file__).parent
+    out = tmp_path / "kernel.c"
+    subprocess.run([sys.executable, "-m", "cython", "-3", "-I", str(pkg),
+                    str(pkg / "_kernel.pyx"), "-o", str(out)], check=True,
+                   capture_output=True, timeout=300)
+    c = out.read_text()
+    bodies = [b for b in c.split("static PyObject *__pyx_pf_")[1:]
+              if b.split("(", 1)[0].endswith("block_grad")]
+    loops = [line for b in bodies for line in b.splitlines() if "#pragma omp for" in line]
+    assert bodies and loops, "block_grad's parallel loop not found in the generated C"
+    for line in loops:
+        assert "lastprivate(__pyx_v_se)" in line and "lastprivate(__pyx_v_u)" in line, line
