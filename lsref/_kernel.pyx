@@ -96,7 +96,9 @@ cdef extern from *:
        every other thread of the call leaves alone). Only thread 0 of a parallel region,
        the caller itself, ticks. */
     #include <time.h>
-    typedef struct { Py_ssize_t budget; double next; int stop; } lsref_ticker;
+    /* stop is read by every thread at every row, budget and next written by thread 0 only:
+       64 bytes apart, on different cache lines (no false sharing) */
+    typedef struct { int stop; char pad[64]; Py_ssize_t budget; double next; } lsref_ticker;
     static inline double lsref_now(void) {
         struct timespec ts;
         timespec_get(&ts, TIME_UTC);
@@ -840,19 +842,26 @@ def ce_index(const stored_in[:, ::1] logits,     # IN  (N, K)
             P.ignore_index, P.has_ignore = ignore_index, has_ignore
             if want_grad:
                 g32 = <float *> &grad_out[0, 0]
-    with nogil, parallel(num_threads=nt):
-        tid = lsref_thread_num()
-        if stored_in is float:
-            if small:                       # whole blocks of 8 rows; redo[] flags the others
+    # Two parallel regions: the row loop reads the redo[] flags of every block, so the
+    # blocks must all be done first (the end of a region is a barrier; two loops in one
+    # region would not wait for each other).
+    if stored_in is float:
+        if small:                           # whole blocks of 8 rows; redo[] flags the others
+            with nogil, parallel(num_threads=nt):
+                tid = lsref_thread_num()
                 for b in prange(N // 8, schedule="static"):
                     if _interrupted(&tk, tid, 8 * K):
                         continue
                     lsref_small8_f32(&logits[0, 0], b * 8, K, &targets[0], &P,
                                      &loss_out[0], g32, &redo[0])
+            if lsref_stopped(&tk):
+                _raise_pending()
+    with nogil, parallel(num_threads=nt):
+        tid = lsref_thread_num()
         for i in prange(N, schedule="static"):
-            if _interrupted(&tk, tid, K):
-                continue
             if small and i < (N // 8) * 8 and not redo[i]:
+                continue                    # done by the small-K blocks
+            if _interrupted(&tk, tid, K):
                 continue
             t = targets[i]
             g = &grad_out[i, 0] if want_grad else NULL

@@ -376,7 +376,8 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
     _mm256_storeu_ps(et_f, zt);
     double A[8], S[8], G[8], R[8];
     float etv[16][8];
-    for (k = 0; k < K; k++) _mm256_storeu_ps(etv[k], e[k]);
+    if (g != NULL)
+        for (k = 0; k < K; k++) _mm256_storeu_ps(etv[k], e[k]);
     const double c = P->q_t + P->beta * (P->W - 1.0);          /* sum_k q_k */
     for (j = 0; j < 8; j++) {
         double mj = ms[j], sej = se_f[j], d_t = (double)et_f[j] - mj, rest = -1.0;
@@ -417,7 +418,8 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
         loss[i0 + j] = s * l;
         A[j] = s * (c + 2.0 * P->lam * lse) / sej;
         S[j] = s;
-        G[j] = R[j] >= 0.0 ? s * (P->beta * (P->W - 1.0) + 2.0 * P->lam * lse - P->q_t * R[j]) / sej
+        if (g != NULL)
+            G[j] = R[j] >= 0.0 ? s * (P->beta * (P->W - 1.0) + 2.0 * P->lam * lse - P->q_t * R[j]) / sej
                            : A[j] * (double)etv[tt[j]][j] - s * P->q_t;
     }
     if (g == NULL) return;

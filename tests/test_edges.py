@@ -272,3 +272,24 @@ def test_ctrl_c_stops_a_long_call(n_threads):
     r = _run(code, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "interrupted True" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_small_k_blocks_finish_before_the_row_loop_reads_their_flags(n_threads):
+    """The small-K kernel (float32, K <= 16) does whole blocks of 8 rows and flags the rows it
+    leaves to the per-row loop; the row loop must not start before every block is done.
+    Row counts whose block split and row split between threads differ, repeated; every row
+    against the oracle (a row read before its block flagged it is never computed)."""
+    rng = np.random.default_rng(21)
+    acc = kernel_accuracy(np.float32)
+    for N in range(8, 57):
+        z = rng.standard_normal((N, 10)).astype(np.float32)
+        t = rng.integers(0, 10, N)
+        z[::3, 0] += 12.0                     # dominated rows: flagged for the row loop
+        t[::3] = 0
+        ref_loss, ref_grad = lsref.reference.value_and_grad(z, t, reduction="none")
+        for _ in range(20):
+            loss, grad = lsref.value_and_grad(z, t, reduction="none", n_threads=n_threads)
+            np.testing.assert_allclose(loss, ref_loss, rtol=acc.loss_rtol)
+            np.testing.assert_allclose(grad, ref_grad, rtol=0,
+                                       atol=acc.grad_rtol * np.max(np.abs(ref_grad)))
