@@ -260,6 +260,9 @@ def test_ctrl_c_stops_a_long_call(n_threads):
     ran every row before Python saw the signal."""
     code = f"""
     import os, signal, threading, numpy as np, lsref
+    # Python's own Ctrl-C handler, also where this process was started with SIGINT ignored
+    # (a background job of a non-interactive shell)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     z = np.random.default_rng(0).standard_normal((4096, 32000)).astype(np.float16)
     out = np.full(z.shape, 7.0, np.float16)            # a value no gradient entry takes
     t = np.arange(4096) % 32000
