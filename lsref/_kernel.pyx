@@ -53,7 +53,7 @@
 
 from cython.parallel cimport parallel, prange
 from cpython.exc cimport PyErr_CheckSignals
-from libc.math cimport exp, expf, log, log1p, fabs, INFINITY, NAN, isfinite, isnan
+from libc.math cimport exp, expf, log, log1p, fabs, fmax, INFINITY, NAN, isfinite, isnan
 from libc.stdint cimport int64_t, uint16_t, int16_t, uint32_t
 from libc.string cimport memset
 
@@ -251,6 +251,7 @@ cdef extern from "_simd.h" nogil:
         const double *row_scale
         int64_t ignore_index
         int has_ignore
+        int refine_if_target_max, refine_if_other_max
     void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const int64_t *t,
                           const lsref_small_params *P, double *loss, float *g,
                           unsigned char *redo) noexcept nogil
@@ -515,14 +516,48 @@ cdef inline bint _mass_at_max(double other, double c) noexcept nogil:
     return fabs(other) < 1e-2 * fabs(c)
 
 
-cdef inline bint _float_rest_too_coarse(double rest, double qw_t, double pull) noexcept nogil:
-    """A dominated float32 row's target gradient, s (pull - qw_t rest) / se, from a rest
-    summed from float exps (relative error up to ~6e-7) is not within 1e-6 of max|g|: where
-    pull (the smoothing and z-loss terms) cancels more than half of qw_t rest, or where
-    every other class lies below exp(-8) of the target (there z_k - m rounded to float32
-    alone costs up to 2**-24 |z_k - m| ~ 5e-7 and more). Shared with the small-K blocks
-    (_simd.h), which leave such rows to _row_index."""
-    return rest < 3.3546262790251185e-04 or fabs(qw_t * rest) > fabs(pull - qw_t * rest)
+cdef inline bint _float_rest_too_coarse(const float *z, const float *e, Py_ssize_t K,
+                                        Py_ssize_t t, double m, double rest, double s,
+                                        double qw_t, double beta, double W_other,
+                                        const double *w, double c, double lam,
+                                        double L) noexcept nogil:
+    """Are the float exps e of a dominated float32 row (se = 1 + rest < 2, rest summed from
+    them in double) whose target t is its max too coarse for its gradient? Each exp is off
+    by at most 4e-7 relative (the float exponential with its rounding: 3.3e-7 measured,
+    tests/test_simd.py) plus 2**-24 |z_k - m| (z_k - m rounded to float), and the ones
+    below exp(-87) are 0. So
+      - the other entries, s (a e_k - beta w_k), are off by up to |s a| e_k (4e-7 + 2**-24
+        |z_k - m|): more than 1e-6 of max|g| where every class is far below the target
+        and the gradient is as small as they are (no smoothing);
+      - rest is off by up to drest = 4e-7 rest + 2**-24 ed + K exp(-87), ed = sum_k e_k
+        |z_k - m|, and the target's entry g_t = s (pull - qw_t rest) / se, pull = beta
+        W_other + 2 lam lse, by (|s| (|qw_t| + 2 |lam|) + |g_t|) drest / se (se and lse =
+        m + log1p(rest) move with rest): more than 1e-6 of max|g| where pull cancels most
+        of qw_t rest.
+    Too coarse where either worst case passes 0.9 of the 1e-6 bound on max|g|
+    (_tolerances.py; the rest is the result's own rounding to float, 6e-8): the row's exps
+    are then taken again in double. (Where max|g| is far below the terms a e_k and
+    beta w_k, at the optimum, that rounding alone exceeds it: no float32 result can do
+    better there, tests/conftest.py's term_scale.)"""
+    cdef double se = 1.0 + rest, lse = m + L
+    cdef double a = (c + 2.0 * lam * lse) / se, ed = 0.0, en = 0.0, gk = 0.0, x, d
+    cdef double g_t = s * (beta * W_other + 2.0 * lam * lse - qw_t * rest) / se
+    cdef double gmax, drest
+    cdef Py_ssize_t k
+    for k in range(K):
+        if e[k] != 0.0:                    # z_k = -inf adds 0, not 0 * inf
+            d = m - z[k]
+            ed += e[k] * d
+            if k != t:
+                en = fmax(en, e[k] * (4e-7 + 5.9604644775390625e-08 * d))
+        if k != t:
+            x = fabs(a * e[k] - beta * (1.0 if w == NULL else w[k]))
+            if x > gk:
+                gk = x
+    gmax = fmax(fabs(g_t), fabs(s) * gk)
+    drest = 4e-7 * rest + 5.9604644775390625e-08 * ed + K * 1.6458114e-38
+    return not ((fabs(s) * (fabs(qw_t) + 2.0 * fabs(lam)) + fabs(g_t)) * drest / se
+                <= 0.9e-6 * gmax and fabs(s * a) * en <= 0.9e-6 * gmax)   # NaN: coarse
 
 
 cdef inline row_stats _stats(const stored_in *z, Py_ssize_t K, const double *w,
@@ -709,12 +744,13 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
         if d_t == 0.0 and se < 2.0:
             if rest < 0.0:
                 rest = _rest_scratch(e, K) if scratch else _rest_exact(z, K, st.m)
-            # float32 logits: each stored exp carries up to ~6e-7 (expf, and z_k - m rounded
-            # to float), and so does their sum. Where that is too much for g_t, take the
-            # row's exps again in double from the exact z_k - m (_float_rest_too_coarse).
-            if stored_in is float and stored_out is float and not z_gone:
-                if _float_rest_too_coarse(rest, q_t * w_t,
-                                          beta * (W - w_t) + 2.0 * lam * (st.m + L)):
+            # float32 logits: each stored exp carries up to ~4e-7 (expf) and 2**-24
+            # |z_k - m| (z_k - m rounded to float), and so does their sum. Where that is too
+            # much for the row's gradient, take its exps again in double from the exact
+            # z_k - m (_float_rest_too_coarse).
+            if stored_in is float and stored_out is float and scratch and not z_gone:
+                if _float_rest_too_coarse(<const float *> z, <const float *> g, K, t, st.m,
+                                          rest, s, q_t * w_t, beta, W - w_t, w, c, lam, L):
                     rest = lsref_simd.rest_f32(z, K, st.m, <float *> g)
         if rest >= 0.0:
             se = 1.0 + rest
@@ -825,7 +861,7 @@ def ce_index(const stored_in[:, ::1] logits,     # IN  (N, K)
     cdef bint want_grad = grad_out is not None, small = False
     cdef stored_out *g
     cdef int64_t t
-    cdef double s
+    cdef double s, c
     cdef lsref_small_params P
     cdef float *g32 = NULL
     cdef int nt = _nt(n_threads), tid
@@ -840,6 +876,12 @@ def ce_index(const stored_in[:, ::1] logits,     # IN  (N, K)
             P.kl_const = (_xlogx(q_t) + (W - 1.0) * _xlogx(beta)) if kl else 0.0
             P.row_scale = rs
             P.ignore_index, P.has_ignore = ignore_index, has_ignore
+            # _row_index's rule for a dominated row's loss (the mass at the max class), which
+            # for unweighted rows depends only on whether the target is the max
+            c = q_t + beta * (W - 1.0)
+            P.refine_if_target_max = _mass_at_max(beta * (W - 1.0), c)
+            P.refine_if_other_max = (fabs(q_t) < 1e-2 * fabs(c)
+                                     and _mass_at_max(q_t + beta * (W - 2.0), c))
             if want_grad:
                 g32 = <float *> &grad_out[0, 0]
     # Two parallel regions: the row loop reads the redo[] flags of every block, so the

@@ -114,6 +114,11 @@ static inline double lsref_exp_neg_f64(double x)
  * entries go into the first lanes, then the lanes are folded pairwise. */
 #define LSREF_MAX_BODY(T, LANES)                                                             \
     T a[LANES]; Py_ssize_t k = 0, r; int j, h;                                               \
+    if (n < LANES) {               /* a short row: one accumulator, no fold of empty lanes */ \
+        a[0] = -INFINITY;                                                                    \
+        for (; k < n; k++) a[0] = z[k] > a[0] ? z[k] : a[0];                                 \
+        return a[0];                                                                         \
+    }                                                                                        \
     for (j = 0; j < LANES; j++) a[j] = -INFINITY;                                            \
     for (; k + LANES <= n; k += LANES)                                                       \
         for (j = 0; j < LANES; j++) a[j] = z[k + j] > a[j] ? z[k + j] : a[j];                \
@@ -230,6 +235,9 @@ typedef struct {
     const double *row_scale;                       /* sample weights, or NULL */
     int64_t ignore_index;
     int has_ignore;
+    /* a dominated row (se < 2) whose loss _row_index would refine (its _mass_at_max rule,
+       decided once per call in ce_index): when its max is the target / another class */
+    int refine_if_target_max, refine_if_other_max;
 } lsref_small_params;
 
 #if defined(LSREF_X86_DISPATCH)
@@ -338,6 +346,78 @@ static const lsref_simd_table lsref_simd_avx2 = { "avx2+fma", lsref_max_f32_avx2
     lsref_max_f64_avx2, lsref_expsum_f32_avx2i, lsref_expsum_f64_avx2, lsref_affine_f32_avx2,
     lsref_affine_f64_avx2, lsref_rest_f32_avx2 };
 
+/* exp(x) for x <= 0, 4 doubles: lsref_exp_neg_f64's reduction and polynomial (~1 ulp);
+ * x < -708 (and -inf) gives 0. */
+__attribute__((target("avx2,fma")))
+static inline __m256d lsref_exp_neg_v4d(__m256d x)
+{
+    const __m256d big = _mm256_set1_pd(6755399441055744.0);          /* 1.5 * 2^52 */
+    __m256d xc = _mm256_max_pd(x, _mm256_set1_pd(-708.0));
+    __m256d t = _mm256_fmadd_pd(xc, _mm256_set1_pd(1.4426950408889634074), big);
+    __m256d n = _mm256_sub_pd(t, big);
+    __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93147180369123816490e-01), xc);
+    r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.90821492927058770002e-10), r);
+    __m256d p = _mm256_set1_pd(1.0 / 6227020800.0);
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 479001600.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 39916800.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 3628800.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 362880.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 40320.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 5040.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 720.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 120.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 24.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 6.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.5));
+    p = _mm256_add_pd(_mm256_fmadd_pd(p, _mm256_mul_pd(r, r), r), _mm256_set1_pd(1.0));
+    __m256d s = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(
+                    _mm256_castpd_si256(t), _mm256_set1_epi64x(1023 - 0x4338000000000000ll)), 52));
+    return _mm256_and_pd(_mm256_mul_pd(p, s), _mm256_cmp_pd(x, _mm256_set1_pd(-708.0), _CMP_NLT_UQ));
+}
+
+/* rest = sum over k != t of exp(z_k - m), in double from the exact z_k - m, for a row of at
+ * most 16 classes whose max is z_t = m (its term, exactly 1, is left out). */
+__attribute__((target("avx2,fma")))
+static double lsref_rest_small_f32(const float *z, Py_ssize_t K, Py_ssize_t t, double m)
+{
+    const __m256d M = _mm256_set1_pd(m);
+    const __m128i lane = _mm_setr_epi32(0, 1, 2, 3);
+    __m256d acc = _mm256_setzero_pd();
+    double h[4];
+    Py_ssize_t k;
+    for (k = 0; k < K; k += 4) {                   /* the last 1..4 classes masked */
+        __m128i ks = _mm_add_epi32(_mm_set1_epi32((int)k), lane);
+        __m128i keep = _mm_andnot_si128(_mm_cmpeq_epi32(ks, _mm_set1_epi32((int)t)),
+                                        _mm_cmpgt_epi32(_mm_set1_epi32((int)K), ks));
+        __m256d d = _mm256_sub_pd(_mm256_cvtps_pd(_mm_maskload_ps(z + k, keep)), M);
+        acc = _mm256_add_pd(acc, _mm256_and_pd(lsref_exp_neg_v4d(d),
+                                               _mm256_castsi256_pd(_mm256_cvtepi32_epi64(keep))));
+    }
+    _mm256_storeu_pd(h, acc);
+    return (h[0] + h[1]) + (h[2] + h[3]);
+}
+
+/* One row of the small-K blocks from its max m, se = sum_k exp(z_k - m), d_t = z_t - m and
+ * u = sum_k (z_k - m): the loss into *loss, the gradient's factor A = s (c + 2 lam lse) / se
+ * and lse. Returns 1 (and writes nothing) where the KL form cancels: _row_index refines
+ * that row. log(se), not log1p(se - 1): a row kept here has no tiny loss (the refine flags
+ * of lsref_small_params), log's 1e-16 absolute error is far below its bound. */
+static inline int lsref_small_row(const lsref_small_params *P, double c, double s, double m,
+                                  double se, double d_t, double u, double *loss, double *A,
+                                  double *lse)
+{
+    double L = log(se), l = 0.0;
+    if (P->q_t != 0.0) l = P->q_t * (L - d_t);
+    if (P->beta != 0.0) l += P->beta * ((P->W - 1.0) * L - (u - d_t));
+    if (P->kl_const != 0.0 && fabs(l + P->kl_const) < 1e-2 * fabs(l)) return 1;
+    *lse = m + L;
+    if (P->lam != 0.0) l += P->lam * *lse * *lse;
+    l += P->kl_const;
+    *loss = s * l;
+    *A = s * (c + 2.0 * P->lam * *lse) / se;
+    return 0;
+}
+
 __attribute__((target("avx2,fma")))
 static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const int64_t *t,
                              const lsref_small_params *P, double *loss, float *g,
@@ -374,55 +454,47 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
     _mm256_storeu_ps(se_f, se);
     _mm256_storeu_ps(u_f, u);
     _mm256_storeu_ps(et_f, zt);
-    double A[8], S[8], G[8], R[8];
+    double A[8], S[8], G[8], lse[8];
     float etv[16][8];
     if (g != NULL)
         for (k = 0; k < K; k++) _mm256_storeu_ps(etv[k], e[k]);
     const double c = P->q_t + P->beta * (P->W - 1.0);          /* sum_k q_k */
+    const int refine_t = P->refine_if_target_max, refine_o = P->refine_if_other_max;
+    unsigned dom = 0;                              /* bit j: row j's target dominates */
     for (j = 0; j < 8; j++) {
-        double mj = ms[j], sej = se_f[j], d_t = (double)et_f[j] - mj, rest = -1.0;
-        /* A row that _row_index would refine goes back to it: a dominated row whose loss may
-           be tiny (its mass all on the max class), or whose target gradient needs the
-           logits in double (every other class below exp(-8) of it). */
+        double mj = ms[j], sej = se_f[j], d_t = (double)et_f[j] - mj;
         int fine = ok[j] && isfinite(mj) && isfinite(sej) && isfinite(d_t);
-        if (fine && sej < 2.0) {
-            double other = d_t == 0.0 ? P->beta * (P->W - 1.0)
-                           : (fabs(P->q_t) < 1e-2 * fabs(c) ? 0.0 : c);
-            if (fabs(other) < 1e-2 * fabs(c)) fine = 0;
-        }
-        if (fine && d_t == 0.0 && sej < 2.0 && g != NULL) {
-            /* the target's gradient from the sum of the other terms, not 1 - p_t; a row
-               where that float sum is too coarse goes back to _row_index, which refines it
-               in double (the condition is _kernel.pyx's _float_rest_too_coarse) */
-            double pull = P->beta * (P->W - 1.0) + 2.0 * P->lam * (mj + log(sej));
-            rest = 0.0;
-            for (k = 0; k < K; k++) if (k != tt[j]) rest += (double)etv[k][j];
-            if (rest < 3.3546262790251185e-04 || fabs(P->q_t * rest) > fabs(pull - P->q_t * rest))
-                fine = 0;
-            else sej = 1.0 + rest;
-        }
-        R[j] = rest;
+        /* a dominated row whose loss _row_index would refine goes back to it */
+        if ((refine_t | refine_o) && fine && sej < 2.0 && (d_t == 0.0 ? refine_t : refine_o))
+            fine = 0;
+        dom |= (unsigned)(fine && d_t == 0.0 && sej < 2.0) << j;
+        S[j] = P->row_scale ? P->scale * P->row_scale[i0 + j] : P->scale;
+        if (fine && lsref_small_row(P, c, S[j], mj, sej, d_t, (double)u_f[j],
+                                    &loss[i0 + j], &A[j], &lse[j]))
+            fine = 0;                              /* KL cancels: the row path refines it */
         redo[i0 + j] = (unsigned char)!fine;
-        if (!fine) { A[j] = 0.0; S[j] = 0.0; continue; }
-        double s = P->row_scale ? P->scale * P->row_scale[i0 + j] : P->scale;
-        double L = rest >= 0.0 ? log1p(rest) : log(sej), lse = mj + L, l = 0.0;
-        if (P->q_t != 0.0) l = P->q_t * (L - d_t);
-        if (P->beta != 0.0) l += P->beta * ((P->W - 1.0) * L - ((double)u_f[j] - d_t));
-        if (P->kl_const != 0.0 && fabs(l + P->kl_const) < 1e-2 * fabs(l)) {
-            redo[i0 + j] = 1;                      /* KL cancels: the row path refines it */
+        if (!fine) { A[j] = 0.0; S[j] = 0.0; dom &= ~(1u << j); }
+    }
+    if (g == NULL) return;
+    for (j = 0; j < 8; j++)
+        G[j] = A[j] * (double)etv[tt[j]][j] - S[j] * P->q_t;
+    /* A dominated row's target gradient s (c p_t - q_t) cancels: from the sum of the other
+       terms instead, rest = se - 1, taken again from the logits in double (for K <= 16
+       cheaper than judging whether the float exps would do, as _row_index does), and the
+       row's loss and A with it. */
+    for (j = 0; dom != 0; j++, dom >>= 1) {
+        double rest, sej;
+        if (!(dom & 1u)) continue;
+        rest = lsref_rest_small_f32(base + j * K, K, tt[j], ms[j]);
+        sej = 1.0 + rest;
+        if (lsref_small_row(P, c, S[j], ms[j], sej, (double)et_f[j] - ms[j],
+                            (double)u_f[j], &loss[i0 + j], &A[j], &lse[j])) {
+            redo[i0 + j] = 1;
             A[j] = 0.0; S[j] = 0.0;
             continue;
         }
-        if (P->lam != 0.0) l += P->lam * lse * lse;
-        l += P->kl_const;
-        loss[i0 + j] = s * l;
-        A[j] = s * (c + 2.0 * P->lam * lse) / sej;
-        S[j] = s;
-        if (g != NULL)
-            G[j] = R[j] >= 0.0 ? s * (P->beta * (P->W - 1.0) + 2.0 * P->lam * lse - P->q_t * R[j]) / sej
-                           : A[j] * (double)etv[tt[j]][j] - s * P->q_t;
+        G[j] = S[j] * (P->beta * (P->W - 1.0) + 2.0 * P->lam * lse[j] - P->q_t * rest) / sej;
     }
-    if (g == NULL) return;
     float tmp[16][8];
     __m256 Av = _mm256_setr_ps((float)A[0], (float)A[1], (float)A[2], (float)A[3],
                                (float)A[4], (float)A[5], (float)A[6], (float)A[7]);
