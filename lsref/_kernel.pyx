@@ -53,7 +53,7 @@
 
 from cython.parallel cimport parallel, prange
 from cpython.exc cimport PyErr_CheckSignals
-from libc.math cimport exp, expf, log, log1p, fabs, fmax, INFINITY, NAN, isfinite, isnan
+from libc.math cimport exp, expf, log, log1p, fabs, INFINITY, NAN, isfinite, isnan
 from libc.stdint cimport int64_t, uint16_t, int16_t, uint32_t
 from libc.string cimport memset
 
@@ -516,48 +516,35 @@ cdef inline bint _mass_at_max(double other, double c) noexcept nogil:
     return fabs(other) < 1e-2 * fabs(c)
 
 
-cdef inline bint _float_rest_too_coarse(const float *z, const float *e, Py_ssize_t K,
-                                        Py_ssize_t t, double m, double rest, double s,
-                                        double qw_t, double beta, double W_other,
-                                        const double *w, double c, double lam,
-                                        double L) noexcept nogil:
-    """Are the float exps e of a dominated float32 row (se = 1 + rest < 2, rest summed from
-    them in double) whose target t is its max too coarse for its gradient? Each exp is off
-    by at most 4e-7 relative (the float exponential with its rounding: 3.3e-7 measured,
-    tests/test_simd.py) plus 2**-24 |z_k - m| (z_k - m rounded to float), and the ones
-    below exp(-87) are 0. So
-      - the other entries, s (a e_k - beta w_k), are off by up to |s a| e_k (4e-7 + 2**-24
-        |z_k - m|): more than 1e-6 of max|g| where every class is far below the target
-        and the gradient is as small as they are (no smoothing);
-      - rest is off by up to drest = 4e-7 rest + 2**-24 ed + K exp(-87), ed = sum_k e_k
-        |z_k - m|, and the target's entry g_t = s (pull - qw_t rest) / se, pull = beta
-        W_other + 2 lam lse, by (|s| (|qw_t| + 2 |lam|) + |g_t|) drest / se (se and lse =
-        m + log1p(rest) move with rest): more than 1e-6 of max|g| where pull cancels most
-        of qw_t rest.
-    Too coarse where either worst case passes 0.9 of the 1e-6 bound on max|g|
-    (_tolerances.py; the rest is the result's own rounding to float, 6e-8): the row's exps
-    are then taken again in double. (Where max|g| is far below the terms a e_k and
-    beta w_k, at the optimum, that rounding alone exceeds it: no float32 result can do
-    better there, tests/conftest.py's term_scale.)"""
-    cdef double se = 1.0 + rest, lse = m + L
-    cdef double a = (c + 2.0 * lam * lse) / se, ed = 0.0, en = 0.0, gk = 0.0, x, d
-    cdef double g_t = s * (beta * W_other + 2.0 * lam * lse - qw_t * rest) / se
-    cdef double gmax, drest
-    cdef Py_ssize_t k
-    for k in range(K):
-        if e[k] != 0.0:                    # z_k = -inf adds 0, not 0 * inf
-            d = m - z[k]
-            ed += e[k] * d
-            if k != t:
-                en = fmax(en, e[k] * (4e-7 + 5.9604644775390625e-08 * d))
-        if k != t:
-            x = fabs(a * e[k] - beta * (1.0 if w == NULL else w[k]))
-            if x > gk:
-                gk = x
-    gmax = fmax(fabs(g_t), fabs(s) * gk)
-    drest = 4e-7 * rest + 5.9604644775390625e-08 * ed + K * 1.6458114e-38
-    return not ((fabs(s) * (fabs(qw_t) + 2.0 * fabs(lam)) + fabs(g_t)) * drest / se
-                <= 0.9e-6 * gmax and fabs(s * a) * en <= 0.9e-6 * gmax)   # NaN: coarse
+cdef inline bint _float_rest_too_coarse(double rest, Py_ssize_t K, double s, double qw_t,
+                                        double pull, double c, double lam,
+                                        double lse) noexcept nogil:
+    """Are the float exps e_k of a dominated float32 row (se = 1 + rest < 2, rest summed from
+    them in double) whose target t is its max too coarse for its gradient? Each e_k is off
+    by at most e_k (4e-7 + 2**-24 d_k), d_k = m - z_k: the float exponential with its
+    rounding (3.3e-7 measured, tests/test_simd.py) and z_k - m rounded to float; those below
+    exp(-87) are 0. Over the K - 1 others, sum_k e_k d_k <= rest log((K - 1) / rest) (equal
+    terms are the worst case) and e_k (4e-7 + 2**-24 d_k) <= rest (4e-7 + 2**-24 log(1 /
+    rest)) (it grows with e_k <= rest); so
+      - rest is off by up to drest = rest (4e-7 + 2**-24 log((K - 1) / rest)) + K exp(-87),
+        and g_t = s (pull - qw_t rest) / se by (|s| (|qw_t| + 2 |lam|) + |g_t|) drest / se
+        (se and lse move with rest): large where pull cancels most of qw_t rest;
+      - every other entry s (a e_k - beta w_k), a = (c + 2 lam lse) / se, by up to |s a| rest
+        (4e-7 + 2**-24 log(1 / rest)): large where every class is far below the target and
+        the gradient is as small as they are (no smoothing).
+    Too coarse where either passes 0.9 of the 1e-6 bound (_tolerances.py; the rest is the
+    result's own rounding to float) of |g_t| <= max|g|: the row's exps are then taken again
+    in double. (Where max|g| is far below the terms a e_k and beta w_k, at the optimum, that
+    rounding alone can exceed it: no float32 result does better, tests/conftest.py's
+    term_scale.)"""
+    cdef double se = 1.0 + rest
+    cdef double g_t = fabs(s * (pull - qw_t * rest) / se), bound = 0.9e-6 * g_t
+    cdef double far = log(1.0 / rest) if rest < 1.0 else 0.0
+    cdef double drest = rest * (4e-7 + 5.9604644775390625e-08 * log(max(K - 1, 1) / rest)
+                                ) + K * 1.6458114e-38
+    return not ((fabs(s) * (fabs(qw_t) + 2.0 * fabs(lam)) + g_t) * drest / se <= bound
+                and fabs(s * (c + 2.0 * lam * lse) / se) * rest
+                    * (4e-7 + 5.9604644775390625e-08 * far) <= bound)     # NaN: too coarse
 
 
 cdef inline row_stats _stats(const stored_in *z, Py_ssize_t K, const double *w,
@@ -749,8 +736,8 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
             # much for the row's gradient, take its exps again in double from the exact
             # z_k - m (_float_rest_too_coarse).
             if stored_in is float and stored_out is float and scratch and not z_gone:
-                if _float_rest_too_coarse(<const float *> z, <const float *> g, K, t, st.m,
-                                          rest, s, q_t * w_t, beta, W - w_t, w, c, lam, L):
+                if _float_rest_too_coarse(rest, K, s, q_t * w_t,
+                                          beta * (W - w_t) + 2.0 * lam * lse, c, lam, lse):
                     rest = lsref_simd.rest_f32(z, K, st.m, <float *> g)
         if rest >= 0.0:
             se = 1.0 + rest

@@ -375,10 +375,12 @@ static inline __m256d lsref_exp_neg_v4d(__m256d x)
     return _mm256_and_pd(_mm256_mul_pd(p, s), _mm256_cmp_pd(x, _mm256_set1_pd(-708.0), _CMP_NLT_UQ));
 }
 
-/* rest = sum over k != t of exp(z_k - m), in double from the exact z_k - m, for a row of at
- * most 16 classes whose max is z_t = m (its term, exactly 1, is left out). */
+/* A row of at most 16 classes whose max is z_t = m, in double from the exact z_k - m: its
+ * exps into ex[0..K) (ex has room for 16) and rest = sum over k != t of them (the max term,
+ * exactly 1, left out). */
 __attribute__((target("avx2,fma")))
-static double lsref_rest_small_f32(const float *z, Py_ssize_t K, Py_ssize_t t, double m)
+static double lsref_rest_small_f32(const float *z, Py_ssize_t K, Py_ssize_t t, double m,
+                                   double *ex)
 {
     const __m256d M = _mm256_set1_pd(m);
     const __m128i lane = _mm_setr_epi32(0, 1, 2, 3);
@@ -387,14 +389,37 @@ static double lsref_rest_small_f32(const float *z, Py_ssize_t K, Py_ssize_t t, d
     Py_ssize_t k;
     for (k = 0; k < K; k += 4) {                   /* the last 1..4 classes masked */
         __m128i ks = _mm_add_epi32(_mm_set1_epi32((int)k), lane);
-        __m128i keep = _mm_andnot_si128(_mm_cmpeq_epi32(ks, _mm_set1_epi32((int)t)),
-                                        _mm_cmpgt_epi32(_mm_set1_epi32((int)K), ks));
-        __m256d d = _mm256_sub_pd(_mm256_cvtps_pd(_mm_maskload_ps(z + k, keep)), M);
-        acc = _mm256_add_pd(acc, _mm256_and_pd(lsref_exp_neg_v4d(d),
-                                               _mm256_castsi256_pd(_mm256_cvtepi32_epi64(keep))));
+        __m128i in = _mm_cmpgt_epi32(_mm_set1_epi32((int)K), ks);
+        __m128i other = _mm_andnot_si128(_mm_cmpeq_epi32(ks, _mm_set1_epi32((int)t)), in);
+        __m256d v = lsref_exp_neg_v4d(_mm256_sub_pd(_mm256_cvtps_pd(_mm_maskload_ps(z + k, in)),
+                                                    M));
+        _mm256_storeu_pd(ex + k, v);
+        acc = _mm256_add_pd(acc, _mm256_and_pd(v, _mm256_castsi256_pd(
+                                                      _mm256_cvtepi32_epi64(other))));
     }
     _mm256_storeu_pd(h, acc);
     return (h[0] + h[1]) + (h[2] + h[3]);
+}
+
+__attribute__((target("avx2,fma")))
+static inline void lsref_transpose8(__m256 r[8])
+{
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 
 /* One row of the small-K blocks from its max m, se = sum_k exp(z_k - m), d_t = z_t - m and
@@ -460,7 +485,8 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
         for (k = 0; k < K; k++) _mm256_storeu_ps(etv[k], e[k]);
     const double c = P->q_t + P->beta * (P->W - 1.0);          /* sum_k q_k */
     const int refine_t = P->refine_if_target_max, refine_o = P->refine_if_other_max;
-    unsigned dom = 0;                              /* bit j: row j's target dominates */
+    unsigned dom = 0, bits;                        /* bit j: row j's target dominates */
+    double ex[8][16];                              /* a dominated row's exps in double */
     for (j = 0; j < 8; j++) {
         double mj = ms[j], sej = se_f[j], d_t = (double)et_f[j] - mj;
         int fine = ok[j] && isfinite(mj) && isfinite(sej) && isfinite(d_t);
@@ -479,34 +505,51 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
     for (j = 0; j < 8; j++)
         G[j] = A[j] * (double)etv[tt[j]][j] - S[j] * P->q_t;
     /* A dominated row's target gradient s (c p_t - q_t) cancels: from the sum of the other
-       terms instead, rest = se - 1, taken again from the logits in double (for K <= 16
-       cheaper than judging whether the float exps would do, as _row_index does), and the
-       row's loss and A with it. */
-    for (j = 0; dom != 0; j++, dom >>= 1) {
+       terms instead, rest = se - 1. Its exps are taken again from the logits in double (for
+       K <= 16 cheaper than judging whether the float ones would do, as _row_index does):
+       rest, the loss, A and every entry of its gradient from them. */
+    for (j = 0, bits = dom; bits != 0; j++, bits >>= 1) {
         double rest, sej;
-        if (!(dom & 1u)) continue;
-        rest = lsref_rest_small_f32(base + j * K, K, tt[j], ms[j]);
+        if (!(bits & 1u)) continue;
+        rest = lsref_rest_small_f32(base + j * K, K, tt[j], ms[j], ex[j]);
         sej = 1.0 + rest;
         if (lsref_small_row(P, c, S[j], ms[j], sej, (double)et_f[j] - ms[j],
                             (double)u_f[j], &loss[i0 + j], &A[j], &lse[j])) {
             redo[i0 + j] = 1;
             A[j] = 0.0; S[j] = 0.0;
+            dom &= ~(1u << j);
             continue;
         }
         G[j] = S[j] * (P->beta * (P->W - 1.0) + 2.0 * P->lam * lse[j] - P->q_t * rest) / sej;
     }
-    float tmp[16][8];
     __m256 Av = _mm256_setr_ps((float)A[0], (float)A[1], (float)A[2], (float)A[3],
                                (float)A[4], (float)A[5], (float)A[6], (float)A[7]);
     __m256 Bv = _mm256_setr_ps((float)(S[0] * P->beta), (float)(S[1] * P->beta),
                                (float)(S[2] * P->beta), (float)(S[3] * P->beta),
                                (float)(S[4] * P->beta), (float)(S[5] * P->beta),
                                (float)(S[6] * P->beta), (float)(S[7] * P->beta));
-    for (k = 0; k < K; k++) _mm256_storeu_ps(tmp[k], _mm256_fmsub_ps(Av, e[k], Bv));
+    /* g = A e - B for classes 0..7 and 8..15, turned from one class per vector into one row
+       per vector, and each row stored with (masked) vector stores */
+    __m256 lo[8], hi[8];
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i keep_lo = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)K), lane);
+    const __m256i keep_hi = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)K - 8), lane);
+    for (k = 0; k < 8; k++)
+        lo[k] = k < K ? _mm256_fmsub_ps(Av, e[k], Bv) : _mm256_setzero_ps();
+    lsref_transpose8(lo);
+    if (K > 8) {
+        for (k = 0; k < 8; k++)
+            hi[k] = k + 8 < K ? _mm256_fmsub_ps(Av, e[k + 8], Bv) : _mm256_setzero_ps();
+        lsref_transpose8(hi);
+    }
     for (j = 0; j < 8; j++) {
-        if (redo[i0 + j]) continue;
         float *row = g + (i0 + j) * K;
-        for (k = 0; k < K; k++) row[k] = tmp[k][j];
+        if (redo[i0 + j]) continue;
+        if (K >= 8) _mm256_storeu_ps(row, lo[j]);
+        else _mm256_maskstore_ps(row, keep_lo, lo[j]);
+        if (K > 8) _mm256_maskstore_ps(row + 8, keep_hi, hi[j]);
+        if (dom & (1u << j))
+            for (k = 0; k < K; k++) row[k] = (float)(A[j] * ex[j][k] - S[j] * P->beta);
         row[tt[j]] = (float)G[j];
     }
 }

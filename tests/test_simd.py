@@ -117,7 +117,7 @@ def test_small_k_block_kernel_matches_oracle_and_row_path():
     from lsref import reference as R
     import lsref
     rng = np.random.default_rng(81)
-    for K in (2, 10, 16):
+    for K in (2, 3, 7, 8, 9, 10, 15, 16):      # each way a row is stored (K <, =, > 8)
         z, t = _small_k_problem(K, rng)
         sw = rng.random(len(t)) + 0.5
         for kw in (dict(label_smoothing=0.0), dict(label_smoothing=0.1),
