@@ -371,8 +371,9 @@ static inline __m256d lsref_exp_neg_v4d(__m256d x)
     p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.5));
     p = _mm256_add_pd(_mm256_fmadd_pd(p, _mm256_mul_pd(r, r), r), _mm256_set1_pd(1.0));
     __m256d s = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(
-                    _mm256_castpd_si256(t), _mm256_set1_epi64x(1023 - 0x4338000000000000ll)), 52));
-    return _mm256_and_pd(_mm256_mul_pd(p, s), _mm256_cmp_pd(x, _mm256_set1_pd(-708.0), _CMP_NLT_UQ));
+        _mm256_castpd_si256(t), _mm256_set1_epi64x(1023 - 0x4338000000000000ll)), 52));
+    return _mm256_and_pd(_mm256_mul_pd(p, s),
+                         _mm256_cmp_pd(x, _mm256_set1_pd(-708.0), _CMP_NLT_UQ));
 }
 
 /* A row of at most 16 classes whose max is z_t = m, in double from the exact z_k - m: its
@@ -401,6 +402,7 @@ static double lsref_rest_small_f32(const float *z, Py_ssize_t K, Py_ssize_t t, d
     return (h[0] + h[1]) + (h[2] + h[3]);
 }
 
+/* An 8 x 8 block of floats transposed in registers: lane j of r[i] becomes lane i of r[j]. */
 __attribute__((target("avx2,fma")))
 static inline void lsref_transpose8(__m256 r[8])
 {
