@@ -118,6 +118,12 @@ cdef extern from *:
     #define LSREF_LOAD(x) (*(volatile int *)&(x))
     #define LSREF_STORE(x, v) (*(volatile int *)&(x) = (v))
     #endif
+    /* a branch the rows rarely take: its code out of the hot path, nothing of it hoisted */
+    #if defined(__GNUC__) || defined(__clang__)
+    #define lsref_unlikely(x) __builtin_expect(!!(x), 0)
+    #else
+    #define lsref_unlikely(x) (x)
+    #endif
     /* every thread: has the call been interrupted? */
     static inline int lsref_stopped(lsref_ticker *t) { return LSREF_LOAD(t->stop); }
     /* thread 0, holding the GIL: run Python's signal handlers; an exception they raise
@@ -217,6 +223,7 @@ cdef extern from *:
     """
     int LSREF_OPENMP
     int lsref_thread_num() nogil
+    bint lsref_unlikely(bint) nogil
     ctypedef struct lsref_ticker:
         pass
     lsref_ticker lsref_ticker_new() nogil
@@ -680,29 +687,32 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
     cdef bint z_gone = scratch and <const void *> g == <const void *> z
     cdef row_stats st = _stats(z, K, w, e)
     cdef double c = q_t * w_t + beta * (W - w_t)      # sum_k w_k q_k
-    cdef double L, lse, d_t, u_other, loss, A, B, e_t, other, minus_h, se
+    cdef double L, lse, d_t, u_other, loss, A, B, e_t, minus_h, se
     cdef double rest = -1.0                # sum of the non-max exps, where computed accurately
+    cdef bint refine
     cdef Py_ssize_t k
     # The NaN rule comes first (SEMANTICS.md): every z_k = -inf (m = -inf), some z_k = +inf
     # (m = +inf) or a NaN (passed over by the max, it reaches se) make the row NaN whatever
     # its target mass.
-    if not isfinite(st.m) or isnan(st.se):
+    if lsref_unlikely(not isfinite(st.m) or isnan(st.se)):
         if g != NULL:
             _fill_nan(g, K)
         return NAN
     d_t = zt - st.m
     se = st.se
-    if se < 2.0:                           # a dominated row: log(se) may need the exact rest
-        if d_t == 0.0:
-            other = beta * (W - w_t)
-        elif fabs(q_t * w_t) < 1e-2 * fabs(c):
-            other = q_t * w_t + beta * (W - w_t - (1.0 if w == NULL else
-                                                   w[_first_max(z, K, st.m)] if not z_gone
-                                                   else w[_first_max(e, K, 1.0)]))
-        else:
-            other = c
-        if _mass_at_max(other, c):
-            rest = _rest_scratch(e, K) if z_gone else _rest_exact(z, K, st.m)
+    # A dominated row (se < 2) whose target mass sits (almost) all on its max class: log(se)
+    # needs the exact rest (_mass_at_max). Tested in an order that keeps ordinary rows off
+    # branches on se (a coin flip per row).
+    if d_t == 0.0:                         # the target is the max
+        refine = _mass_at_max(beta * (W - w_t), c) and se < 2.0
+    elif lsref_unlikely(fabs(q_t * w_t) < 1e-2 * fabs(c) and se < 2.0):   # another class is
+        refine = _mass_at_max(q_t * w_t + beta * (W - w_t - (      # the max, the target light
+            1.0 if w == NULL else w[_first_max(z, K, st.m)] if not z_gone
+            else w[_first_max(e, K, 1.0)])), c)
+    else:
+        refine = False
+    if lsref_unlikely(refine):
+        rest = _rest_scratch(e, K) if z_gone else _rest_exact(z, K, st.m)
     L = log1p(rest) if rest >= 0.0 else log(se)
     u_other = 0.0
     if beta != 0.0:
@@ -728,7 +738,7 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
         # The target of a dominated row: g_t = s (c p_t - q_t w_t) with p_t ~ 1 cancels; with
         # p_t = 1/se and 1 - p_t = rest/se it is s (beta (W - w_t) + 2 lam lse - q_t w_t rest)
         # / se, from the sum of the other terms (the exps already in the row, or the logits).
-        if d_t == 0.0 and se < 2.0:
+        if lsref_unlikely(d_t == 0.0 and se < 2.0):
             if rest < 0.0:
                 rest = _rest_scratch(e, K) if scratch else _rest_exact(z, K, st.m)
             # float32 logits: each stored exp carries up to ~4e-7 (expf) and 2**-24
