@@ -853,6 +853,7 @@ def ce_index(const stored_in[:, ::1] logits,     # IN  (N, K)
     rows go through the across-rows kernel of _simd.h first; the per-row loop then does the
     remaining rows and the ones that kernel flagged."""
     cdef Py_ssize_t N = logits.shape[0], K = logits.shape[1], i, b
+    cdef Py_ssize_t n_blocked = 0          # rows 0..n_blocked-1: in the small-K blocks
     cdef const double *w = NULL if class_weight is None else &class_weight[0]
     cdef const double *rs = NULL if row_scale is None else &row_scale[0]
     cdef bint want_grad = grad_out is not None, small = False
@@ -869,6 +870,7 @@ def ce_index(const stored_in[:, ::1] logits,     # IN  (N, K)
         if (redo is not None and w == NULL and K <= 16 and N >= 8
                 and lsref_small8_available() and (stored_out is float or not want_grad)):
             small = True
+            n_blocked = (N // 8) * 8
             P.q_t, P.beta, P.W, P.scale, P.lam = q_t, beta, W, scale, z_loss
             P.kl_const = (_xlogx(q_t) + (W - 1.0) * _xlogx(beta)) if kl else 0.0
             P.row_scale = rs
@@ -898,7 +900,7 @@ def ce_index(const stored_in[:, ::1] logits,     # IN  (N, K)
     with nogil, parallel(num_threads=nt):
         tid = lsref_thread_num()
         for i in prange(N, schedule="static"):
-            if small and i < (N // 8) * 8 and not redo[i]:
+            if i < n_blocked and not redo[i]:
                 continue                    # done by the small-K blocks
             if _interrupted(&tk, tid, K):
                 continue
