@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 from numpy.testing import assert_array_equal
 
 from lsref import _kernel
@@ -157,6 +158,50 @@ def test_small_k_block_kernel_matches_oracle_and_row_path():
             assert_array_equal(np.isnan(grad2), np.isnan(ref_grad))
             fin = np.all(np.isfinite(ref_grad), axis=1)
             assert_close_to_oracle(ref_loss, grad2[fin], ref_loss, ref_grad[fin], np.float32)
+
+
+def _dominated_rows(K, n=4096, seed=5):
+    """float32 rows whose target leads every other class by 3 to 20 (se < 2 for most): with
+    small smoothing their loss is far below the target mass c, so a few float roundings of
+    1 + e_k in the exp sum are already 1e-6 of it."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, K)).astype(np.float32)
+    t = rng.integers(0, K, n)
+    z[np.arange(n), t] = z.max(axis=1) + rng.uniform(3, 20, n).astype(np.float32)
+    return z, t
+
+
+def _dominated_loss_error(K, eps):
+    from lsref import reference as R
+    import lsref
+    z, t = _dominated_rows(K)
+    ref = R.cross_entropy(z.astype(np.float64), t, label_smoothing=eps, reduction="none")
+    loss = lsref.cross_entropy(z, t, label_smoothing=eps, reduction="none")
+    vg_loss = lsref.value_and_grad(z, t, label_smoothing=eps, reduction="none")[0]
+    return max(np.max(np.abs(loss - ref) / ref), np.max(np.abs(vg_loss - ref) / ref))
+
+
+SMALL_K_BLOCKS = _kernel.SIMD_PATH != "generic"   # the across-rows kernel runs (AVX2+FMA)
+
+
+@pytest.mark.skipif(not SMALL_K_BLOCKS, reason="the small-K blocks run on AVX2 CPUs only")
+@pytest.mark.parametrize("K", [3, 10, 16])
+@pytest.mark.parametrize("eps", [0.01, 0.02, 0.05])
+def test_small_k_blocks_dominated_row_loss_within_bound(K, eps):
+    """The small-K blocks count a row's max terms (exactly 1) apart from the float sum of the
+    others: before, K = 3/10/16 at eps = 0.02 gave 1.4e-6/2.4e-6/2.7e-6 of the loss (loss
+    only; value_and_grad took such rows again in double)."""
+    assert _dominated_loss_error(K, eps) <= kernel_accuracy(np.float32).loss_rtol
+
+
+# Strict where measured (this fails on those paths today: when it passes, drop the mark);
+# the AVX-512 sweeps' float partial sums round differently and were not measured.
+@pytest.mark.xfail(strict=_kernel.SIMD_PATH in ("generic", "avx2+fma"),
+                   reason="known: the row sweeps add the max term (1) into float partial "
+                   "sums; a dominated float32 row with small smoothing loses up to ~1.7e-6 "
+                   "of its loss (K = 300, eps = 0.02: 1.2e-6 on AVX2, 1.7e-6 generic)")
+def test_row_path_dominated_row_loss_within_bound():
+    assert _dominated_loss_error(300, 0.02) <= kernel_accuracy(np.float32).loss_rtol
 
 
 def _max_sweep_rows(n, dtype):
