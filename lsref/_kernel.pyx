@@ -251,6 +251,8 @@ cdef extern from "_simd.h" nogil:
         void (*affine_f32)(float *, Py_ssize_t, double, double) noexcept nogil
         void (*affine_f64)(double *, Py_ssize_t, double, double) noexcept nogil
         double (*rest_f32)(const float *, Py_ssize_t, double, float *) noexcept nogil
+        double (*rest_sum_f32)(const float *, Py_ssize_t, double) noexcept nogil
+        int f32_sum_run
     lsref_simd_table lsref_simd
     int lsref_simd_init(const char *force)
     ctypedef struct lsref_small_params:
@@ -554,6 +556,30 @@ cdef inline bint _float_rest_too_coarse(double rest, Py_ssize_t K, double s, dou
                     * (4e-7 + 5.9604644775390625e-08 * far) <= bound)     # NaN: too coarse
 
 
+cdef inline bint _float_se_too_coarse(double se, Py_ssize_t K, double c,
+                                      double loss) noexcept nogil:
+    """Is se = sum_k exp(z_k - m) < 2 of an unweighted float32 row, as the float sweep summed
+    it, too coarse for the row's loss? The sweep adds the exps in float partial sums: a term
+    goes through up to run = min(K, f32_sum_run) float roundings (_simd.h), each off by at
+    most 2**-24 of a partial sum <= se; the float exps themselves are off by up to rest (4e-7
+    + 2**-24 log((K - 1) / rest)), rest = se - 1 (_float_rest_too_coarse). The loss moves by
+    c times that over se. Near se = 1 the loss can be far below c (a dominated row, small
+    smoothing) and one or two roundings of 1 + e_k are already too many: K = 300, eps = 0.02
+    lost 1.2e-6 of the loss (AVX2; K = 3: 1.3e-6 generic). Too coarse where the bound passes
+    0.9 of the 1e-6 bound of |loss| (_tolerances.py; the rest for the result's rounding);
+    rest is then summed again with the max terms counted apart (rest_sum_f32). Rows with
+    se >= 2 are not tested: their loss is >= c log(se) >= 0.69 c, so only many roundings all
+    of one sign could matter (the property tests measure them). Not bounded here: the float
+    sum of z_k - m (terms of one sign, as for every row)."""
+    cdef double rest = se - 1.0 if se > 1.0 else 0.0
+    cdef double run = <double> (K if K < lsref_simd.f32_sum_run else lsref_simd.f32_sum_run)
+    cdef double allowed = 0.9e-6 * fabs(loss) * se
+    cdef double dse = fabs(c) * (run * 5.9604644775390625e-08 * se + 4e-7 * rest)
+    if rest > 0.0:
+        dse += fabs(c) * 5.9604644775390625e-08 * rest * log(max(K - 1, 1) / rest)
+    return not dse <= allowed                                         # NaN: too coarse
+
+
 cdef inline row_stats _stats(const stored_in *z, Py_ssize_t K, const double *w,
                              stored_out *e) noexcept nogil:
     """m, se and U of one row; exp(z - m) goes to e when e is not NULL.
@@ -723,6 +749,25 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
         else:
             u_other = _u_without(z, K, t, st.m, w)
     loss = _ce_index(L, d_t, q_t, w_t, beta, W, u_other)
+    # An unweighted float32 row summed by the float sweep (_stats), se < 2: its loss may be far
+    # below the float partial sums' rounding of 1 + small terms (_float_se_too_coarse). Then
+    # rest again, the max terms apart: from the logits (the sweep's float exps, the max terms
+    # counted), or, in place, from the exps stored in the gradient row (summed in double).
+    if stored_in is float:
+        if (lsref_unlikely(se < 2.0) and rest < 0.0 and w == NULL
+                and (stored_out is float or not scratch)
+                # a quick pass for a large loss (most rows with se < 2 whose max is not the
+                # target): _float_se_too_coarse's bound over se, with rest < 1 and
+                # rest log((K - 1) / rest) <= rest log(K - 1) + 1/e, log(K - 1) < min(K, 44)
+                and fabs(c) * (_min(K, lsref_simd.f32_sum_run) * 5.9604644775390625e-08
+                               + 4e-7 + 5.9604644775390625e-08 * (_min(K, 44) + 0.37))
+                    > 0.9e-6 * fabs(loss)
+                and _float_se_too_coarse(se, K, c, loss)):
+            # (from the logits where they are there, so that the loss-only call, which has no
+            # stored exps, gives the same loss)
+            rest = _rest_scratch(e, K) if z_gone else lsref_simd.rest_sum_f32(z, K, st.m)
+            L = log1p(rest)
+            loss = _ce_index(L, d_t, q_t, w_t, beta, W, u_other)
     if kl:                                 # minus H(q) = + sum_k w_k q_k log q_k
         minus_h = w_t * _xlogx(q_t) + (W - w_t) * _xlogx(beta)
         if _kl_cancels(loss, minus_h) and rest < 0.0:

@@ -151,6 +151,19 @@ ATTR LSREF_UNUSED static void lsref_expsum_f32_##SUF(const float *z, Py_ssize_t 
         se += (double)bs; u += (double)bu;                                                   \
     }                                                                                        \
     *se_out = se; *u_out = u; }                                                              \
+ATTR LSREF_UNUSED static double lsref_rest_sum_f32_##SUF(const float *z, Py_ssize_t n, double m) { \
+    /* lsref_rest_sum_f32_avx2i's rest (float exps, the max terms counted apart), compiled */ \
+    float mf = (float)m; double rest = 0.0, nmax = 0.0; Py_ssize_t k, j, end;                \
+    for (k = 0; k < n; k += 64) {                                                            \
+        float bs = 0.0f, c = 0.0f;                                                           \
+        end = k + 64 < n ? k + 64 : n;                                                       \
+        LSREF_PRAGMA(omp simd reduction(+:bs,c))                                             \
+        for (j = k; j < end; j++) { float d = z[j] - mf; float v = lsref_exp_neg_f32(d);     \
+                                    float one = d == 0.0f ? 1.0f : 0.0f;                     \
+                                    bs += v - one; c += one; }                               \
+        rest += (double)bs; nmax += (double)c;                                               \
+    }                                                                                        \
+    return rest + (nmax - 1.0); }                                                            \
 ATTR LSREF_UNUSED static void lsref_expsum_f64_##SUF(const double *z, Py_ssize_t n, double m, double *e,  \
                                         double *se_out, double *u_out) {                     \
     double se = 0.0, u = 0.0; Py_ssize_t k;                                                  \
@@ -205,11 +218,16 @@ typedef struct {
     void (*affine_f32)(float *, Py_ssize_t, double, double);
     void (*affine_f64)(double *, Py_ssize_t, double, double);
     double (*rest_f32)(const float *, Py_ssize_t, double, float *);
+    double (*rest_sum_f32)(const float *, Py_ssize_t, double);
+    /* the most float roundings a term of expsum_f32's exp sum goes through before double
+       (its partial sums are float): 64 in the compiled loop's blocks (if not vectorised),
+       10 in the AVX2 one (8 per lane, 2 from the masked tail, 1 joining the two halves) */
+    int f32_sum_run;
 } lsref_simd_table;
 
 #define LSREF_TABLE(SUF, NAME) { NAME, lsref_max_f32_##SUF, lsref_max_f64_##SUF,             \
     lsref_expsum_f32_##SUF, lsref_expsum_f64_##SUF, lsref_affine_f32_##SUF,                  \
-    lsref_affine_f64_##SUF, lsref_rest_f32_##SUF }
+    lsref_affine_f64_##SUF, lsref_rest_f32_##SUF, lsref_rest_sum_f32_##SUF, 64 }
 
 LSREF_SWEEPS(generic, )
 static const lsref_simd_table lsref_simd_generic = LSREF_TABLE(generic, "generic");
@@ -342,9 +360,59 @@ static void lsref_expsum_f32_avx2i(const float *z, Py_ssize_t n, float m, float 
     *u_out = (uf[0] + uf[1]) + (uf[2] + uf[3]);
 }
 
+/* rest = sum of exp(z_k - m) over k other than one max term, from the sweep's own float exps
+ * (lsref_exp_neg_v8) with the terms at the max (exactly 1) counted apart from the float
+ * partial sums: a dominated row's rest keeps its relative accuracy, which up to 10 float
+ * roundings of 1 + small terms in lsref_expsum_f32_avx2i would lose (a dominated row's loss
+ * is about c rest, far below the target mass c with small smoothing: K = 300, eps = 0.02
+ * lost 1.2e-6 of it). The row path's refinement where that matters (_float_se_too_coarse):
+ * counting in every sweep cost 5-11% at large K. */
+__attribute__((target("avx2,fma")))
+static double lsref_rest_sum_f32_avx2i(const float *z, Py_ssize_t n, double m)
+{
+    const __m256 M = _mm256_set1_ps((float)m), Z = _mm256_setzero_ps();
+    __m256d S0 = _mm256_setzero_pd(), S1 = S0;
+    __m256i C = _mm256_setzero_si256();            /* per lane: how many terms were the max */
+    double sf[4];
+    int32_t cf[8];
+    Py_ssize_t k = 0;
+    while (k < n) {
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+        Py_ssize_t end = k + 128 <= n ? k + 128 : k + ((n - k) & ~(Py_ssize_t)15);
+        for (; k < end; k += 16) {
+            __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(z + k), M);
+            __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(z + k + 8), M);
+            __m256 y0 = lsref_exp_neg_v8(d0), y1 = lsref_exp_neg_v8(d1);
+            __m256 a0 = _mm256_cmp_ps(d0, Z, _CMP_EQ_OQ), a1 = _mm256_cmp_ps(d1, Z, _CMP_EQ_OQ);
+            s0 = _mm256_add_ps(s0, _mm256_andnot_ps(a0, y0));
+            s1 = _mm256_add_ps(s1, _mm256_andnot_ps(a1, y1));
+            C = _mm256_sub_epi32(C, _mm256_add_epi32(_mm256_castps_si256(a0),
+                                                     _mm256_castps_si256(a1)));
+        }
+        while (k < n && n - k < 16) {              /* the last 1..15 terms, 8 at a time, masked */
+            __m256i msk = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - k)),
+                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            __m256 keep = _mm256_castsi256_ps(msk);
+            __m256 d = _mm256_and_ps(_mm256_sub_ps(_mm256_maskload_ps(z + k, msk), M), keep);
+            __m256 y = _mm256_and_ps(lsref_exp_neg_v8(d), keep);
+            __m256 a = _mm256_and_ps(_mm256_cmp_ps(d, Z, _CMP_EQ_OQ), keep);
+            s0 = _mm256_add_ps(s0, _mm256_andnot_ps(a, y));
+            C = _mm256_sub_epi32(C, _mm256_castps_si256(a));
+            k = k + 8 < n ? k + 8 : n;
+        }
+        s0 = _mm256_add_ps(s0, s1);
+        S0 = _mm256_add_pd(S0, _mm256_cvtps_pd(_mm256_castps256_ps128(s0)));
+        S1 = _mm256_add_pd(S1, _mm256_cvtps_pd(_mm256_extractf128_ps(s0, 1)));
+    }
+    _mm256_storeu_pd(sf, _mm256_add_pd(S0, S1));
+    _mm256_storeu_si256((__m256i *)cf, C);
+    return ((sf[0] + sf[1]) + (sf[2] + sf[3]))
+           + (double)((int64_t)cf[0] + cf[1] + cf[2] + cf[3] + cf[4] + cf[5] + cf[6] + cf[7] - 1);
+}
+
 static const lsref_simd_table lsref_simd_avx2 = { "avx2+fma", lsref_max_f32_avx2i,
     lsref_max_f64_avx2, lsref_expsum_f32_avx2i, lsref_expsum_f64_avx2, lsref_affine_f32_avx2,
-    lsref_affine_f64_avx2, lsref_rest_f32_avx2 };
+    lsref_affine_f64_avx2, lsref_rest_f32_avx2, lsref_rest_sum_f32_avx2i, 10 };
 
 /* exp(x) for x <= 0, 4 doubles: lsref_exp_neg_f64's reduction and polynomial (~1 ulp);
  * x < -708 (and -inf) gives 0. */
@@ -517,8 +585,9 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
     for (j = 0; j < 8; j++) {
         S[j] = P->row_scale ? P->scale * P->row_scale[i0 + j] : P->scale;
         A[j] = 0.0;
-        /* dominated rows are done below, from their exps in double */
-        if (((fine & ~dom) >> j) & 1u
+        /* every row's loss from se as summed above (the loss-only call's too); a dominated
+           row's gradient below, from its exps in double */
+        if (((fine >> j) & 1u)
                 && lsref_small_row(P, c, S[j], ms[j], (double)nmax_f[j] + (double)rest_f[j],
                                    (double)et_f[j] - ms[j],
                                    (double)u_f[j], &loss[i0 + j], &A[j], &lse[j]))
@@ -526,15 +595,16 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
     }
     /* A dominated row's target gradient s (c p_t - q_t), which cancels, from the sum of the
        other terms. Its exps are taken again from the logits in double (for K <= 16 cheaper
-       than judging whether the float ones would do, as _row_index does): rest, the loss, A
-       and every entry of its gradient from them. */
+       than judging whether the float ones would do, as _row_index does): rest, A and every
+       entry of its gradient from them (its loss stays the one above, as without g). */
+    dom &= fine;                                   /* not the rows the KL form sent back */
     for (bits = dom; bits != 0; bits &= bits - 1) {
-        double rest, sej;
+        double rest, sej, loss_again;
         j = __builtin_ctz(bits);
         rest = lsref_rest_small_f32(base + j * K, K, tt[j], ms[j], ex[j]);
         sej = 1.0 + rest;
         if (lsref_small_row(P, c, S[j], ms[j], sej, (double)et_f[j] - ms[j],
-                            (double)u_f[j], &loss[i0 + j], &A[j], &lse[j])) {
+                            (double)u_f[j], &loss_again, &A[j], &lse[j])) {
             fine &= ~(1u << j);
             dom &= ~(1u << j);
             A[j] = 0.0;
