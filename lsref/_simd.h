@@ -297,6 +297,19 @@ static inline __m256 lsref_exp_neg_v8(__m256 x)
     return _mm256_and_ps(y, _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_NLT_UQ));
 }
 
+/* The sweeps' last 1..8 terms: z[k..n) - M into *d and their exps into *y, 0 in the lanes
+ * past n (*msk: the lanes before it). */
+__attribute__((target("avx2,fma")))
+static inline void lsref_tail8(const float *z, Py_ssize_t k, Py_ssize_t n, __m256 M,
+                               __m256i *msk, __m256 *d, __m256 *y)
+{
+    *msk = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - k)),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256 keep = _mm256_castsi256_ps(*msk);
+    *d = _mm256_and_ps(_mm256_sub_ps(_mm256_maskload_ps(z + k, *msk), M), keep);
+    *y = _mm256_and_ps(lsref_exp_neg_v8(*d), keep);
+}
+
 __attribute__((target("avx2,fma")))
 static float lsref_max_f32_avx2i(const float *z, Py_ssize_t n)
 {
@@ -339,11 +352,9 @@ static void lsref_expsum_f32_avx2i(const float *z, Py_ssize_t n, float m, float 
             u0 = _mm256_add_ps(u0, d0); u1 = _mm256_add_ps(u1, d1);
         }
         while (k < n && n - k < 16) {              /* the last 1..15 terms, 8 at a time, masked */
-            __m256i msk = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - k)),
-                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-            __m256 keep = _mm256_castsi256_ps(msk);
-            __m256 d = _mm256_and_ps(_mm256_sub_ps(_mm256_maskload_ps(z + k, msk), M), keep);
-            __m256 y = _mm256_and_ps(lsref_exp_neg_v8(d), keep);
+            __m256i msk;
+            __m256 d, y;
+            lsref_tail8(z, k, n, M, &msk, &d, &y);
             if (e) _mm256_maskstore_ps(e + k, msk, y);
             s0 = _mm256_add_ps(s0, y); u0 = _mm256_add_ps(u0, d);
             k = k + 8 < n ? k + 8 : n;
@@ -390,12 +401,10 @@ static double lsref_rest_sum_f32_avx2i(const float *z, Py_ssize_t n, double m)
                                                      _mm256_castps_si256(a1)));
         }
         while (k < n && n - k < 16) {              /* the last 1..15 terms, 8 at a time, masked */
-            __m256i msk = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - k)),
-                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-            __m256 keep = _mm256_castsi256_ps(msk);
-            __m256 d = _mm256_and_ps(_mm256_sub_ps(_mm256_maskload_ps(z + k, msk), M), keep);
-            __m256 y = _mm256_and_ps(lsref_exp_neg_v8(d), keep);
-            __m256 a = _mm256_and_ps(_mm256_cmp_ps(d, Z, _CMP_EQ_OQ), keep);
+            __m256i msk;
+            __m256 d, y, a;
+            lsref_tail8(z, k, n, M, &msk, &d, &y);
+            a = _mm256_and_ps(_mm256_cmp_ps(d, Z, _CMP_EQ_OQ), _mm256_castsi256_ps(msk));
             s0 = _mm256_add_ps(s0, _mm256_andnot_ps(a, y));
             C = _mm256_sub_epi32(C, _mm256_castps_si256(a));
             k = k + 8 < n ? k + 8 : n;
