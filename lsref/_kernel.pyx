@@ -573,8 +573,16 @@ cdef inline bint _float_se_too_coarse(double se, Py_ssize_t K, double c,
     sum of z_k - m (terms of one sign, as for every row)."""
     cdef double rest = se - 1.0 if se > 1.0 else 0.0
     cdef double run = <double> (K if K < lsref_simd.f32_sum_run else lsref_simd.f32_sum_run)
-    cdef double allowed = 0.9e-6 * fabs(loss) * se
-    cdef double dse = fabs(c) * (run * 5.9604644775390625e-08 * se + 4e-7 * rest)
+    cdef double allowed = 0.9e-6 * fabs(loss)
+    cdef double dse
+    # First, without a log, the same bound over se for 1 <= se < 2 (rest < 1, rest log((K - 1)
+    # / rest) <= rest log(K - 1) + 1/e, log(K - 1) < min(K, 44)): most dominated rows whose max
+    # is not the target have a large loss and stop here.
+    if fabs(c) * (run * 5.9604644775390625e-08 + 4e-7
+                  + 5.9604644775390625e-08 * (_min(K, 44) + 0.37)) <= allowed:
+        return False
+    allowed *= se
+    dse = fabs(c) * (run * 5.9604644775390625e-08 * se + 4e-7 * rest)
     if rest > 0.0:
         dse += fabs(c) * 5.9604644775390625e-08 * rest * log(max(K - 1, 1) / rest)
     return not dse <= allowed                                         # NaN: too coarse
@@ -756,12 +764,6 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
     if stored_in is float:
         if (lsref_unlikely(se < 2.0) and rest < 0.0 and w == NULL
                 and (stored_out is float or not scratch)
-                # a quick pass for a large loss (most rows with se < 2 whose max is not the
-                # target): _float_se_too_coarse's bound over se, with rest < 1 and
-                # rest log((K - 1) / rest) <= rest log(K - 1) + 1/e, log(K - 1) < min(K, 44)
-                and fabs(c) * (_min(K, lsref_simd.f32_sum_run) * 5.9604644775390625e-08
-                               + 4e-7 + 5.9604644775390625e-08 * (_min(K, 44) + 0.37))
-                    > 0.9e-6 * fabs(loss)
                 and _float_se_too_coarse(se, K, c, loss)):
             # (from the logits where they are there, so that the loss-only call, which has no
             # stored exps, gives the same loss)

@@ -3,7 +3,7 @@ import numpy as np
 import lsref
 from lsref import reference
 
-from .common import THREADS, Benchmark, get_logits, get_targets
+from .common import THREADS, Benchmark, get_logits, get_logits_at_optimum, get_targets
 
 # K = 10, 1000, 32000, 128256 (the peer comparison's shapes, rows reduced to keep a quick
 # run short; rows x classes stays large enough to leave the caches)
@@ -48,6 +48,28 @@ class LossGradient(Benchmark):
     def peakmem_value_and_grad_out(self, shape, dtype, n_threads):
         lsref.value_and_grad(self.z, self.t, label_smoothing=0.1, out=self.out,
                              n_threads=n_threads)
+
+
+class AtOptimum(Benchmark):
+    """float32 rows at the smoothed optimum, where every row is dominated and the kernel takes
+    the gradient in double (README, accuracy): the cost of that path, next to random logits
+    (LossGradient) of the same shape."""
+    params = [["262144x10", "65536x100", "65536x1000"], [1]]
+    param_names = ["shape", "n_threads"]
+
+    def setup(self, shape, n_threads):
+        n, k = _shape(shape)
+        self.z = get_logits_at_optimum(n, k)
+        self.t = get_targets(n, k)
+        self.out = np.empty_like(self.z)
+        self.out.fill(0)
+
+    def time_value_and_grad_out(self, shape, n_threads):
+        lsref.value_and_grad(self.z, self.t, label_smoothing=0.1, out=self.out,
+                             n_threads=n_threads)
+
+    def time_loss(self, shape, n_threads):
+        lsref.cross_entropy(self.z, self.t, label_smoothing=0.1, n_threads=n_threads)
 
 
 class Accuracy(Benchmark):
