@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 
 from . import reference as R
-from ._validation import is_bfloat16
+from ._validation import targets_are_probabilities
 
 _HALF = ("float16", "bfloat16")
 
@@ -38,7 +38,7 @@ def diagnose(z, t, plan, loss, grad, lc, gc, dtype, eps, tiny, ref_loss, ref_gra
     axis_n = axis % ndim if ndim else 0
     K = z.shape[axis_n] if ndim else 1
     eps_s = float(kw.get("label_smoothing", 0.0) or 0.0)
-    prob_targets = t.shape == z.shape and (t.dtype.kind == "f" or is_bfloat16(t.dtype))
+    prob_targets = targets_are_probabilities(z.shape, t)
 
     # --- non-finite values where the value is finite ------------------------------------
     bad = _nonfinite_kinds(lc) + _nonfinite_kinds(gc)
@@ -78,6 +78,12 @@ def diagnose(z, t, plan, loss, grad, lc, gc, dtype, eps, tiny, ref_loss, ref_gra
                          "float32 unless a dtype policy says otherwise).")
             return found
 
+    # --- smoothing forgotten: the candidate computed eps = 0 ------------------------------
+    if eps_s > 0 and try_plan(_alt(plan, label_smoothing=0.0)):
+        found.append(f"smoothing forgotten: the candidate is the unsmoothed cross-entropy "
+                     f"(eps = 0), where label smoothing eps = {eps_s:g} was asked for.")
+        return found
+
     # --- the smoothing form: eps/K vs eps/(K-1) -----------------------------------------
     if eps_s > 0 and not prob_targets and K > 1:
         cur = kw.get("smoothing", "uniform")
@@ -110,6 +116,23 @@ def diagnose(z, t, plan, loss, grad, lc, gc, dtype, eps, tiny, ref_loss, ref_gra
                          f"axis {axis} with K = {K}: it should add eps/{K} (Keras 3.15 "
                          f"divides eps by shape[-1] whatever `axis` is).")
 
+    # --- a sum where the mean was meant, and the reverse -----------------------------------
+    if loss is not None and np.ndim(ref_loss) == 0 and plan.reduction in ("mean", "sum"):
+        other = "sum" if plan.reduction == "mean" else "mean"
+        alt = dataclasses.replace(plan, reduction=other,
+                                  divisor=plan.divisor if plan.divisor is not None
+                                  else "lsref")
+        if try_plan(alt, loss_only=True):
+            ratio = float(np.asarray(loss, np.float64)) / float(ref_loss) \
+                if float(ref_loss) != 0 else float("nan")
+            if other == "sum":
+                found.append(f"reduction: the candidate loss is the sum over rows where the "
+                             f"mean was meant ({ratio:.6g} times the mean: the divisor D).")
+            else:
+                found.append(f"reduction: the candidate loss is the mean where the sum was "
+                             f"meant (1/{1 / ratio:.6g} of the sum).")
+            return found
+
     # --- the mean's divisor ----------------------------------------------------------------
     if plan.reduction == "mean" and loss is not None:
         terms = R.gradient_terms(z, t, **kw)
@@ -141,7 +164,7 @@ def diagnose(z, t, plan, loss, grad, lc, gc, dtype, eps, tiny, ref_loss, ref_gra
                          None, grad, eps, tiny, None, None)
         if D > 1 and ref_mean[1].passed:
             found.append("the gradient carries a 1/N factor (it is the gradient of the mean "
-                         "over rows) while the loss is a sum.")
+                         "over rows) while the reduction is 'none' or 'sum', which have none.")
 
     if not found:
         worst = [c for c in (lc, gc) if c is not None and not c.passed]

@@ -65,6 +65,13 @@ def check_choice(name, value, choices):
     return value
 
 
+def targets_are_probabilities(logits_shape, targets):
+    """A target array shaped like the logits is a probability target whatever its dtype
+    (integer or boolean one-hot included); one shaped like the logits without the class axis
+    holds class indices (SEMANTICS.md, "Targets that are not a distribution")."""
+    return tuple(np.shape(targets)) == tuple(logits_shape)
+
+
 def is_bfloat16(dtype):
     return dtype.name == "bfloat16"
 
@@ -173,7 +180,7 @@ def _check_weight(name, w, shape, what):
     if w is None:
         return None
     w = as_array(name, w)
-    if w.dtype.kind not in "fiu":
+    if w.dtype.kind not in "fiu" and not is_bfloat16(w.dtype):   # PyTorch's bf16 weight=
         raise TypeError(f"{name} must be a real numeric array, got dtype {w.dtype}")
     if shape is None:
         if w.ndim != 1:
@@ -206,8 +213,9 @@ def check_in_range(what, name, x, lo, hi):
             idx = np.unravel_index(j, block.shape)
             pos = (start + int(idx[0]),) + tuple(int(i) for i in idx[1:])
             where = "[" + ", ".join(map(str, pos[1:] if x.ndim == 0 else pos)) + "]"
-            rng = f">= {lo:g}" if hi == np.inf else f"in [{lo:g}, {hi:g}]"
-            raise ValueError(f"{what} must be finite and {rng}; "
+            rng = (" numbers" if lo == -np.inf and hi == np.inf else
+                   f" and >= {lo:g}" if hi == np.inf else f" and in [{lo:g}, {hi:g}]")
+            raise ValueError(f"{what} must be finite{rng}; "
                              f"{name}{where} = {float(block[idx])}")
 
 
@@ -293,6 +301,10 @@ def check_problem(logits, targets, *, label_smoothing, axis, reduction, smoothin
     kind = targets.dtype.kind
     if is_bfloat16(targets.dtype):
         kind = "f"
+    if targets_are_probabilities(logits.shape, targets) and kind in "biu":
+        # shaped like the logits: probabilities whatever the dtype (Keras users' integer
+        # one-hot labels), read exactly as float64
+        targets, kind = targets.astype(np.float64), "f"
     if kind == "b" or kind not in "iuf":
         raise TypeError(f"targets must be integer class indices or floating-point "
                         f"probabilities, got dtype {targets.dtype}")
@@ -305,7 +317,8 @@ def check_problem(logits, targets, *, label_smoothing, axis, reduction, smoothin
             raise ValueError(f"probability targets must have the logits' shape "
                              f"{logits.shape}, got {targets.shape}")
         prob = True
-        check_in_range("probability targets", "targets", targets, 0.0, np.inf)
+        # any finite values: the loss is linear in q, negative or unnormalised rows included
+        check_in_range("probability targets", "targets", targets, -np.inf, np.inf)
         t = np.moveaxis(targets, axis, -1)
         if smoothing == "others":
             raise ValueError("smoothing='others' (eps/(K-1)) is defined for class-index "

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from ._validation import is_bfloat16
+from ._validation import targets_are_probabilities
 
 __all__ = ["Plan", "Convention", "CONVENTIONS", "get_convention"]
 
@@ -59,8 +59,7 @@ class Convention:
 
 
 def _is_prob(logits, targets):
-    return targets.shape == logits.shape and (targets.dtype.kind == "f"
-                                              or is_bfloat16(targets.dtype))
+    return targets_are_probabilities(logits.shape, targets)
 
 
 def _lsref(logits, targets, p):

@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import reference as R
-from ._tolerances import VERIFY_SAFETY, verify_eps, verify_growth
+from ._tolerances import (VERIFY_SAFETY, verify_eps, verify_growth,
+                          verify_row_factor_bound)
+from ._validation import targets_are_probabilities
 from .conventions import get_convention
 
 __all__ = ["verify", "VerificationReport", "Comparison"]
@@ -49,6 +51,9 @@ class Comparison:
     worst_candidate: float = math.nan
     worst_reference: float = math.nan
     worst_tolerance: float = math.nan
+    max_error_ratio: float = 0.0        # the verdict's figure: worst error / its tolerance
+    row_factor: float = 0.0             # gradient: the largest common factor of a row (model)
+    row_factor_bound: float = 0.0       # ... and what that row's sums allow
     nonfinite: list = field(default_factory=list)   # disagreements in inf/NaN, listed apart
     n_nonfinite: int = 0
 
@@ -85,10 +90,13 @@ class VerificationReport:
             if comp is None:
                 continue
             state = "ok" if comp.passed else "MISMATCH"
-            lines.append(f"  {comp.name:<8} {state}: max abs err {comp.max_abs_error:.3g}, "
-                         f"max rel err {comp.max_rel_error:.3g} "
-                         f"({comp.max_error_eps:.3g} eps), "
-                         f"{comp.n_failed} of {comp.n_checked} outside tolerance")
+            lines.append(f"  {comp.name:<8} {state}: worst error {comp.max_error_ratio:.3g} x "
+                         f"its tolerance, {comp.n_failed} of {comp.n_checked} outside "
+                         f"tolerance (max abs err {comp.max_abs_error:.3g})")
+            if comp.row_factor:
+                lines.append(f"           rows' common factor (exp-sum rounding) up to "
+                             f"{comp.row_factor:.3g}, allowed {comp.row_factor_bound:.3g}; "
+                             f"removed before elements are compared")
             if comp.n_checked and (comp.n_failed or comp.name == "gradient"):
                 where = "" if comp.worst_index == () else f" at {list(comp.worst_index)}"
                 lines.append(f"           worst{where}: candidate {comp.worst_candidate:.9g}, "
@@ -153,8 +161,10 @@ def _reference(z, t, plan):
     if plan.reduction == "mean" and D == 0:
         scale = 0.0
     grad = grad * scale
-    terms = dict(terms, prob=terms["prob"] * scale, target=terms["target"] * scale)
-    return loss, grad, (rows * scale, row_target * scale, terms["lse"], None), terms
+    # term sizes are sizes: a negative divisor (weights of both signs) flips signs, not sizes
+    size = abs(scale)
+    terms = dict(terms, prob=terms["prob"] * size, target=terms["target"] * size)
+    return loss, grad, (rows * scale, row_target * size, terms["lse"], None), terms
 
 
 def _tolerances(ref_loss, loss_pieces, terms, eps, tiny, K, reduction, rtol, atol, ref_grad):
@@ -174,17 +184,47 @@ def _tolerances(ref_loss, loss_pieces, terms, eps, tiny, K, reduction, rtol, ato
             n = max(np.size(rows), 1)
             loss_tol = (np.sum(np.where(np.isfinite(row_tol), row_tol, 0.0))
                         + VERIFY_SAFETY * eps * math.log2(n + 1) * np.abs(ref_loss))
-        axis = terms["axis"]
-        lse_b = np.expand_dims(np.abs(lse), axis)
         log_p = np.where(np.isfinite(terms["log_p"]), np.abs(terms["log_p"]), 0.0)
-        grad_tol = (VERIFY_SAFETY * eps * (terms["prob"] * (G + lse_b + log_p)
+        grad_tol = (VERIFY_SAFETY * eps * (terms["prob"] * (4.0 + log_p + math.log(max(K, 1)))
                                            + terms["target"] + np.abs(ref_grad))
                     + tiny)
     loss_tol = loss_tol + tiny
     return loss_tol, grad_tol
 
 
-def _compare(name, cand, ref, tol, eps):
+def _row_factor(cand, ref_grad, terms, eps, tiny, K, dtype):
+    """The model's common factor delta_i of each row (_tolerances.py): the median over the row
+    of (g_j - g_ref_j) / P_j, clipped to its bound. Returns (the shift delta_i P_j to add to
+    the reference, the largest |delta_i|, its row's bound)."""
+    axis = terms["axis"]
+    cand = np.asarray(cand, np.float64) if cand.dtype.name != "bfloat16" else \
+        cand.astype(np.float64)
+    if cand.shape != ref_grad.shape or ref_grad.size == 0 or ref_grad.ndim == 0:
+        return 0.0, 0.0, 0.0
+    P = np.moveaxis(terms["prob"], axis, -1).reshape(-1, K)
+    T = np.moveaxis(terms["target"], axis, -1).reshape(-1, K)
+    d = np.moveaxis(cand - ref_grad, axis, -1).reshape(-1, K)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        # elements the candidate dtype holds to its relative precision (a gradient entry
+        # flushed to 0 or subnormal says nothing about the row's factor)
+        use = np.isfinite(d) & (P > 0) & (P >= 0.25 * T) & (P * eps >= 4.0 * tiny)
+        ratio = np.where(use, d / np.where(use, P, 1.0), np.nan)
+    delta = np.zeros(P.shape[0])
+    some = use.any(axis=1)
+    if some.any():
+        delta[some] = np.nanmedian(ratio[some], axis=1)
+    bound = verify_row_factor_bound(eps, K, np.abs(terms["lse"]).reshape(-1), dtype)
+    bound = np.where(np.isfinite(bound), bound, 0.0)
+    delta = np.clip(delta, -bound, bound)
+    i = int(np.argmax(np.abs(delta))) if delta.size else 0
+    shift = np.moveaxis((delta[:, None] * P).reshape(
+        np.moveaxis(terms["prob"], axis, -1).shape), -1, axis)
+    return shift, float(abs(delta[i])) if delta.size else 0.0, \
+        float(bound[i]) if delta.size else 0.0
+
+
+def _compare(name, cand, ref, tol, eps, shift=0.0):
+    """cand against ref (+ shift, the rows' common factor) within tol, element by element."""
     cand = np.asarray(cand, np.float64) if cand.dtype.name != "bfloat16" else \
         cand.astype(np.float64)
     ref = np.asarray(ref, np.float64)
@@ -197,8 +237,10 @@ def _compare(name, cand, ref, tol, eps):
                              f"{ref.shape} (check the reduction and the convention)")
     scalar = ref.ndim == 0
     tol = np.broadcast_to(tol, ref.shape)
+    shift = np.broadcast_to(np.asarray(shift, np.float64), ref.shape)
     if scalar:                                     # compare as one element; index []
         cand, ref, tol = cand.reshape(1), ref.reshape(1), tol.reshape(1)
+        shift = shift.reshape(1)
     cf, rf = np.isfinite(cand), np.isfinite(ref)
     same_special = (~cf & ~rf) & ((np.isnan(cand) & np.isnan(ref)) | (cand == ref))
     bad_special = ~(cf & rf) & ~same_special
@@ -214,14 +256,16 @@ def _compare(name, cand, ref, tol, eps):
     both = cf & rf
     comp.n_checked = int(both.sum())
     if comp.n_checked:
-        err = np.where(both, np.abs(cand - ref), 0.0)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            err = np.where(both, np.abs(cand - ref), 0.0)
+            judged = np.where(both, np.abs(cand - (ref + shift)), 0.0)
             rel = np.where(both & (ref != 0), err / np.abs(ref), np.where(err > 0, np.inf, 0))
-            ratio = np.where(both, err / np.where(tol > 0, tol, np.finfo(float).tiny), 0.0)
+            ratio = np.where(both, judged / np.where(tol > 0, tol, np.finfo(float).tiny), 0.0)
         comp.n_failed = int(np.sum(ratio > 1.0))
         comp.max_abs_error = float(err.max())
         comp.max_rel_error = float(rel.max())
         comp.max_error_eps = comp.max_rel_error / eps
+        comp.max_error_ratio = float(ratio.max())
         worst = np.unravel_index(int(np.argmax(ratio)), ref.shape)
         comp.worst_index = () if scalar else tuple(int(i) for i in worst)
         comp.worst_candidate = float(cand[worst])
@@ -230,13 +274,39 @@ def _compare(name, cand, ref, tol, eps):
     return comp
 
 
+def _checked_plan(conv, z, t, params, rtol, atol):
+    """The convention's plan for these arguments; a reduction the framework does not have and
+    a tolerance that is not a finite number >= 0 are errors naming the argument (a misread
+    reduction would be checked against the wrong reference)."""
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer,
+                                                             np.floating)):
+            raise TypeError(f"{name} must be a number >= 0, got {value!r}")
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    plan = conv.make_plan(z, t, params)
+    if plan.reduction not in ("none", "sum", "mean"):
+        given = params.get("reduction", plan.reduction)
+        raise ValueError(f"reduction={given!r} is not a reduction of {conv.call} (convention "
+                         f"{conv.name!r}): use 'none', 'sum' or 'mean'")
+    return plan
+
+
 def _check(z, t, plan, loss, grad, eps, tiny, rtol, atol):
     ref_loss, ref_grad, loss_pieces, terms = _reference(z, t, plan)
     K = terms["n_classes"]
     loss_tol, grad_tol = _tolerances(ref_loss, loss_pieces, terms, eps, tiny, K,
                                      plan.reduction, rtol, atol, ref_grad)
     lc = None if loss is None else _compare("loss", loss, ref_loss, loss_tol, eps)
-    gc = None if grad is None else _compare("gradient", grad, ref_grad, grad_tol, eps)
+    gc = None
+    if grad is not None:
+        shift, factor, bound = 0.0, 0.0, 0.0
+        if rtol is None and atol is None:
+            shift, factor, bound = _row_factor(grad, ref_grad, terms, eps, tiny, K, grad.dtype)
+        gc = _compare("gradient", grad, ref_grad, grad_tol, eps, shift)
+        gc.row_factor, gc.row_factor_bound = factor, bound
     return lc, gc, (ref_loss, ref_grad, terms)
 
 
@@ -286,7 +356,7 @@ def verify(logits, targets, loss=None, grad=None, *, convention="lsref", rtol=No
     if loss is None and grad is None:
         raise ValueError("give the candidate loss, grad, or both")
     params = {k: _to_numpy(v) if hasattr(v, "shape") else v for k, v in params.items()}
-    plan = conv.make_plan(z, t, params)
+    plan = _checked_plan(conv, z, t, params, rtol, atol)
     cand_dtype = (grad if grad is not None else loss).dtype
     if cand_dtype.kind != "f" and cand_dtype.name != "bfloat16":
         cand_dtype = np.dtype(np.float64)
@@ -319,7 +389,7 @@ def _plan_divisor(plan, t, K):
     N = t.shape[0]
     s = np.ones(N) if kw.get("sample_weight") is None else \
         np.asarray(kw["sample_weight"], np.float64).reshape(-1)
-    prob = t.shape == (N, K) and t.dtype.kind == "f"
+    prob = targets_are_probabilities((N, K), t)
     ignore = kw.get("ignore_index", -100)
     counted = np.ones(N, bool) if (prob or ignore is None) else t != ignore
     if plan.divisor == "rows":
@@ -347,10 +417,13 @@ def _merge_comparisons(parts, name, shape, eps):
                 out.nonfinite.append(dict(item, index=[idx[0] + r0] + idx[1:] if idx else []))
         out.max_abs_error = max(out.max_abs_error, c.max_abs_error)
         out.max_rel_error = max(out.max_rel_error, c.max_rel_error)
+        if c.row_factor > out.row_factor:
+            out.row_factor, out.row_factor_bound = c.row_factor, c.row_factor_bound
         if c.n_checked:
-            ratio = abs(c.worst_candidate - c.worst_reference) / max(c.worst_tolerance, 1e-300)
+            ratio = c.max_error_ratio
             if ratio > worst_ratio:
                 worst_ratio = ratio
+                out.max_error_ratio = ratio
                 idx = c.worst_index
                 out.worst_index = (idx[0] + r0,) + tuple(idx[1:]) if idx else ()
                 out.worst_candidate = c.worst_candidate
@@ -391,7 +464,7 @@ def verify_files(logits, targets, loss=None, grad=None, *, convention="lsref", r
     if loss is None and grad is None:
         raise ValueError("give the candidate loss, grad, or both")
     stand_in = np.broadcast_to(np.zeros((), dtype), (min(N, 1), K))
-    plan = conv.make_plan(stand_in, t[:min(N, 1)], dict(params))
+    plan = _checked_plan(conv, stand_in, t[:min(N, 1)], dict(params), rtol, atol)
     D = _plan_divisor(plan, t, K)
     cand_dtype = g_info[0] if g_info else np.asarray(loss).dtype
     if cand_dtype.kind != "f":
@@ -421,7 +494,12 @@ def verify_files(logits, targets, loss=None, grad=None, *, convention="lsref", r
         _, grad_tol = _tolerances(ref_loss, pieces, terms, eps, tiny, K, plan.reduction, rtol,
                                   atol, ref_grad)
         if g_info:
-            g_parts.append((r0, _compare("gradient", gz, ref_grad, grad_tol, eps)))
+            shift, factor, bound = 0.0, 0.0, 0.0
+            if rtol is None and atol is None:
+                shift, factor, bound = _row_factor(gz, ref_grad, terms, eps, tiny, K, g_info[0])
+            gc_part = _compare("gradient", gz, ref_grad, grad_tol, eps, shift)
+            gc_part.row_factor, gc_part.row_factor_bound = factor, bound
+            g_parts.append((r0, gc_part))
         if loss is not None:
             if row_losses:
                 l_tol, _ = _tolerances(ref_loss, pieces, terms, eps, tiny, K, "none", rtol,

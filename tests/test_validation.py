@@ -44,7 +44,6 @@ BAD = [
      r"ignore_index=0 cannot be used with probability targets"),
     (Z, np.full((4, 5), 0.2), dict(label_smoothing=0.1, smoothing="others"), ValueError,
      r"smoothing='others' .* class-index targets only"),
-    (Z, np.full((4, 5), -0.2), {}, ValueError, r"targets\[0, 0\] = -0.2"),
     (Z, T, dict(ignore_index=1.5), TypeError, r"ignore_index must be an integer"),
     (Z, T, dict(kl=1), TypeError, r"kl must be True or False, got 1"),
     (Z, T, dict(z_loss=float("inf")), ValueError, r"z_loss must be finite"),
@@ -123,8 +122,8 @@ def test_large_probability_targets_are_checked_in_blocks():
     """A bad value far into a big probability array is found and located exactly."""
     z = np.zeros((3000, 700), np.float32)
     P = np.full(z.shape, 1 / 700, np.float32)
-    P[2999, 698] = -1.0
-    with pytest.raises(ValueError, match=r"targets\[2999, 698\] = -1.0"):
+    P[2999, 698] = np.inf                  # any finite value is a target (even -1)
+    with pytest.raises(ValueError, match=r"targets\[2999, 698\] = inf"):
         lsref.cross_entropy(z, P)
 
 
