@@ -202,8 +202,8 @@ def format_table(rows, versions, markdown=False):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    from .cli import _Parser, _isatty, _positive
+def _parser():
+    from .cli import _Parser, _positive
     p = _Parser(prog="lsref bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small shapes, for a smoke test")
     p.add_argument("--repeat", type=_positive(int), default=5,
@@ -211,7 +211,12 @@ def main(argv=None):
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress line (shown only when stderr is a terminal)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    from .cli import _isatty
+    args = _parser().parse_args(argv)
     # the progress line rewrites itself with \r: only a terminal shows that as one line
     rows, versions = run(QUICK if args.quick else WORKLOADS, repeat=args.repeat,
                          progress=not args.no_progress and _isatty(sys.stderr))
