@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 import traceback
@@ -209,8 +210,11 @@ def _params(args, conv, params):
 def _blame(exc, args, conv):
     """The error's message, after the options it names (a bad --param value, say)."""
     msg = _one_line(exc)
-    named = [f"--param {text}" for name, _, text in args.param if name in msg]
-    if args.label_smoothing is not None and conv.smoothing_param in msg:
+
+    def says(word):                             # as a whole word: "kl" is not in "kluge"
+        return re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", msg)
+    named = [f"--param {text}" for name, _, text in args.param if says(name)]
+    if args.label_smoothing is not None and says(conv.smoothing_param):
         named.insert(0, f"--label-smoothing {args.label_smoothing:g}")
     return (", ".join(named) + ": " if named else "") + msg
 
