@@ -5,7 +5,6 @@ and a plain memory copy of the same array, on the same arrays, in one process. E
 the median of ``--repeat`` runs after one warm-up; the figures that count are the ratios,
 measured in the same run (shared machines are noisy; ratios travel, absolute times do not).
 """
-import argparse
 import os
 import platform
 import sys
@@ -203,15 +202,24 @@ def format_table(rows, versions, markdown=False):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="lsref bench", description=__doc__.splitlines()[0])
+def _parser():
+    from .cli import _Parser, _positive
+    p = _Parser(prog="lsref bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small shapes, for a smoke test")
-    p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--markdown", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
+    p.add_argument("--repeat", type=_positive(int), default=5,
+                   help="timed runs per implementation, after a warm-up (median is reported; 5)")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress line (shown only when stderr is a terminal)")
+    return p
+
+
+def main(argv=None):
+    from .cli import _isatty
+    args = _parser().parse_args(argv)
+    # the progress line rewrites itself with \r: only a terminal shows that as one line
     rows, versions = run(QUICK if args.quick else WORKLOADS, repeat=args.repeat,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress and _isatty(sys.stderr))
     print(format_table(rows, versions, markdown=args.markdown))
     return 0
 

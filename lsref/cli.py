@@ -1,9 +1,19 @@
-"""The ``lsref`` command: demo, info, selfcheck, verify, conformance, bench."""
+"""The ``lsref`` command: demo, info, selfcheck, verify, conformance, bench.
+
+Exit status: 0 = passed, 1 = verified wrong (a mismatch, a failed self-check), 2 = could not
+run (bad usage, unreadable input). Usage and input errors are one line on stderr.
+"""
 import argparse
 import json
+import math
+import os
 import platform
+import re
 import sys
 import time
+import traceback
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -102,14 +112,45 @@ class _UsageError(Exception):
     pass
 
 
+def _one_line(exc):
+    """An exception's message on one line (NumPy's and zipfile's can span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# What reading a damaged file raises: BadZipFile, EOFError or zlib.error for a truncated or
+# corrupt archive member, ValueError for a bad .npy header or refused pickle, OSError.
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _file_kind(path, what):
+    """"npy" or "zip" from the file's first bytes; a one-line error naming ``path`` for a
+    missing, unreadable or empty file, or one that is neither."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except FileNotFoundError:
+        raise _UsageError(f"{what}no such file: {path}") from None
+    except OSError as exc:
+        raise _UsageError(f"{what}cannot read {path}: {_one_line(exc)}") from None
+    if not magic:
+        raise _UsageError(f"{what}{path} is empty")
+    if magic == b"\x93NUMPY":
+        return "npy"
+    if magic.startswith(b"PK"):
+        return "zip"
+    raise _UsageError(f"{what}{path} is neither an .npz (a zip archive) nor an .npy")
+
+
 def _load_npz(path):
+    if _file_kind(path, "") != "zip":
+        raise _UsageError(f"{path} is a single .npy array, not an .npz archive of named "
+                          f"arrays (np.savez(path, logits=..., targets=..., grad=...))")
     try:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise _UsageError(f"no such file: {path}") from None
-    except (ValueError, OSError) as exc:   # not an npz, or object arrays (pickle refused)
-        raise _UsageError(f"cannot read {path} as an .npz of plain arrays: {exc}") from None
+    except _READ_ERRORS as exc:   # truncated, corrupt, or object arrays (pickle refused)
+        raise _UsageError(f"cannot read {path} as an .npz of plain arrays: "
+                          f"{_one_line(exc)}") from None
     missing = [k for k in ("logits", "targets") if k not in data]
     if missing:
         raise _UsageError(f"{path} has no array named {' or '.join(missing)} (it holds: "
@@ -119,62 +160,124 @@ def _load_npz(path):
     return data
 
 
+def _load_npy(option, path):
+    """A whole .npy (targets, per-row losses), or a one-line error naming the option and file."""
+    if _file_kind(path, f"{option}: ") != "npy":
+        raise _UsageError(f"{option}: {path} is an .npz archive, not an .npy array")
+    try:
+        return np.load(path, allow_pickle=False)
+    except _READ_ERRORS as exc:
+        raise _UsageError(f"{option}: cannot read {path} as an .npy of plain numbers: "
+                          f"{_one_line(exc)}") from None
+
+
+def _check_npy(option, path):
+    """The header of an .npy read in windows (logits, gradient), and its length against it."""
+    from .sharded import _npy_header
+    if _file_kind(path, f"{option}: ") != "npy":
+        raise _UsageError(f"{option}: {path} is an .npz archive, not an .npy array")
+    try:
+        shape, _, dtype, offset = _npy_header(path)
+        size = os.path.getsize(path)
+    except _READ_ERRORS as exc:
+        raise _UsageError(f"{option}: cannot read {path} as an .npy: {_one_line(exc)}") \
+            from None
+    need = offset + math.prod(shape) * dtype.itemsize
+    if size < need:
+        raise _UsageError(f"{option}: {path} is truncated: {size} bytes, its header "
+                          f"({shape}, {dtype}) needs {need}")
+
+
+def _isatty(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):        # no isatty, or closed
+        return False
+
+
+def _params(args, conv, params):
+    """``params`` plus --label-smoothing and each --param, checked against the convention."""
+    if args.label_smoothing is not None:
+        params[conv.smoothing_param] = args.label_smoothing
+    for name, value, text in args.param:
+        if name not in conv.params:
+            raise _UsageError(f"--param {text}: convention {conv.name!r} ({conv.call}) takes "
+                              f"{', '.join(conv.params) or 'no arguments'}")
+        params[name] = value
+    return params
+
+
+def _blame(exc, args, conv):
+    """The error's message, after the options it names (a bad --param value, say)."""
+    msg = _one_line(exc)
+
+    def says(word):                             # as a whole word: "kl" is not in "kluge"
+        return re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", msg)
+    named = [f"--param {text}" for name, _, text in args.param if says(name)]
+    if args.label_smoothing is not None and says(conv.smoothing_param):
+        named.insert(0, f"--label-smoothing {args.label_smoothing:g}")
+    return (", ".join(named) + ": " if named else "") + msg
+
+
 def _verify_files(args, conv):
     from .verify import verify_files
     if args.file is not None or args.targets is None:
         raise _UsageError("with --logits give --targets (and --grad and/or --loss), and no "
                           ".npz file")
-    params = {}
-    if args.label_smoothing is not None:
-        params[conv.smoothing_param] = args.label_smoothing
-    for item in args.param:
-        if "=" not in item:
-            raise _UsageError(f"--param takes NAME=VALUE, got {item!r}")
-        name, value = item.split("=", 1)
-        params[name] = _parse_value(value)
+    if args.grad is None and args.loss is None:
+        raise _UsageError("with --logits give --grad and/or --loss: nothing to verify")
+    _check_npy("--logits", args.logits)
+    if args.grad is not None:
+        _check_npy("--grad", args.grad)
+    targets = _load_npy("--targets", args.targets)
     loss = args.loss
-    if loss is not None and not loss.endswith(".npy"):
-        try:
-            loss = float(loss)
-        except ValueError:
-            raise _UsageError(f"--loss takes a number or an .npy path, got {loss!r}") from None
-    return verify_files(args.logits, args.targets, loss, args.grad, convention=conv,
+    if loss is not None:
+        if loss.endswith(".npy"):
+            loss = _load_npy("--loss", loss)
+        else:
+            try:
+                loss = float(loss)
+            except ValueError:
+                raise _UsageError(f"--loss takes a number or an .npy path, got "
+                                  f"{loss!r}") from None
+    params = _params(args, conv, {})
+    return verify_files(args.logits, targets, loss, args.grad, convention=conv,
                         rtol=args.rtol, atol=args.atol, memory=int(args.memory * 2**20),
-                        progress=not args.json, **params)
+                        progress=not (args.json or args.no_progress) and _isatty(sys.stdout),
+                        **params)
 
 
 def _verify(args):
     from .conventions import get_convention
     from .verify import verify
+    conv = get_convention(args.convention)      # checked by the parser
     try:
-        conv = get_convention(args.convention)
         if args.logits is not None:
             report = _verify_files(args, conv)
-            print(json.dumps(report.to_dict(), indent=2) if args.json else report)
-            return 0 if report.passed else 1
-        if args.file is None:
-            raise _UsageError("give an .npz file, or --logits and --targets")
-        data = _load_npz(args.file)
-        params = {}
-        if args.label_smoothing is not None:
-            params[conv.smoothing_param] = args.label_smoothing
-        if "weight" in data:
-            if conv.weight_param is None:
-                raise _UsageError(f"{args.file} holds 'weight' but convention "
-                                  f"{conv.name!r} takes no weights")
-            params[conv.weight_param] = data["weight"]
-        for item in args.param:
-            if "=" not in item:
-                raise _UsageError(f"--param takes NAME=VALUE, got {item!r}")
-            name, value = item.split("=", 1)
-            params[name] = _parse_value(value)
-        report = verify(data["logits"], data["targets"], data.get("loss"), data.get("grad"),
-                        convention=conv, rtol=args.rtol, atol=args.atol, **params)
+        else:
+            if args.file is None:
+                raise _UsageError("give an .npz file, or --logits and --targets")
+            given = [o for o, v in (("--targets", args.targets), ("--grad", args.grad),
+                                    ("--loss", args.loss)) if v is not None]
+            if given:
+                raise _UsageError(f"{', '.join(given)} go with --logits, not with an .npz "
+                                  f"file")
+            data = _load_npz(args.file)
+            params = {}
+            if "weight" in data:
+                if conv.weight_param is None:
+                    raise _UsageError(f"{args.file} holds 'weight' but convention "
+                                      f"{conv.name!r} takes no weights")
+                params[conv.weight_param] = data["weight"]
+            params = _params(args, conv, params)
+            report = verify(data["logits"], data["targets"], data.get("loss"),
+                            data.get("grad"), convention=conv, rtol=args.rtol,
+                            atol=args.atol, **params)
     except _UsageError as exc:
         print(f"lsref verify: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, OSError) as exc:
-        print(f"lsref verify: unusable input: {exc}", file=sys.stderr)
+    except (TypeError,) + _READ_ERRORS as exc:
+        print(f"lsref verify: unusable input: {_blame(exc, args, conv)}", file=sys.stderr)
         return 2
     print(json.dumps(report.to_dict(), indent=2) if args.json else report)
     return 0 if report.passed else 1
@@ -213,22 +316,85 @@ def _demo(args):
                  seed=args.seed, maxiter=args.maxiter, markdown=args.markdown,
                  progress=not args.no_progress)
     except ValueError as exc:
-        print(f"lsref demo: {exc}", file=sys.stderr)
+        print(f"lsref demo: {_one_line(exc)}", file=sys.stderr)
         return 2
     return 0
 
 
+# --- argument types: a bad value is a one-line usage error naming the option (exit 2) -------
+
 def _eps(text):
-    v = float(text)
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
     if not 0.0 <= v <= 1.0:
         raise argparse.ArgumentTypeError(f"label smoothing must be in [0, 1], got {text}")
     return v
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="lsref", description="Label-smoothed softmax cross-entropy: reference and kernel.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _tolerance(text):
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v >= 0.0):
+        raise argparse.ArgumentTypeError(f"a tolerance must be a finite number >= 0, got "
+                                         f"{text!r}")
+    return v
+
+
+def _positive(cast):
+    def check(text):
+        try:
+            v = cast(text)
+        except ValueError:
+            v = math.nan
+        if not (math.isfinite(v) and v > 0):
+            raise argparse.ArgumentTypeError(f"must be a {'whole ' * (cast is int)}number "
+                                             f"> 0, got {text!r}")
+        return v
+    check.__name__ = f"positive {cast.__name__}"
+    return check
+
+
+def _convention(text):
+    from .conventions import CONVENTIONS
+    if text not in CONVENTIONS:
+        raise argparse.ArgumentTypeError(f"unknown convention {text!r}; known: "
+                                         f"{', '.join(CONVENTIONS)}")
+    return text
+
+
+def _param(text):
+    name, eq, value = text.partition("=")
+    if not eq or not name.strip():
+        raise argparse.ArgumentTypeError(f"takes NAME=VALUE, got {text!r}")
+    return name.strip(), _parse_value(value), text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line on stderr (exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} "
+                     f"(see {self.prog} --help)\n")
+
+
+_EXIT_CODES = ("exit status: 0 = passed, 1 = verified wrong, 2 = could not run (bad usage, "
+               "unreadable input)")
+
+
+def _parser():
+    from .conventions import CONVENTIONS
+    parser = _Parser(
+        prog="lsref", description="Label-smoothed softmax cross-entropy: reference and kernel.",
+        epilog=_EXIT_CODES)
+    parser.add_argument("--version", action="version", version=f"lsref {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command",
+                                help="demo, info, selfcheck, verify, conformance or bench "
+                                "(lsref COMMAND --help for its options)")
     dm = sub.add_parser("demo", help="train a NumPy MLP with and without label smoothing; "
                         "print accuracy, NLL, calibration and the logit gap; draw reliability "
                         "diagrams")
@@ -240,56 +406,119 @@ def main(argv=None):
     dm.add_argument("--out", default="lsref-demo.png", help="PNG of the reliability diagrams "
                     "(default: lsref-demo.png; '' for none)")
     dm.add_argument("--quick", action="store_true", help="60 L-BFGS iterations (a smoke test)")
-    dm.add_argument("--maxiter", type=int, default=None, help="L-BFGS iterations (400)")
-    dm.add_argument("--seed", type=int, default=0)
-    dm.add_argument("--markdown", action="store_true")
-    dm.add_argument("--no-progress", action="store_true")
+    dm.add_argument("--maxiter", type=_positive(int), default=None,
+                    help="L-BFGS iterations (400)")
+    dm.add_argument("--seed", type=int, default=0,
+                    help="seed of the data split and the initial weights (0)")
+    dm.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    dm.add_argument("--no-progress", action="store_true",
+                    help="no iteration counter (shown in place on a terminal, every 100 "
+                    "iterations otherwise)")
     sub.add_parser("info", help="version, build (OpenMP, compiler flags) and threads")
     sc = sub.add_parser("selfcheck", help="run the kernel and the NumPy oracle on random "
-                        "logits; print the largest differences and the speed ratio")
-    sc.add_argument("--rows", type=int, default=4096)
-    sc.add_argument("--classes", type=int, default=32000)
-    sc.add_argument("--label-smoothing", type=float, default=0.1)
-    sc.add_argument("--repeat", type=int, default=5, help="kernel runs (median is reported)")
-    sc.add_argument("--seed", type=int, default=0)
+                        "logits; print the largest differences and the speed ratio",
+                        epilog="exit status: 0 = within the bounds, 1 = outside them, "
+                        "2 = could not run")
+    sc.add_argument("--rows", type=_positive(int), default=4096, help="rows of logits (4096)")
+    sc.add_argument("--classes", type=_positive(int), default=32000,
+                    help="classes per row (32000)")
+    sc.add_argument("--label-smoothing", type=_eps, default=0.1,
+                    help="label smoothing in [0, 1] (0.1)")
+    sc.add_argument("--repeat", type=_positive(int), default=5,
+                    help="kernel runs (median is reported; 5)")
+    sc.add_argument("--seed", type=int, default=0, help="seed of the random logits (0)")
     vf = sub.add_parser("verify", help="check a framework's loss/gradient saved in an .npz "
                         "(arrays: logits, targets, and loss and/or grad; optional weight), "
                         "or in .npy files larger than memory (--logits, --targets, --grad, "
-                        "--loss)")
-    vf.add_argument("file", nargs="?", default=None)
+                        "--loss)", epilog=_EXIT_CODES)
+    vf.add_argument("file", nargs="?", default=None, metavar="FILE.npz",
+                    help="arrays logits, targets, and loss and/or grad (optional: weight, "
+                    "the convention's weight argument)")
     vf.add_argument("--logits", default=None, metavar="FILE.npy",
                     help="logits (rows, classes) in an .npy, read in windows (no .npz file)")
-    vf.add_argument("--targets", default=None, metavar="FILE.npy")
-    vf.add_argument("--grad", default=None, metavar="FILE.npy")
-    vf.add_argument("--loss", default=None, help="the candidate loss: a number, or an .npy "
-                    "of per-row losses")
-    vf.add_argument("--memory", type=float, default=128, help="MiB per window (128)")
-    vf.add_argument("--convention", default="lsref",
-                    help="torch, keras, optax, timm, fairseq, fairseq-0.10, t5x or lsref")
-    vf.add_argument("--label-smoothing", type=float, default=None,
-                    help="the framework's smoothing argument (whatever its name)")
-    vf.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                    help="any other framework argument, e.g. --param ignore_index=0")
-    vf.add_argument("--rtol", type=float, default=None)
-    vf.add_argument("--atol", type=float, default=None)
-    vf.add_argument("--json", action="store_true")
+    vf.add_argument("--targets", default=None, metavar="FILE.npy",
+                    help="with --logits: the targets in an .npy")
+    vf.add_argument("--grad", default=None, metavar="FILE.npy",
+                    help="with --logits: the framework's gradient in an .npy of the logits' "
+                    "shape")
+    vf.add_argument("--loss", default=None, help="with --logits: the framework's loss, a "
+                    "number, or an .npy of per-row losses")
+    vf.add_argument("--memory", type=_positive(float), default=128,
+                    help="with --logits: MiB per window (128)")
+    vf.add_argument("--convention", type=_convention, default="lsref",
+                    help=f"the framework whose call made the results: "
+                    f"{', '.join(CONVENTIONS)} (default: lsref)")
+    vf.add_argument("--label-smoothing", type=_eps, default=None,
+                    help="the framework's smoothing argument (whatever its name), in [0, 1]")
+    vf.add_argument("--param", type=_param, action="append", default=[],
+                    metavar="NAME=VALUE", help="any other argument of the framework's call, "
+                    "as it spells it, e.g. --param ignore_index=0 (repeatable)")
+    vf.add_argument("--rtol", type=_tolerance, default=None,
+                    help="relative tolerance instead of the tolerance model (finite, >= 0)")
+    vf.add_argument("--atol", type=_tolerance, default=None,
+                    help="absolute tolerance instead of the tolerance model (finite, >= 0)")
+    vf.add_argument("--json", action="store_true", help="print the report as JSON")
+    vf.add_argument("--no-progress", action="store_true",
+                    help="with --logits: no progress line (shown only on a terminal)")
     cf = sub.add_parser("conformance", help="run each installed framework's own loss and "
-                        "autograd over a matrix of cases and judge every result")
-    cf.add_argument("--frameworks", default=None, help="comma-separated: torch,jax,keras")
+                        "autograd over a matrix of cases and judge every result",
+                        epilog="exit status: 0 = every result right or a known defect, "
+                        "1 = an unexplained failure, 2 = could not run")
+    cf.add_argument("--frameworks", default=None,
+                    help="comma-separated: torch,jax,keras (default: every installed one)")
     cf.add_argument("--quick", action="store_true", help="float32/float16 cases, K <= 32000")
     out = cf.add_mutually_exclusive_group()
-    out.add_argument("--markdown", action="store_true")
-    out.add_argument("--json", action="store_true")
-    cf.add_argument("--no-progress", action="store_true")
+    out.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    out.add_argument("--json", action="store_true", help="print the results as JSON")
+    cf.add_argument("--no-progress", action="store_true",
+                    help="no progress line on stderr")
     sub.add_parser("bench", help="one-run speed comparison with NumPy, SciPy, PyTorch, JAX "
                    "and a memory copy (options: lsref bench --help)", add_help=False)
+    return parser
+
+
+def _run(argv):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
         from .bench import main as bench_main
         return bench_main(argv[1:])
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     return {"demo": _demo, "info": _info, "selfcheck": _selfcheck, "verify": _verify,
             "conformance": _conformance}[args.command](args)
+
+
+# A process that a closed pipe ended: what a shell reports for SIGPIPE (128 + 13).
+_EXIT_BROKEN_PIPE = 141
+
+
+def main(argv=None):
+    """Run the ``lsref`` command on ``argv`` (default ``sys.argv[1:]``); return its exit
+    status (0 passed, 1 verified wrong, 2 could not run).
+
+    >>> main(["verify", "no-such-file.npz"])    # stderr: lsref verify: no such file: ...
+    2
+    """
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()      # a reader that went away shows here, inside the handler
+    except BrokenPipeError:
+        # `lsref verify ... | head -1`: Python's recipe (the signal module's documentation,
+        # "Note on SIGPIPE"): stdout to devnull, so that the flush at exit cannot fail again
+        try:
+            fd = sys.stdout.fileno()
+        except (AttributeError, OSError, ValueError):   # not a file (captured in-process)
+            return _EXIT_BROKEN_PIPE
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+        return _EXIT_BROKEN_PIPE
+    except Exception:
+        # a bug, not an answer: keep the traceback for the report, but never exit 1 ("wrong")
+        traceback.print_exc()
+        print("lsref: internal error (traceback above); nothing was checked", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ scikit-learn). Without scikit-learn the demo says so and uses a synthetic Gaussi
 """
 import sys
 import time
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -48,9 +50,12 @@ def load_dataset(path=None, *, seed=0, stream=None):
         X, y = _synthetic(seed)
         return X, y, "synthetic Gaussian mixture (2000 samples, 20 features, 10 classes)"
     if path is not None:
+        # a truncated or corrupt archive raises BadZipFile, EOFError or zlib.error, on opening
+        # or on reading a member
+        unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
         try:
             f = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
+        except unreadable as e:
             raise ValueError(f"--dataset {path}: cannot read it as .npz ({e})") from None
         if not isinstance(f, np.lib.npyio.NpzFile):
             raise ValueError(f"--dataset {path}: expected an .npz archive of features and "
@@ -63,7 +68,10 @@ def load_dataset(path=None, *, seed=0, stream=None):
                 raise ValueError(f"--dataset {path}: expected a features array (one of "
                                  f"{list(_FEATURE_KEYS)}) and a labels array (one of "
                                  f"{list(_LABEL_KEYS)}); the file holds {keys}")
-            X, y = f[xk], f[yk]
+            try:
+                X, y = f[xk], f[yk]
+            except unreadable as e:
+                raise ValueError(f"--dataset {path}: cannot read it as .npz ({e})") from None
         X, y = _check_data(X, y, f"--dataset {path}")
         return X, y, f"{path} ({X.shape[0]} samples, {X.shape[1]} features, " \
                      f"{y.max() + 1} classes)"

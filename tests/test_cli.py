@@ -40,3 +40,311 @@ def test_usage_error_exit_code():
     r = run("nonsense")
     assert r.returncode == 2
     assert "invalid choice" in r.stderr
+
+
+# --- exit status, one-line errors, pipes, terminals ----------------------------------------
+# 0 = passed, 1 = verified wrong, 2 = could not run (bad usage, unreadable input)
+
+import argparse
+import doctest
+import os
+import pathlib
+import pty
+
+import numpy as np
+import pytest
+
+import lsref
+from lsref import bench, cli, conventions, reference
+
+
+def run_module(*args, **kw):
+    """`python -m lsref ...` with this interpreter (PYTHONPATH inherited: this tree)."""
+    return subprocess.run([sys.executable, "-m", "lsref", *args], capture_output=True,
+                          text=True, timeout=300, cwd=tempfile.gettempdir(), **kw)
+
+
+def one_line_error(r):
+    """The process could not run: exit 2, exactly one line on stderr, no traceback."""
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    """A right and a wrong (loss 1 % off) torch-convention result, and their arrays."""
+    d = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((6, 7)) * 2
+    t = rng.integers(0, 7, 6)
+    loss, grad = reference.value_and_grad(z, t, label_smoothing=0.1)
+    np.savez(d / "good.npz", logits=z, targets=t, loss=loss, grad=grad)
+    np.savez(d / "wrong.npz", logits=z, targets=t, loss=loss * 1.01, grad=grad)
+    np.save(d / "logits.npy", z)
+    np.save(d / "targets.npy", t)
+    np.save(d / "grad.npy", grad)
+    return dict(dir=d, good=str(d / "good.npz"), wrong=str(d / "wrong.npz"),
+                logits=str(d / "logits.npy"), targets=str(d / "targets.npy"),
+                grad=str(d / "grad.npy"), loss=float(loss))
+
+
+def test_version():
+    for r in (run("--version"), run_module("--version")):
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == f"lsref {lsref.__version__}\n"
+
+
+def test_python_m_lsref_runs_the_command(npz):
+    for args, code, word in [(("verify", npz["good"], "--convention", "torch",
+                               "--label-smoothing", "0.1"), 0, "PASSED"),
+                             (("verify", npz["wrong"], "--convention", "torch",
+                               "--label-smoothing", "0.1"), 1, "FAILED")]:
+        a, b = run(*args), run_module(*args)
+        assert a.returncode == b.returncode == code, (a.stderr, b.stderr)
+        assert word in a.stdout and a.stdout == b.stdout
+    r = run_module("nonsense")
+    assert r.returncode == 2 and r.stderr.startswith("lsref: error: ")
+
+
+def _truncated(path, good):
+    data = pathlib.Path(good).read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def _bad_member(path, good):
+    # flip bytes inside the stored logits data: the archive opens, the member's CRC fails
+    data = bytearray(pathlib.Path(good).read_bytes())
+    at = data.index(b"\x93NUMPY") + 160
+    data[at:at + 8] = bytes(b ^ 0xFF for b in data[at:at + 8])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("kind", ["random bytes", "truncated", "empty", "missing key",
+                                  "corrupt member", "an .npy", "missing file"])
+def test_unreadable_npz_is_one_line_exit_2(npz, tmp_path, kind):
+    path = tmp_path / "broken.npz"
+    if kind == "random bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(1000))
+    elif kind == "truncated":
+        _truncated(path, npz["good"])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "missing key":
+        with np.load(npz["good"]) as d:
+            np.savez(path, logits=d["logits"], loss=d["loss"])
+    elif kind == "corrupt member":
+        _bad_member(path, npz["good"])
+    elif kind == "an .npy":
+        np.save(tmp_path / "a.npy", np.zeros(3))
+        os.replace(tmp_path / "a.npy", path)
+    r = run("verify", str(path), "--convention", "torch", "--label-smoothing", "0.1")
+    line = one_line_error(r)
+    assert line.startswith("lsref verify: ") and str(path) in line
+    if kind == "missing key":
+        assert "targets" in line
+
+
+@pytest.mark.parametrize("option,kind", [("--logits", "truncated"), ("--logits", "empty"),
+                                         ("--targets", "truncated"), ("--targets", "npz"),
+                                         ("--grad", "random bytes"), ("--targets", "missing")])
+def test_unreadable_npy_is_one_line_exit_2(npz, tmp_path, option, kind):
+    files = {o: npz[o[2:]] for o in ("--logits", "--targets", "--grad")}
+    path = tmp_path / "broken.npy"
+    if kind == "truncated":
+        _truncated(path, files[option])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "npz":
+        os.link(npz["good"], path)
+    elif kind == "random bytes":
+        path.write_bytes(np.random.default_rng(1).bytes(1000))
+    files[option] = str(path)
+    r = run("verify", *[a for o, p in files.items() for a in (o, p)])
+    line = one_line_error(r)
+    assert option in line and str(path) in line
+
+
+def test_verify_npy_files_exit_status(npz):
+    args = ["verify", "--logits", npz["logits"], "--targets", npz["targets"], "--grad",
+            npz["grad"], "--convention", "torch", "--label-smoothing", "0.1"]
+    r = run(*args, "--loss", repr(npz["loss"]))
+    assert r.returncode == 0 and "PASSED" in r.stdout, r.stdout + r.stderr
+    r = run(*args, "--loss", repr(npz["loss"] * 1.01))
+    assert r.returncode == 1 and "FAILED" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("option", ["--rtol", "--atol"])
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "-inf", "NaN", "abc"])
+def test_bad_tolerance_is_one_line_exit_2(npz, option, value):
+    r = run("verify", npz["good"], f"{option}={value}")
+    line = one_line_error(r)
+    assert f"argument {option}: " in line and repr(value) in line
+
+
+def test_tolerances_that_are_fine(npz):
+    r = run("verify", npz["good"], "--label-smoothing", "0.1", "--rtol", "0", "--atol",
+            "1e-12")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_unknown_convention_names_the_option_and_the_known_ones(npz):
+    line = one_line_error(run("verify", npz["good"], "--convention", "pytorch"))
+    assert "--convention" in line and "'pytorch'" in line
+    for name in conventions.CONVENTIONS:
+        assert name in line
+
+
+def test_unknown_reduction_is_one_line_exit_2(npz):
+    line = one_line_error(run("verify", npz["good"], "--convention", "keras",
+                              "--param", "reduction=avg"))
+    assert "--param reduction=avg" in line
+
+
+@pytest.mark.parametrize("param", ["foo=1", "weights=2"])
+def test_param_the_convention_does_not_take(npz, param):
+    line = one_line_error(run("verify", npz["good"], "--convention", "torch",
+                              "--param", param))
+    assert f"--param {param}" in line and "ignore_index" in line
+
+
+@pytest.mark.parametrize("args", [("verify", "x.npz", "--param", "noequals"),
+                                  ("verify", "x.npz", "--label-smoothing", "2"),
+                                  ("verify", "x.npz", "--memory", "0"),
+                                  ("selfcheck", "--rows", "-3"),
+                                  ("nonsense",), ()])
+def test_usage_errors_are_one_line(args):
+    line = one_line_error(run(*args))
+    assert "error: " in line
+
+
+def _closed_pipe_run(*args):
+    """Run with stdout a pipe whose read end is closed before the process writes."""
+    rd, wr = os.pipe()
+    os.close(rd)
+    try:
+        return subprocess.run([SCRIPT, *args], stdout=wr, stderr=subprocess.PIPE, text=True,
+                              timeout=300, cwd=tempfile.gettempdir())
+    finally:
+        os.close(wr)
+
+
+@pytest.mark.parametrize("args", [("verify", "{good}"), ("verify", "{good}", "--json"),
+                                  ("verify", "{wrong}"), ("info",), ("--version",),
+                                  ("verify", "--help")])
+def test_closed_stdout_pipe_is_quiet(npz, args):
+    r = _closed_pipe_run(*[a.format(**npz) for a in args])
+    assert r.stderr == ""                      # no BrokenPipeError traceback, no message
+    if "--help" in args or "--version" in args:
+        assert r.returncode in (0, 141)        # argparse drops its own write errors
+    else:
+        assert r.returncode == 141             # as a shell reports a SIGPIPE death
+
+
+def test_pipe_into_head(npz):
+    p1 = subprocess.Popen([SCRIPT, "verify", npz["good"], "--label-smoothing", "0.1",
+                           "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          cwd=tempfile.gettempdir())
+    p2 = subprocess.Popen(["head", "-1"], stdin=p1.stdout, stdout=subprocess.PIPE)
+    p1.stdout.close()
+    out = p2.communicate(timeout=300)[0]
+    err = p1.stderr.read()
+    p1.stderr.close()
+    assert p1.wait(timeout=300) in (0, 141)    # 141 if head left before the last write
+    assert out == b"{\n" and b"Traceback" not in err and err == b""
+
+
+def test_verify_progress_only_on_a_terminal(npz):
+    args = [SCRIPT, "verify", "--logits", npz["logits"], "--targets", npz["targets"],
+            "--grad", npz["grad"], "--label-smoothing", "0.1",
+            "--memory", "1e-6"]                                 # one row per window
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stdout + r.stderr and "verifying" not in r.stdout
+    # the same command on a terminal (a pseudo-terminal) shows the progress line
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.run(args, stdout=slave, stderr=subprocess.PIPE, timeout=300)
+        os.close(slave)
+        slave = None
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:                     # Linux: EIO once the terminal is drained
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        if slave is not None:
+            os.close(slave)
+        os.close(master)
+    assert p.returncode == 0, p.stderr
+    assert b"\r  verifying " in seen and b"100.0%" in seen
+    p = subprocess.run(args + ["--no-progress"], capture_output=True, text=True)
+    assert "verifying" not in p.stdout
+
+
+class _Stream:
+    def __init__(self, tty):
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, text):
+        pass
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("tty,flag,shown", [(True, [], True), (False, [], False),
+                                            (True, ["--no-progress"], False)])
+def test_bench_progress_only_on_a_terminal(monkeypatch, tty, flag, shown):
+    seen = {}
+
+    def fake_run(workloads, repeat, progress):
+        seen["progress"] = progress
+        return [], {}
+    monkeypatch.setattr(bench, "run", fake_run)
+    monkeypatch.setattr(bench, "format_table", lambda rows, versions, markdown: "")
+    monkeypatch.setattr(sys, "stderr", _Stream(tty))
+    assert bench.main(["--quick", *flag]) == 0
+    assert seen["progress"] is shown
+
+
+def _all_actions():
+    parsers = [("lsref", cli._parser()), ("lsref bench", bench._parser())]
+    for _, p in list(parsers):
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                parsers += [(f"lsref {n}", sp) for n, sp in a.choices.items()]
+    for name, p in parsers:
+        for a in p._actions:
+            if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)):
+                yield name, a
+
+
+def test_every_argument_has_help():
+    actions = list(_all_actions())
+    assert len(actions) > 30
+    missing = [(n, a.dest) for n, a in actions if not a.help or a.help == argparse.SUPPRESS]
+    assert not missing
+
+
+def test_internal_error_is_exit_2_with_its_traceback(monkeypatch, capsys):
+    def broken(args):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(cli, "_info", broken)
+    assert cli.main(["info"]) == 2              # never 1, which means "verified wrong"
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: a bug" in err
+
+
+def test_cli_docstring_examples():
+    result = doctest.testmod(cli, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
