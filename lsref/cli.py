@@ -265,7 +265,8 @@ def main(argv=None):
                     "of per-row losses")
     vf.add_argument("--memory", type=float, default=128, help="MiB per window (128)")
     vf.add_argument("--convention", default="lsref",
-                    help="torch, keras, optax, timm, fairseq, fairseq-0.10, t5x or lsref")
+                    help="torch, keras, optax, timm, fairseq, fairseq-0.10, t5x, "
+                    "transformers, espnet, opennmt, opennmt-3.0.2, nemo, mlx, tf1 or lsref")
     vf.add_argument("--label-smoothing", type=float, default=None,
                     help="the framework's smoothing argument (whatever its name)")
     vf.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
