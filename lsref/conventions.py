@@ -143,7 +143,7 @@ def _optax(logits, targets, p):
                         "softmax_cross_entropy_with_integer_labels has no smoothing")
     where = p.get("where")
     if where is not None:
-        where = np.asarray(where)
+        where = np.asarray(where).astype(bool)
         if where.ndim == logits.ndim:
             if where.shape[axis] != 1 and not (where == where.take([0], axis)).all():
                 raise ValueError("optax where= that masks classes (different along axis) is "
@@ -391,7 +391,7 @@ CONVENTIONS = {c.name: c for c in [
                "sample weights scale the values only; an empty mean is 0."),
     Convention("optax", "optax.softmax_cross_entropy(logits, optax.smooth_labels(labels, "
                "alpha)) / softmax_cross_entropy_with_integer_labels",
-               ("alpha", "axis", "where", "reduction"), "alpha", "where", _optax,
+               ("alpha", "axis", "where", "reduction"), "alpha", None, _optax,
                "Per-row losses (reduction='none'), no weights, no ignore index; where= masks "
                "rows (>= 0.2.4; a masked row is 0). reduction='mean'/'sum' for the loss "
                "after your own jnp.mean/jnp.sum (the mean counts masked rows)."),

@@ -139,6 +139,25 @@ def test_tf1_defaults_integer_one_hot_and_zero_weights():
         lsref.verify(z, onehot, loss0, convention="tf1", reduction="mean")
 
 
+def test_tf1_float64_is_computed_in_float32():
+    """compute_weighted_loss casts the losses and weights to float32 (losses_impl.py) for
+    every reduction, NONE included: a float64 result with float32 accuracy."""
+    tf = require("tensorflow")
+    r_ = rng("tf1-float64")
+    z = r_.standard_normal((64, 50)) * 3
+    onehot = np.eye(50)[r_.integers(0, 50, 64)]
+    w = r_.random(64)
+    loss, grad = tf1_run(tf, z, onehot, w, 0.1, tf.compat.v1.losses.Reduction.NONE)
+    assert loss.dtype == np.float64
+    r = lsref.verify(z, onehot, loss, grad, convention="tf1", weights=w, label_smoothing=0.1,
+                     reduction="none")
+    assert not r.passed and r.diagnosis[0].startswith("precision")
+    # the same result judged as float32 is right
+    assert lsref.verify(z, onehot, loss.astype(np.float32), grad.astype(np.float32),
+                        convention="tf1", weights=w, label_smoothing=0.1,
+                        reduction="none").passed
+
+
 # --- Optax: where= and the user's own jnp.mean / jnp.sum ----------------------------------
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
