@@ -3,7 +3,8 @@
 One record per framework call (SEMANTICS.md, "Conventions"). A record takes the keyword
 arguments exactly as the user passed them to that framework and returns a :class:`Plan`: the
 oracle's keywords plus the framework's reduction (its divisor, and what it returns when the
-divisor is 0). Adding a framework is adding a record to ``CONVENTIONS``.
+divisor is 0). Adding a framework is adding a record to ``CONVENTIONS``; its ``source`` names
+the framework file it was read from ("owner/repo: path").
 
 The records describe what each framework *means* to compute; where a framework's numbers
 differ from that (an overflow, a NaN from ``0 * -inf``, smoothing spread over the wrong axis),
@@ -66,6 +67,7 @@ class Convention:
     weight_param: object          # the name of its per-class/per-row weight argument, if any
     plan: Callable = field(repr=False)   # (logits, targets, params) -> Plan
     notes: str = ""
+    source: str = ""              # "owner/repo: path" of the framework source it was read from
 
     def make_plan(self, logits, targets, params):
         unknown = sorted(set(params) - set(self.params))
@@ -379,7 +381,8 @@ CONVENTIONS = {c.name: c for c in [
                "label_smoothing", "weight", _torch,
                "Class axis 1 (0 for 1-D input); eps/K with the weights in both terms; mean "
                "divides by the summed weights of the non-ignored targets (probability "
-               "targets: by the rows); every target ignored gives NaN."),
+               "targets: by the rows); every target ignored gives NaN.",
+               source="pytorch/pytorch: torch/nn/functional.py"),
     Convention("keras", "keras.losses.CategoricalCrossentropy / "
                "SparseCategoricalCrossentropy (from_logits=True)",
                ("from_logits", "label_smoothing", "axis", "reduction", "ignore_class",
@@ -388,29 +391,37 @@ CONVENTIONS = {c.name: c for c in [
                "Probability targets: CategoricalCrossentropy, eps/K along axis; class "
                "indices: SparseCategoricalCrossentropy (no smoothing, ignore_class). "
                "sum_over_batch_size divides by the number of loss values that count; "
-               "sample weights scale the values only; an empty mean is 0."),
+               "sample weights scale the values only; an empty mean is 0.",
+               source="keras-team/keras: keras/src/losses/losses.py"),
     Convention("optax", "optax.softmax_cross_entropy(logits, optax.smooth_labels(labels, "
                "alpha)) / softmax_cross_entropy_with_integer_labels",
                ("alpha", "axis", "where", "reduction"), "alpha", None, _optax,
                "Per-row losses (reduction='none'), no weights, no ignore index; where= masks "
                "rows (>= 0.2.4; a masked row is 0). reduction='mean'/'sum' for the loss "
-               "after your own jnp.mean/jnp.sum (the mean counts masked rows)."),
+               "after your own jnp.mean/jnp.sum (the mean counts masked rows).",
+               source="google-deepmind/optax: optax/losses/_classification.py"),
     Convention("timm", "timm.loss.LabelSmoothingCrossEntropy / SoftTargetCrossEntropy",
                ("smoothing",), "smoothing", None, _timm,
-               "Class axis -1; eps/K; the mean over rows; smoothing < 1 (default 0.1)."),
+               "Class axis -1; eps/K; the mean over rows; smoothing < 1 (default 0.1).",
+               source="huggingface/pytorch-image-models: timm/loss/cross_entropy.py"),
     Convention("fairseq", "fairseq label_smoothed_nll_loss (>= 0.12)",
                ("epsilon", "ignore_index", "reduce"), "epsilon", None, _fairseq("others"),
                "eps/(V-1) on the wrong classes, 1-eps on the target; the sum (reduce=True); "
                "ignored positions count 0. Pass the logits (or the log-probabilities: "
-               "log_softmax is idempotent); gradients are with respect to what you pass."),
+               "log_softmax is idempotent); gradients are with respect to what you pass.",
+               source="facebookresearch/fairseq: "
+                      "fairseq/criterions/label_smoothed_cross_entropy.py"),
     Convention("fairseq-0.10", "fairseq label_smoothed_nll_loss (<= 0.10.2)",
                ("epsilon", "ignore_index", "reduce"), "epsilon", None, _fairseq("uniform"),
-               "The older eps/V form: (1-eps)*nll + eps/V * sum(-log p)."),
+               "The older eps/V form: (1-eps)*nll + eps/V * sum(-log p).",
+               source="facebookresearch/fairseq: "
+                      "fairseq/criterions/label_smoothed_cross_entropy.py"),
     Convention("t5x", "t5x.losses.compute_weighted_cross_entropy",
                ("label_smoothing", "z_loss", "weights", "loss_normalizing_factor"),
                "label_smoothing", "weights", _t5x,
                "eps/(V-1) ('others'), minus the target entropy (KL form), plus z_loss*lse**2; "
-               "per-row weights; the sum, divided by loss_normalizing_factor if given."),
+               "per-row weights; the sum, divided by loss_normalizing_factor if given.",
+               source="google-research/t5x: t5x/losses.py"),
     Convention("transformers", "transformers.trainer_pt_utils.LabelSmoother(epsilon, "
                "ignore_index)(logits, labels, shift_labels, num_items_in_batch)",
                ("epsilon", "ignore_index", "shift_labels", "num_items_in_batch"),
@@ -418,45 +429,53 @@ CONVENTIONS = {c.name: c for c in [
                "eps/K (default 0.1) along the last axis; labels equal to ignore_index "
                "(-100) count 0; the mean over the labels that count, or the sum over "
                "num_items_in_batch. Pass the unshifted logits and labels: shift_labels=True "
-               "pairs logits[..., i, :] with labels[..., i + 1]."),
+               "pairs logits[..., i, :] with labels[..., i + 1].",
+               source="huggingface/transformers: src/transformers/trainer_pt_utils.py"),
     Convention("espnet", "espnet LabelSmoothingLoss(size, padding_idx, smoothing, "
                "normalize_length)(x, target)",
                ("size", "padding_idx", "smoothing", "normalize_length"),
                "smoothing", None, _espnet,
                "KL form, eps/(K-1) off the target; x is (batch, seqlen, size); padding_idx "
                "positions count 0; the sum over the batch size, or over the non-padding "
-               "tokens with normalize_length=True."),
+               "tokens with normalize_length=True.",
+               source="espnet/espnet: "
+                      "espnet/nets/pytorch_backend/transformer/label_smoothing_loss.py"),
     Convention("opennmt", "OpenNMT-py (>= 3.0.3) nn.CrossEntropyLoss(ignore_index=padding_idx, "
                "reduction='sum', label_smoothing)",
                ("label_smoothing", "ignore_index"), "label_smoothing", None, _opennmt,
-               "PyTorch's form (eps/K), the sum; the padding index counts 0."),
+               "PyTorch's form (eps/K), the sum; the padding index counts 0.",
+               source="OpenNMT/OpenNMT-py: onmt/utils/loss.py"),
     Convention("opennmt-3.0.2", "OpenNMT-py (<= 3.0.2) LabelSmoothingLoss(label_smoothing, "
                "tgt_vocab_size, ignore_index)",
                ("label_smoothing", "tgt_vocab_size", "ignore_index"), "label_smoothing", None,
                _opennmt_302,
                "KL form, sum: eps/(V-2) on the classes other than the target and the padding "
                "class (which gets 0); 0 < eps <= 1; ignore_index is the padding index. Pass "
-               "the logits (output = log_softmax of them)."),
+               "the logits (output = log_softmax of them).",
+               source="OpenNMT/OpenNMT-py: onmt/utils/loss.py"),
     Convention("nemo", "NeMo SmoothedCrossEntropyLoss(pad_id, label_smoothing, predict_last_k, "
                "eps)(log_probs, labels, output_mask)",
                ("pad_id", "label_smoothing", "predict_last_k", "eps", "output_mask"),
                "label_smoothing", "output_mask", _nemo,
                "eps/(V-1) off the target; output_mask (default labels != pad_id) weights "
                "each position; the last predict_last_k positions (0: all); divided by the "
-               "mask's sum + eps (1e-6). Pass the logits (log_probs = log_softmax of them)."),
+               "mask's sum + eps (1e-6). Pass the logits (log_probs = log_softmax of them).",
+               source="NVIDIA/NeMo: nemo/collections/common/losses/smoothed_cross_entropy.py"),
     Convention("mlx", "mlx.nn.losses.cross_entropy",
                ("weights", "axis", "label_smoothing", "reduction"), "label_smoothing",
                "weights", _mlx,
                "eps/K along axis; class indices, or probabilities (the logits' rank) that "
                "sum to 1; weights scale each value; reduction 'none' (default), 'mean' over "
-               "every value, 'sum'; no ignore index."),
+               "every value, 'sum'; no ignore index.",
+               source="ml-explore/mlx: python/mlx/nn/losses.py"),
     Convention("tf1", "tf.compat.v1.losses.softmax_cross_entropy(onehot_labels, logits, "
                "weights, label_smoothing, reduction)",
                ("weights", "label_smoothing", "reduction"), "label_smoothing", "weights", _tf1,
                "eps/K on the last axis; weights broadcast to the per-row losses; default "
                "SUM_BY_NONZERO_WEIGHTS (the sum over the count of non-zero weights); MEAN "
                "divides by the summed weights, SUM_OVER_BATCH_SIZE by the rows; an empty "
-               "mean is 0. Pass onehot_labels as the targets."),
+               "mean is 0. Pass onehot_labels as the targets.",
+               source="tensorflow/tensorflow: tensorflow/python/ops/losses/losses_impl.py"),
 ]}
 
 
