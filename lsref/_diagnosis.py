@@ -75,7 +75,8 @@ def diagnose(z, t, plan, loss, grad, lc, gc, dtype, eps, tiny, ref_loss, ref_gra
         if try_plan(plan, alt_eps=eps32):
             found.append("precision: the result has dtype float64 but only float32 accuracy: "
                          "the framework computed in float32 (Keras casts inputs to floatx(), "
-                         "float32 unless a dtype policy says otherwise).")
+                         "float32 unless a dtype policy says otherwise; TF1's "
+                         "compute_weighted_loss casts the losses to float32).")
             return found
 
     # --- smoothing forgotten: the candidate computed eps = 0 ------------------------------

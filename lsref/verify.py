@@ -323,7 +323,8 @@ def verify(logits, targets, loss=None, grad=None, *, convention="lsref", rtol=No
         ``logits``. Give either or both.
     convention : str, default="lsref"
         Whose semantics: "torch", "keras", "optax", "timm", "fairseq", "fairseq-0.10",
-        "t5x" or "lsref" (see ``lsref.conventions.CONVENTIONS``).
+        "t5x", "transformers", "espnet", "opennmt", "opennmt-3.0.2", "nemo", "mlx", "tf1"
+        or "lsref" (see ``lsref.conventions.CONVENTIONS``).
     rtol, atol : float, optional
         Replace the tolerance model by ``atol + rtol * |reference|``.
     **params
@@ -357,6 +358,8 @@ def verify(logits, targets, loss=None, grad=None, *, convention="lsref", rtol=No
         raise ValueError("give the candidate loss, grad, or both")
     params = {k: _to_numpy(v) if hasattr(v, "shape") else v for k, v in params.items()}
     plan = _checked_plan(conv, z, t, params, rtol, atol)
+    if plan.targets is not None:              # the targets as the framework pairs/builds them
+        t = np.asarray(plan.targets)
     cand_dtype = (grad if grad is not None else loss).dtype
     if cand_dtype.kind != "f" and cand_dtype.name != "bfloat16":
         cand_dtype = np.dtype(np.float64)
@@ -463,8 +466,15 @@ def verify_files(logits, targets, loss=None, grad=None, *, convention="lsref", r
         g_info = (g_dtype, g_offset)
     if loss is None and grad is None:
         raise ValueError("give the candidate loss, grad, or both")
-    stand_in = np.broadcast_to(np.zeros((), dtype), (min(N, 1), K))
-    plan = _checked_plan(conv, stand_in, t[:min(N, 1)], dict(params), rtol, atol)
+    # the plan from the whole targets and weights (a record may count them), with a zero-copy
+    # stand-in for the logits
+    stand_in = np.broadcast_to(np.zeros((), dtype), (N, K))
+    plan = _checked_plan(conv, stand_in, t, dict(params), rtol, atol)
+    if plan.targets is not None:
+        if np.shape(plan.targets) == (N, K) != t.shape:
+            raise ValueError(f"convention {conv.name!r} builds a target distribution as large "
+                             f"as the logits; use lsref.verify on arrays in memory")
+        t = np.asarray(plan.targets)
     D = _plan_divisor(plan, t, K)
     cand_dtype = g_info[0] if g_info else np.asarray(loss).dtype
     if cand_dtype.kind != "f":

@@ -165,19 +165,30 @@ def test_testing_helper_raises_with_the_report():
         lsref.testing.assert_matches_reference(z, t, loss=loss * 1.01)
 
 
+# what a record needs beyond its smoothing argument: required arguments, a (batch, seq,
+# class) layout, or one-hot targets
+_EXTRA = {"espnet": dict(size=6, padding_idx=0), "nemo": dict(pad_id=0),
+          "opennmt-3.0.2": dict(ignore_index=0)}
+_SEQUENCE = ("espnet", "nemo")
+
+
 @pytest.mark.parametrize("name", sorted(CONVENTIONS))
 def test_every_convention_accepts_its_right_answer(name):
     """Each record's own reference, rounded to float32, passes under that record."""
     from lsref.verify import _reference
     conv = CONVENTIONS[name]
     z = (RNG.standard_normal((12, 6)) * 2).astype(np.float32)
-    probs_only = name in ("optax", "keras")
+    probs_only = name in ("optax", "keras", "tf1")
     t = RNG.integers(0, 6, 12)
     params = {conv.smoothing_param: 0.1} if name not in ("keras",) or probs_only else {}
+    params.update(_EXTRA.get(name, {}))
     if probs_only:
         t = np.eye(6)[t].astype(np.float32)
+    if name in _SEQUENCE:
+        z, t = z.reshape(3, 4, 6), t.reshape(3, 4)
     plan = conv.make_plan(z, t, params)
-    loss, grad, _, _ = _reference(z.astype(np.float64), t, plan)
+    loss, grad, _, _ = _reference(z.astype(np.float64),
+                                  t if plan.targets is None else plan.targets, plan)
     r = lsref.verify(z, t, np.asarray(loss).astype(np.float32), grad.astype(np.float32),
                      convention=name, **params)
     assert r.passed, str(r)
