@@ -244,7 +244,7 @@ def _call(kind, fn, z, t, fn_params, want_grad=True):
     return _to_numpy(out), None
 
 
-def _detect_kind(fn, convention):
+def _detect_kind(fn, convention, fn_params):
     """torch if fn takes or returns PyTorch tensors, jax for JAX arrays, else numpy."""
     if "torch" in sys.modules and isinstance(fn, sys.modules["torch"].nn.Module):
         return "torch"
@@ -252,7 +252,7 @@ def _detect_kind(fn, convention):
     z = rng.standard_normal((2, 3))
     t = np.eye(3)[[0, 2]] if convention.name in _ONE_HOT else np.array([0, 2])
     try:
-        out = fn(z.copy(), t.copy())
+        out = fn(z.copy(), t.copy(), **fn_params)
     except Exception:
         out = None
     first = out[0] if isinstance(out, (tuple, list)) and out else out
@@ -268,7 +268,7 @@ def _detect_kind(fn, convention):
         except ImportError:
             continue
         try:
-            _call(kind, fn, z, t, {}, want_grad=False)
+            _call(kind, fn, z, t, fn_params, want_grad=False)
             return kind
         except Exception as exc:
             errors.append(f"{kind}: {type(exc).__name__}: {exc}")
@@ -602,16 +602,15 @@ def check_loss_function(fn, *, convention, kind=None, quick=False, inputs=None, 
     if unknown:
         raise TypeError(f"convention {conv.name!r} ({conv.call}) takes "
                         f"{', '.join(conv.params)}; got unexpected {', '.join(unknown)}")
+    accepted = _accepted(fn, set(conv.params))
+    fixed = dict(params)
     if kind is None:
-        kind = _detect_kind(fn, conv)
+        kind = _detect_kind(fn, conv, {k: v for k, v in fixed.items() if k in accepted})
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     name = getattr(fn, "__qualname__", None) or type(fn).__name__
     result = LossFunctionReport(function=name, kind=kind, convention=conv.name,
                                 params=dict(params))
-    accepted = _accepted(fn, set(conv.params))
-    fixed = {k: v for k, v in params.items()}
-    to_fn = {k: v for k, v in fixed.items() if k in accepted}
     sparam = conv.smoothing_param
     wname, wkind = _WEIGHT.get(conv.name, (None, None))
     iname = _IGNORE.get(conv.name)
