@@ -161,7 +161,9 @@ class LossFunctionReport:
             lines += [f"  diagnosis: {d}" for d in c.diagnosis]
             if c.report is not None:
                 lines.append("  " + str(c.report).replace("\n", "\n  "))
-            if c.reproducer:
+            if c.reproducer.startswith("#"):
+                lines.append("  " + c.reproducer[2:])
+            elif c.reproducer:
                 shape = "x".join(map(str, c.shrunk_shape))
                 lines += [f"  reproducer (shrunk to logits of shape {shape}):", "",
                           "    " + c.reproducer.replace("\n", "\n    ")]
@@ -673,6 +675,7 @@ def check_loss_function(fn, *, convention, kind=None, quick=False, inputs=None, 
                 p[iname] = -100
             todo.append((label, z, t, w, p))
 
+    shrunk = {}
     for j, (label, z, t, w, p) in enumerate(todo):
         vparams, fparams = split(p)
         verdict, diagnosis, report, witness, loss_text = attempt_full(z, t, w, vparams,
@@ -683,6 +686,11 @@ def check_loss_function(fn, *, convention, kind=None, quick=False, inputs=None, 
         if verdict == "FAIL":
             failing = _signature(verdict, diagnosis, witness)
             zs, ts, ws, ps = z, t, w, p
+            if failing in shrunk:                       # one reproducer per kind of failure
+                res.reproducer = f"# fails as {shrunk[failing]} does: see its reproducer"
+                result.cases.append(res)
+                continue
+            shrunk[failing] = label
             if shrink:
                 def attempt(zz, tt, ww, pp, j=j):
                     vp, fp = split(pp)

@@ -1,6 +1,7 @@
 """lsref.testing.check_loss_function and `lsref conformance --callable`: users' own loss
 functions (PyTorch, JAX, NumPy) over the matrix, judged by verify and by a finite-difference
 witness of their own loss; failures shrunk to a reproducer."""
+import json
 import os
 import pathlib
 import subprocess
@@ -228,7 +229,7 @@ def test_cli_callable_exit_codes(lesson, tmp_path):
     assert r.returncode == 2 and "has no 'nothing'" in r.stderr
     r = cli("--callable", "lesson_label_smoothing", *common, cwd=EXAMPLES)
     assert r.returncode == 2 and "MODULE:FUNCTION" in r.stderr
-    # every case skipped: a JAX-only convention parameter fixed away... nothing can run
+    # a NumPy function from the current folder, JSON out
     (tmp_path / "fixed.py").write_text(
         "import lsref\n"
         "def f(logits, targets):\n"
@@ -236,6 +237,7 @@ def test_cli_callable_exit_codes(lesson, tmp_path):
     r = cli("--callable", "fixed:f", "--convention", "lsref", "--kind", "numpy",
             "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["passed"] is True
 
 
 def test_cli_frameworks_matrix_without_the_framework_exits_2(tmp_path):
