@@ -158,9 +158,10 @@ class LossFunctionReport:
             lines.append(f"  skipped {name}: {why}")
         for c in self.failures:
             lines += ["", f"--- {c.name}: {c.verdict}"]
-            lines += [f"  diagnosis: {d}" for d in c.diagnosis]
-            if c.report is not None:
+            if c.report is not None:                   # it lists verify's own diagnoses
                 lines.append("  " + str(c.report).replace("\n", "\n  "))
+            own = [] if c.report is None else c.report.diagnosis
+            lines += [f"  diagnosis: {d}" for d in c.diagnosis if d not in own]
             if c.reproducer.startswith("#"):
                 lines.append("  " + c.reproducer[2:])
             elif c.reproducer:
