@@ -615,7 +615,7 @@ def check_loss_function(fn, *, convention, kind=None, quick=False, inputs=None, 
     result = LossFunctionReport(function=name, kind=kind, convention=conv.name,
                                 params=dict(params))
     sparam = conv.smoothing_param
-    wname, wkind = _WEIGHT.get(conv.name, (None, None))
+    wname = _WEIGHT.get(conv.name, (None,))[0]
     iname = _IGNORE.get(conv.name)
 
     def attempt_full(z, t, w, vparams, fparams, seed_):

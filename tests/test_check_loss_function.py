@@ -74,6 +74,15 @@ def test_lesson_module_passes(lesson):
     assert report.n_run >= 10
     assert {c.dtype for c in report.cases} == {"float64", "float32", "float16", "bfloat16"}
     assert any(c.shape == (2, 128256) for c in report.cases)
+    # the module object itself (K from the logits; forward takes no smoothing argument, so
+    # label_smoothing only describes it)
+    module = lesson.LabelSmoothingLoss(num_classes=100, smoothing=0.1)
+    report = check_loss_function(module, convention="torch", reduction="none",
+                                 label_smoothing=0.1, quick=True)
+    assert report.kind == "torch" and report.passed, str(report)
+    wrong = check_loss_function(module, convention="torch", reduction="none",
+                                label_smoothing=0.2, quick=True)
+    assert not wrong.passed
 
 
 def test_lesson_module_at_eps_0_gives_nan_for_masked_logits(lesson):
