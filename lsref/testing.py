@@ -303,9 +303,10 @@ def _inputs(case, conv, rng):
     return z, t, w
 
 
-def _case_name(case, eps, shape):
+def _case_name(case, eps, shape, conv):
     extra = {"-inf": ", -inf logits", "huge": ", huge logits (+-1e4)"}.get(case.special, "")
-    extra += ", class weights" if case.weight else ""
+    if case.weight:
+        extra += f", {_WEIGHT.get(conv.name, (None, 'class'))[1]} weights"
     extra += ", ignored targets" if case.ignore else ""
     return f"{case.dtype} K={shape[-1]} N={shape[0]} eps={eps:g}{extra}"
 
@@ -647,7 +648,7 @@ def check_loss_function(fn, *, convention, kind=None, quick=False, inputs=None, 
                 p[sparam] = eps
             else:
                 eps = _DEFAULT_EPS.get(conv.name, 0.0)
-            label = _case_name(case, eps, (case.n, case.k))
+            label = _case_name(case, eps, (case.n, case.k), conv)
             if label in seen:
                 continue
             seen.add(label)
