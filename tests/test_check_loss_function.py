@@ -260,3 +260,4 @@ def test_cli_frameworks_matrix_without_the_framework_exits_2(tmp_path):
     r = cli("--frameworks", "jax", "--no-progress", cwd=tmp_path, env=env)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "nothing ran (jax not installed)" in r.stderr
+    assert "Versions: jax not installed" in r.stdout
