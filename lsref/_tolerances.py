@@ -139,3 +139,29 @@ def verify_eps(dtype):
         dtype = np.dtype(np.float64)
     fi = np.finfo(dtype)
     return float(fi.eps), float(fi.smallest_subnormal)
+
+
+# --- check_loss_function: the finite-difference witness ------------------------------------
+#
+# The candidate's gradient g is compared with the slope of its own loss L along a direction d
+# (max|d| = 1): the 4-point central difference [-L(+2h) + 8L(+h) - 8L(-h) + L(-2h)] / 12 at the
+# points z + k h d rounded to the candidate's dtype, against sum_k c_k <g, z_k - z> over the
+# same (rounded) points. Its truncation error is (h^4 / 30) times the fifth derivative of L
+# along d; for softmax cross-entropy with |d_j| <= 1 that derivative is bounded by a few units
+# of the gradient's size (cumulants of d under p), so the truncation is ~h^4 of the slope.
+# The rounding of the four loss values enters as (1 + 8 + 8 + 1) / 12 = 1.5 times one loss
+# value's error, bounded like a row loss of the verification model:
+#   WITNESS_SAFETY * eps * [sum |l_i| + mass * (4 + sqrt(K) + max |lse_i|)]
+# (mass: 1 for a mean, the number of rows for a sum or per-row losses, times the weights'
+# spread). A comparison is conclusive only where that tolerance is below |<g, step>|: there a
+# zero, wrongly signed or wrongly scaled gradient shows. float16/bfloat16 losses are rounded
+# to 3 significant digits: their witness cannot be conclusive and is not run.
+#
+# float64: h = 2^-10 gives a truncation of ~1e-12 of the slope and a rounding of ~1e-12 for
+# losses of order 10; 1e-6 of sum |g_j| |h d_j| leaves a 1e4 margin.
+# float32: h = 2^-5 gives a truncation of ~1e-6 of the slope; the rounding term carries the
+# float32 loss's own error (~1e-5 of the slope at K = 1000); 1e-3 of sum |g_j| |h d_j| covers
+# the truncation with a margin for curvature (third and fifth derivatives of a few units).
+WITNESS_STEP = {"float64": 2.0 ** -10, "float32": 2.0 ** -5}
+WITNESS_RTOL = {"float64": 1e-6, "float32": 1e-3}
+WITNESS_SAFETY = 4.0

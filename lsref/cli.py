@@ -284,6 +284,8 @@ def _verify(args):
 
 
 def _conformance(args):
+    if args.callable is not None:
+        return _conformance_callable(args)
     from . import conformance
     names = None if args.frameworks is None else [
         n.strip() for n in args.frameworks.split(",") if n.strip()]
@@ -299,8 +301,68 @@ def _conformance(args):
                  diagnosis=r.diagnosis) for r in rows]), indent=2))
     else:
         print(conformance.format_table(rows, versions, markdown=args.markdown))
+    judged = [r for r in rows if r.verdict != "not run"]
+    if not judged:                                 # no framework installed, or all refused
+        missing = [n for n, v in versions.items() if v == "not installed"]
+        print("lsref conformance: nothing ran" + (f" ({', '.join(missing)} not installed)"
+                                                  if missing else ""), file=sys.stderr)
+        return 2
     unexplained = [r for r in rows if r.verdict == "FAIL"]
     return 1 if unexplained else 0
+
+
+def _load_callable(spec):
+    """MODULE:FUNCTION (FUNCTION may be dotted), importable from the current directory."""
+    import importlib
+    import os
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise _UsageError(f"--callable takes MODULE:FUNCTION, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj = importlib.import_module(module)
+    except Exception as exc:
+        raise _UsageError(f"cannot import {module!r}: {type(exc).__name__}: {exc}") from None
+    for part in name.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise _UsageError(f"module {module!r} has no {name!r}") from None
+    if not callable(obj):
+        raise _UsageError(f"{spec} is not callable")
+    return obj
+
+
+def _conformance_callable(args):
+    from .testing import check_loss_function
+    try:
+        fn = _load_callable(args.callable)
+        params = {}
+        for item in args.param:
+            if "=" not in item:
+                raise _UsageError(f"--param takes NAME=VALUE, got {item!r}")
+            name, value = item.split("=", 1)
+            # reduction=none is the text "none" (the conventions' spelling), not None
+            params[name] = value if name == "reduction" else _parse_value(value)
+        report = check_loss_function(fn, convention=args.convention, kind=args.kind,
+                                     quick=args.quick, **params)
+    except _UsageError as exc:
+        print(f"lsref conformance: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError) as exc:
+        print(f"lsref conformance: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    elif args.markdown:
+        print(report.table(markdown=True))
+    else:
+        print(report)
+    if report.n_run == 0:
+        print("lsref conformance: nothing ran (every case was skipped)", file=sys.stderr)
+        return 2
+    return 0 if report.passed else 1
 
 
 def _demo(args):
@@ -466,6 +528,19 @@ def _parser():
                         "1 = an unexplained failure, 2 = could not run")
     cf.add_argument("--frameworks", default=None,
                     help="comma-separated: torch,jax,keras (default: every installed one)")
+    cf.add_argument("--callable", default=None, metavar="MODULE:FUNCTION",
+                    help="check your own loss function fn(logits, targets, **params) over "
+                    "the matrix instead (PyTorch, JAX, or NumPy returning loss or "
+                    "(loss, grad)); exit 0 if every case passed, 1 if not, 2 if nothing ran")
+    cf.add_argument("--convention", type=_convention, default="torch",
+                    help=f"with --callable: the semantics it claims: "
+                    f"{', '.join(CONVENTIONS)} (default: torch)")
+    cf.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="with --callable: a convention argument, e.g. --param "
+                    "reduction=none or --param label_smoothing=0.1 (passed to the function "
+                    "if it takes it, else describing it)")
+    cf.add_argument("--kind", default=None, choices=("torch", "jax", "numpy"),
+                    help="with --callable: the kind of function (detected by default)")
     cf.add_argument("--quick", action="store_true", help="float32/float16 cases, K <= 32000")
     out = cf.add_mutually_exclusive_group()
     out.add_argument("--markdown", action="store_true", help="print the table as Markdown")

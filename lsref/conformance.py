@@ -334,7 +334,8 @@ def format_table(rows, versions, markdown=False):
     # the table shows each diagnosis' headline (before its first colon); JSON has it whole
     body = [[r.framework, r.case, r.result, r.verdict, r.diagnosis.split(":")[0]]
             for r in rows]
-    lines = ["Versions: " + "; ".join(versions.values())]
+    lines = ["Versions: " + "; ".join(f"{n} not installed" if v == "not installed" else v
+                                      for n, v in versions.items())]
     if markdown:
         lines.append("")
         lines.append("| " + " | ".join(head) + " |")
