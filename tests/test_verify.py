@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import lsref
+from conftest import require
 from lsref import reference as R
 from lsref.conventions import CONVENTIONS
 
@@ -192,3 +193,209 @@ def test_every_convention_accepts_its_right_answer(name):
     r = lsref.verify(z, t, np.asarray(loss).astype(np.float32), grad.astype(np.float32),
                      convention=name, **params)
     assert r.passed, str(r)
+
+
+# --- the tolerance model at the edges: no false alarm, single-element errors still caught ------
+
+def _torch_result(z, t, **kw):
+    torch = require("torch")
+    import torch.nn.functional as F
+    x = torch.from_numpy(z).requires_grad_(True)
+    tt = torch.from_numpy(t)
+    if "weight" in kw and kw["weight"] is not None:
+        kw = dict(kw, weight=torch.from_numpy(kw["weight"]))
+    loss = F.cross_entropy(x, tt, **kw)
+    loss.backward()
+    return loss.detach().numpy(), x.grad.numpy()
+
+
+@pytest.mark.parametrize("dtype,k,eps,scale", [
+    (np.float64, 50257, 0.1, 4.0),       # GPT-2's vocabulary: 4,000-eps elements, one factor
+    (np.float32, 256000, 0.1, 1.0),      # p_j ~ q_j cancel; the summed -eps/K is 4e-4 off
+    (np.float32, 256000, 0.1, 4.0),
+    (np.float32, 256000, 0.0, 4.0),
+])
+def test_pytorch_large_vocabularies_pass(dtype, k, eps, scale):
+    """PyTorch's right results at large K: its recursive sums (of the exps, of the smoothing
+    term's K equal upstream gradients) scale each row's probabilities by one factor, which the
+    model separates from element errors. The old model failed the first three (up to 1.3 million
+    elements 'outside tolerance', and 'computed in float32' for float64)."""
+    rng = np.random.default_rng(7)
+    z = (rng.standard_normal((4, k)) * scale).astype(dtype)
+    t = rng.integers(0, k, 4)
+    loss, grad = _torch_result(z, t, label_smoothing=eps)
+    r = lsref.verify(z, t, loss=loss, grad=grad, convention="torch", label_smoothing=eps)
+    assert r.passed, str(r)
+    assert r.grad.row_factor <= r.grad.row_factor_bound
+    # one element 1e-3 off (where its terms do not cancel) is still caught
+    g = grad.copy()
+    i = np.unravel_index(np.argmax(np.abs(g)), g.shape)
+    g[i] *= 1.001
+    assert not lsref.verify(z, t, grad=g, convention="torch", label_smoothing=eps).passed
+
+
+@pytest.mark.parametrize("k,lead", [(1000, 18.0), (50, 16.0)])
+def test_dominated_row_target_element_set_to_zero_is_caught(k, lead):
+    """A row whose target leads by `lead`: g_t = p_t - 1 is ~1e-6..1e-5, far below the size of
+    its terms (1). PyTorch's own float32 result passes; the same with g_t set to 0 fails (the
+    old model gave that element a tolerance of ~2.5e-5 and passed it)."""
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((4, k)).astype(np.float32)
+    t = rng.integers(0, k, 4)
+    z[np.arange(4), t] = lead
+    loss, grad = _torch_result(z, t)
+    assert lsref.verify(z, t, loss=loss, grad=grad, convention="torch").passed
+    g = grad.copy()
+    g[0, t[0]] = 0.0
+    r = lsref.verify(z, t, grad=g, convention="torch")
+    assert not r.passed and r.grad.worst_index == (0, int(t[0])), str(r)
+
+
+def test_negative_mean_divisor_is_an_ordinary_divisor():
+    """Class weights of both signs (PyTorch's tests draw them from [-9, 9]) give a negative D:
+    the tolerance stays positive and the right result (the oracle's, the kernel's, PyTorch's)
+    passes; the old model's tolerance was negative, so every result failed."""
+    rng = np.random.default_rng(11)
+    z = rng.standard_normal((6, 5))
+    t = rng.integers(0, 5, 6)
+    w = np.array([-9.0, 2.5, 1.0, -4.0, 0.5])
+    D = w[t].sum()
+    assert D < 0
+    for loss, grad in (R.value_and_grad(z, t, class_weight=w),
+                       lsref.value_and_grad(z, t, class_weight=w),
+                       _torch_result(z, t, weight=w)):
+        r = lsref.verify(z, t, loss=loss, grad=grad, convention="torch", weight=w)
+        assert r.passed, str(r)
+    loss, grad = R.value_and_grad(z, t, class_weight=w)
+    assert not lsref.verify(z, t, loss=loss * (1 + 1e-9), grad=grad, convention="torch",
+                            weight=w).passed
+
+
+def test_bfloat16_weights_are_read():
+    """PyTorch requires a bf16 weight= for bf16 logits: such a call can be verified, and bf16
+    class weights mean their exact values everywhere."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    torch = require("torch")
+    import torch.nn.functional as F
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((8, 6)).astype(np.float32)
+    t = rng.integers(0, 6, 8)
+    w = (rng.random(6) + 0.5).astype(ml_dtypes.bfloat16)
+    assert lsref.cross_entropy(z, t, class_weight=w) == \
+        lsref.cross_entropy(z, t, class_weight=w.astype(np.float64))
+    x = torch.from_numpy(z).to(torch.bfloat16).requires_grad_(True)
+    wt = torch.from_numpy(w.view(np.int16).copy()).view(torch.bfloat16)
+    loss = F.cross_entropy(x, torch.from_numpy(t), weight=wt, label_smoothing=0.1)
+    loss.backward()
+    zb = z.astype(ml_dtypes.bfloat16)
+    r = lsref.verify(zb, t, loss=loss, grad=x.grad, convention="torch", weight=wt,
+                     label_smoothing=0.1)
+    assert r.passed, str(r)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8, bool])
+def test_integer_one_hot_targets_are_probabilities(dtype):
+    """Shaped like the logits means probabilities, whatever the dtype (what Keras users pass):
+    the same numbers as the class indices, in the kernel, the oracle and verify."""
+    rng = np.random.default_rng(8)
+    z = rng.standard_normal((5, 4)).astype(np.float32)
+    t = rng.integers(0, 4, 5)
+    oh = np.eye(4, dtype=dtype)[t]
+    for mod in (lsref, R):
+        loss, grad = mod.value_and_grad(z, oh, label_smoothing=0.1)
+        ref_loss, ref_grad = R.value_and_grad(z, t, label_smoothing=0.1)
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+        np.testing.assert_allclose(grad, ref_grad, rtol=0, atol=1e-6 * np.abs(ref_grad).max())
+    loss, grad = R.value_and_grad(z, t, label_smoothing=0.1, reduction="none")
+    r = lsref.verify(z, oh, loss=loss, grad=grad, convention="keras", label_smoothing=0.1,
+                     reduction="none")
+    assert r.passed, str(r)
+
+
+def test_negative_and_unnormalised_soft_targets_follow_the_calculus():
+    """Probability targets need not be >= 0 or sum to 1 (PyTorch accepts both): the kernel
+    equals the oracle, the oracle equals autograd's (sum q) p - q, and PyTorch's result
+    verifies."""
+    rng = np.random.default_rng(9)
+    z = rng.standard_normal((6, 5))
+    for P in (rng.standard_normal((6, 5)), 3.0 * rng.random((6, 5))):
+        ref_loss, ref_grad = R.value_and_grad(z, P, reduction="sum")
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        np.testing.assert_allclose(ref_grad, P.sum(1, keepdims=True) * p - P, rtol=0,
+                                   atol=1e-14)
+        np.testing.assert_allclose(ref_loss, -(P * np.log(p)).sum(), rtol=1e-13)
+        loss, grad = lsref.value_and_grad(z, P, reduction="sum")
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+        np.testing.assert_allclose(grad, ref_grad, rtol=0, atol=1e-13 * np.abs(ref_grad).max())
+        loss, grad = _torch_result(z, P)
+        assert lsref.verify(z, P, loss=loss, grad=grad, convention="torch").passed
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(reduction="avg"), ValueError, r"reduction='avg' is not a reduction of"),
+    (dict(reduction=None), ValueError, r"reduction=None is not a reduction of"),
+    (dict(reduction="MEAN"), ValueError, r"reduction='MEAN'"),
+    (dict(rtol=-1.0), ValueError, r"rtol must be finite and >= 0, got -1.0"),
+    (dict(rtol=float("nan")), ValueError, r"rtol must be finite and >= 0, got nan"),
+    (dict(atol=float("inf")), ValueError, r"atol must be finite and >= 0, got inf"),
+    (dict(atol="1e-3"), TypeError, r"atol must be a number"),
+])
+def test_unknown_reduction_and_bad_tolerances_are_errors(kw, exc, match):
+    """The old code ran these, and reported a right result as right or wrong by accident."""
+    z, t = np.array([[1.0, 2.0, 0.5]]), np.array([1])
+    loss = R.cross_entropy(z, t)
+    with pytest.raises(exc, match=match):
+        lsref.verify(z, t, loss=loss, convention="torch", **kw)
+
+
+def test_infinities_on_both_sides_raise_no_warning():
+    """A +inf loss (smoothing mass on a -inf class) given as +inf is right, silently."""
+    import warnings
+    z = np.array([[-np.inf, 0.0, 1.0], [0.0, 1.0, 2.0]])
+    t = np.array([0, 1])
+    loss, grad = R.value_and_grad(z, t, label_smoothing=0.1, reduction="none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = lsref.verify(z, t, loss=loss, grad=grad, label_smoothing=0.1, reduction="none")
+    assert r.passed and np.isinf(loss[0])
+
+
+@pytest.mark.parametrize("mistake,words", [
+    ("sum for mean", "the sum over rows where the mean was meant (8 times the mean"),
+    ("mean for sum", "the mean where the sum was meant"),
+    ("smoothing forgotten", "smoothing forgotten"),
+    ("grad of mean for none", "gradient of the mean over rows"),
+    ("grad of sum for mean", "misses the mean's 1/D factor"),
+])
+def test_reduction_and_smoothing_mistakes_are_named(mistake, words):
+    rng = np.random.default_rng(12)
+    z = rng.standard_normal((8, 5))
+    t = rng.integers(0, 5, 8)
+    kw = dict(label_smoothing=0.1)
+    if mistake == "sum for mean":
+        args = dict(loss=R.cross_entropy(z, t, reduction="sum", **kw))
+    elif mistake == "mean for sum":
+        args = dict(loss=R.cross_entropy(z, t, **kw), reduction="sum")
+    elif mistake == "smoothing forgotten":
+        args = dict(zip(("loss", "grad"), R.value_and_grad(z, t)))
+    elif mistake == "grad of mean for none":
+        args = dict(grad=R.cross_entropy_grad(z, t, **kw), reduction="none")
+    else:
+        args = dict(grad=R.cross_entropy_grad(z, t, reduction="sum", **kw))
+    r = lsref.verify(z, t, convention="torch", **kw, **args)
+    assert not r.passed
+    assert any(words in d for d in r.diagnosis), r.diagnosis
+
+
+def test_a_pass_reads_as_a_pass():
+    """The report's figure is the verdict's: the worst error as a fraction of its tolerance
+    (below 1 on a pass), not a relative error of an element near 0."""
+    z, t, w = problem(np.float32, n=32, k=100, ignore=False)
+    loss, grad = exact(z, t, np.float32, label_smoothing=0.1)
+    r = lsref.verify(z, t, loss=loss, grad=grad, convention="torch", label_smoothing=0.1)
+    assert r.passed and 0 <= r.grad.max_error_ratio <= 1
+    assert f"worst error {r.grad.max_error_ratio:.3g} x its tolerance" in str(r)
+    bad = lsref.verify(z, t, loss=loss, grad=grad * 1.01, convention="torch",
+                       label_smoothing=0.1)
+    assert bad.grad.max_error_ratio > 1 and "x its tolerance" in str(bad)
