@@ -118,7 +118,8 @@ def diagnose(z, t, plan, loss, grad, lc, gc, dtype, eps, tiny, ref_loss, ref_gra
                          f"divides eps by shape[-1] whatever `axis` is).")
 
     # --- a sum where the mean was meant, and the reverse -----------------------------------
-    if loss is not None and np.ndim(ref_loss) == 0 and plan.reduction in ("mean", "sum"):
+    if (lc is not None and not lc.passed and np.ndim(ref_loss) == 0
+            and plan.reduction in ("mean", "sum")):
         other = "sum" if plan.reduction == "mean" else "mean"
         alt = dataclasses.replace(plan, reduction=other,
                                   divisor=plan.divisor if plan.divisor is not None

@@ -111,7 +111,8 @@ def test_cli_conformance_runs_and_prints_a_table(tmp_path):
     require("torch")
     r = lsref_cli("conformance", "--frameworks", "torch", "--quick", "--markdown",
                   cwd=tmp_path)
-    assert r.returncode == 0, r.stdout + r.stderr
+    # PyTorch's float16 overflow is a known defect, and a failed case: exit 1, not 0
+    assert r.returncode == 1, r.stdout + r.stderr
     assert "| framework | case |" in r.stdout and "torch 2." in r.stdout
     assert "FAIL (known defect)" in r.stdout
     assert "[1/" in r.stderr                       # progress is shown
