@@ -274,6 +274,17 @@ def _compare(name, cand, ref, tol, eps, shift=0.0):
     return comp
 
 
+def _compare_gradient(cand, ref_grad, grad_tol, terms, eps, tiny, K, model):
+    """The gradient's Comparison; under the tolerance model (not an explicit rtol/atol) with
+    each row's common factor removed first (_row_factor)."""
+    shift, factor, bound = 0.0, 0.0, 0.0
+    if model:
+        shift, factor, bound = _row_factor(cand, ref_grad, terms, eps, tiny, K, cand.dtype)
+    comp = _compare("gradient", cand, ref_grad, grad_tol, eps, shift)
+    comp.row_factor, comp.row_factor_bound = factor, bound
+    return comp
+
+
 def _checked_plan(conv, z, t, params, rtol, atol):
     """The convention's plan for these arguments; a reduction the framework does not have and
     a tolerance that is not a finite number >= 0 are errors naming the argument (a misread
@@ -300,13 +311,8 @@ def _check(z, t, plan, loss, grad, eps, tiny, rtol, atol):
     loss_tol, grad_tol = _tolerances(ref_loss, loss_pieces, terms, eps, tiny, K,
                                      plan.reduction, rtol, atol, ref_grad)
     lc = None if loss is None else _compare("loss", loss, ref_loss, loss_tol, eps)
-    gc = None
-    if grad is not None:
-        shift, factor, bound = 0.0, 0.0, 0.0
-        if rtol is None and atol is None:
-            shift, factor, bound = _row_factor(grad, ref_grad, terms, eps, tiny, K, grad.dtype)
-        gc = _compare("gradient", grad, ref_grad, grad_tol, eps, shift)
-        gc.row_factor, gc.row_factor_bound = factor, bound
+    gc = None if grad is None else _compare_gradient(grad, ref_grad, grad_tol, terms, eps, tiny,
+                                                     K, rtol is None and atol is None)
     return lc, gc, (ref_loss, ref_grad, terms)
 
 
@@ -504,12 +510,8 @@ def verify_files(logits, targets, loss=None, grad=None, *, convention="lsref", r
         _, grad_tol = _tolerances(ref_loss, pieces, terms, eps, tiny, K, plan.reduction, rtol,
                                   atol, ref_grad)
         if g_info:
-            shift, factor, bound = 0.0, 0.0, 0.0
-            if rtol is None and atol is None:
-                shift, factor, bound = _row_factor(gz, ref_grad, terms, eps, tiny, K, g_info[0])
-            gc_part = _compare("gradient", gz, ref_grad, grad_tol, eps, shift)
-            gc_part.row_factor, gc_part.row_factor_bound = factor, bound
-            g_parts.append((r0, gc_part))
+            g_parts.append((r0, _compare_gradient(gz, ref_grad, grad_tol, terms, eps, tiny, K,
+                                                  rtol is None and atol is None)))
         if loss is not None:
             if row_losses:
                 l_tol, _ = _tolerances(ref_loss, pieces, terms, eps, tiny, K, "none", rtol,
