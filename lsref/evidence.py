@@ -11,11 +11,13 @@ keyword names:
   right; a non-finite framework result where the value is finite is a framework defect and is
   counted apart);
 - then each known mistake that applies to the case is put into that same result, and verify
-  must FAIL: the **detection rate** of each mistake. A mistake applies where it moves the loss
-  or a gradient element by at least ``CLEAR_ROUNDINGS`` roundings of the candidate dtype
-  (:func:`effect`); smaller, no check can tell it from rounding. Mistakes that change an argument (the
-  smoothing forgotten, eps/(K-1), the sum for the mean, weights dropped) are computed by the
-  framework itself with that argument; the others are applied to its numbers.
+  must FAIL: the **detection rate** of each mistake (counted on the cases whose right result
+  passed). A mistake applies where it moves the loss or a gradient element by at least
+  ``CLEAR_ROUNDINGS`` roundings of the candidate dtype (:func:`effect`); smaller, no check can
+  tell it from rounding. Mistakes that change an argument (the smoothing forgotten,
+  eps/(K-1), the sum for the mean, weights dropped) are computed by the framework itself
+  with that argument; the others are applied to its numbers. Where verify raises instead of
+  answering, the mistake counts as missed and the table lists the exception.
 
 ``python -m lsref.evidence`` prints the table as markdown, with the machine and the versions
 (``--quick`` for the reduced list the tests run, ``--frameworks torch,optax,keras``). A missing
@@ -773,8 +775,8 @@ def format_markdown(ev, date=None, listed=12):
     fa = ev.false_alarms()
     lines.append(f"| **all** | {len(ev.ran)} | **{len(fa)} of {len(ev.ran)}** | "
                  f"{len(ev.framework_defects())} |")
-    lines += ["", f"Injected mistakes, on the {sum(r.passed for r in ev.ran)} cases whose right result "
-                  "passed:", "",
+    lines += ["", f"Injected mistakes, on the {sum(r.passed for r in ev.ran)} cases whose right "
+                  "result passed:", "",
               f"| injected mistake | cases where it applies (moves a value by >= "
                   f"{CLEAR_ROUNDINGS} roundings) | detected (verify FAILS) | "
                   "named by the diagnosis |", "|---|---:|---:|---:|"]
