@@ -246,3 +246,14 @@ def test_known_lists_name_cases_of_the_quick_list():
     assert set(KNOWN_FALSE_ALARMS) <= labels and set(KNOWN_RAISES) <= labels
     assert {label for label, _ in KNOWN_MISSES} <= labels
     assert {m for _, m in KNOWN_MISSES} <= set(E.MISTAKES)
+
+
+def test_main_prints_the_markdown_table(monkeypatch, capsys):
+    _require("torch")
+    tiny = E.Case("torch", "float32", 4, 10, eps=0.1)
+    monkeypatch.setattr(E, "cases", lambda frameworks=None, quick=False: [tiny])
+    assert E.main(["--frameworks", "torch", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Command: `python -m lsref.evidence --frameworks torch`")
+    assert "| **all** | 1 | **0 of 1** | 0 |" in out
+    assert "| the smoothing forgotten (eps = 0 computed) | 1 | 1 (100.0%) | - |" in out
