@@ -661,11 +661,11 @@ def evaluate(case, mistakes=None):
 def _evaluate(case, mistakes):
     t0 = time.perf_counter()
     runner = RUNNERS[case.framework]
-    inp = make_inputs(case)
     res = CaseResult(case)
     try:
+        inp = make_inputs(case)                # bfloat16 needs ml_dtypes
         right = runner.call(case, inp)
-    except Exception as exc:                   # the framework refused the case
+    except Exception as exc:                   # the framework (or ml_dtypes) refused the case
         res.error = f"{type(exc).__name__}: {exc}"[:200]
         return res
 
