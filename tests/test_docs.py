@@ -14,7 +14,7 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.mark.parametrize("name", ["loss", "reference", "verify", "testing", "criterion",
-                                  "calibration", "sharded", "conventions"])
+                                  "calibration", "sharded", "conventions", "evidence"])
 def test_docstring_examples(name):
     # the module itself (lsref.verify, the attribute, is the function of that name)
     module = importlib.import_module(f"lsref.{name}")
