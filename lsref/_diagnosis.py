@@ -86,10 +86,20 @@ def diagnose(z, t, plan, loss, grad, lc, gc, dtype, eps, tiny, ref_loss, ref_gra
         return found
 
     # --- the smoothing form: eps/K vs eps/(K-1) -----------------------------------------
-    if eps_s > 0 and not prob_targets and K > 1:
+    # (one-hot probability targets, as Keras and Optax take them, are class indices here)
+    form_t = None
+    if prob_targets and z.size and ndim:
+        with np.errstate(invalid="ignore"):
+            tf = np.asarray(t, np.float64)
+            if np.all((tf == 0) | (tf == 1)) and np.all(tf.sum(axis=axis_n) == 1):
+                form_t = np.argmax(tf, axis=axis_n)
+    if eps_s > 0 and (not prob_targets or form_t is not None) and K > 1:
         cur = kw.get("smoothing", "uniform")
         other = "others" if cur == "uniform" else "uniform"
-        if try_plan(_alt(plan, smoothing=other)):
+        alt_form = _alt(plan, smoothing=other)
+        if form_t is not None:
+            alt_form = _alt(alt_form, ignore_index=None)
+        if try_plan(alt_form, form_t):
             if other == "others":
                 found.append(f"smoothing form: the candidate puts eps/(K-1) = {eps_s}/{K - 1} "
                              f"on each wrong class and 1-eps on the target (fairseq >= 0.12, "
@@ -105,9 +115,13 @@ def diagnose(z, t, plan, loss, grad, lc, gc, dtype, eps, tiny, ref_loss, ref_gra
         K_last = z.shape[-1]
         if prob_targets:
             P = t.astype(np.float64)
-        else:
-            P = np.moveaxis(R.smooth_labels(t, K, 0.0), -1, axis_n)
-        q_wrong = (1.0 - eps_s) * P + eps_s / K_last
+            counted = np.ones(P.shape, bool)
+        else:                          # ignored targets: rows of zero mass, not indices
+            ignored = (t == kw["ignore_index"]) if kw.get("ignore_index") is not None \
+                else np.zeros(t.shape, bool)
+            P = np.moveaxis(R.smooth_labels(np.where(ignored, 0, t), K, 0.0), -1, axis_n)
+            counted = np.expand_dims(~ignored, axis_n)
+        q_wrong = np.where(counted, (1.0 - eps_s) * P + eps_s / K_last, 0.0)
         # judged on the loss: with targets that no longer sum to 1, TensorFlow's fused kernel
         # returns the gradient p - q where autodiff gives (sum q) p - q
         if try_plan(_alt(plan, label_smoothing=0.0, ignore_index=None, smoothing="uniform"),

@@ -139,8 +139,11 @@ def _reference(z, t, plan):
     terms = R.gradient_terms(z, t, **kw)
     axis = terms["axis"]
     row_target = np.sum(terms["target"], axis=axis)       # T_i, per row
+    with np.errstate(invalid="ignore"):                   # M_i: the sizes of the loss's terms
+        row_mass = np.sum(np.where(np.isfinite(terms["log_p"]),
+                                   terms["target"] * np.abs(terms["log_p"]), 0.0), axis=axis)
     if plan.reduction == "none":
-        return rows, grad, (rows, row_target, terms["lse"], 1.0), terms
+        return rows, grad, (rows, row_target, terms["lse"], row_mass), terms
     if plan.reduction == "sum" or plan.divisor is None:
         D = 1.0
     elif plan.divisor == "lsref":
@@ -164,20 +167,28 @@ def _reference(z, t, plan):
     # term sizes are sizes: a negative divisor (weights of both signs) flips signs, not sizes
     size = abs(scale)
     terms = dict(terms, prob=terms["prob"] * size, target=terms["target"] * size)
-    return loss, grad, (rows * scale, row_target * size, terms["lse"], None), terms
+    return loss, grad, (rows * scale, row_target * size, terms["lse"], row_mass * size), terms
+
+
+def _row_loss_tolerance(loss_pieces, eps, K):
+    """Each row loss's tolerance (_tolerances.py): its own rounding, the recursive sum of its
+    K terms (sizes M_i), and lse's error times the row's target mass T_i."""
+    rows, row_target, lse, row_mass = loss_pieces
+    G = verify_growth(K)
+    return VERIFY_SAFETY * eps * (np.abs(rows) + G * row_mass
+                                  + row_target * (G + np.abs(lse)))
 
 
 def _tolerances(ref_loss, loss_pieces, terms, eps, tiny, K, reduction, rtol, atol, ref_grad):
     """Per-element tolerances of the loss and the gradient (the model of _tolerances.py, or
     atol + rtol*|reference| when the caller gave either)."""
-    G = verify_growth(K)
-    rows, row_target, lse, _ = loss_pieces
+    rows = loss_pieces[0]
     if rtol is not None or atol is not None:
         r = 0.0 if rtol is None else rtol
         a = 0.0 if atol is None else atol
         return (a + r * np.abs(ref_loss)), (a + r * np.abs(ref_grad))
     with np.errstate(invalid="ignore", over="ignore"):
-        row_tol = VERIFY_SAFETY * eps * (np.abs(rows) + row_target * (G + np.abs(lse)))
+        row_tol = _row_loss_tolerance(loss_pieces, eps, K)
         if reduction == "none":
             loss_tol = row_tol
         else:
@@ -194,13 +205,15 @@ def _tolerances(ref_loss, loss_pieces, terms, eps, tiny, K, reduction, rtol, ato
 
 def _row_factor(cand, ref_grad, terms, eps, tiny, K, dtype):
     """The model's common factor delta_i of each row (_tolerances.py): the median over the row
-    of (g_j - g_ref_j) / P_j, clipped to its bound. Returns (the shift delta_i P_j to add to
-    the reference, the largest |delta_i|, its row's bound)."""
+    of (g_j - g_ref_j) / P_j, clipped to its bound; where fewer than 3 elements can show it,
+    the bound itself widens those elements' tolerance instead. Returns (the shift delta_i P_j
+    to add to the reference, the tolerance to add, the largest |delta_i|, its row's bound)."""
     axis = terms["axis"]
     cand = np.asarray(cand, np.float64) if cand.dtype.name != "bfloat16" else \
         cand.astype(np.float64)
     if cand.shape != ref_grad.shape or ref_grad.size == 0 or ref_grad.ndim == 0:
-        return 0.0, 0.0, 0.0
+        return 0.0, 0.0, 0.0, 0.0
+    rows_last = np.moveaxis(terms["prob"], axis, -1).shape
     P = np.moveaxis(terms["prob"], axis, -1).reshape(-1, K)
     T = np.moveaxis(terms["target"], axis, -1).reshape(-1, K)
     d = np.moveaxis(cand - ref_grad, axis, -1).reshape(-1, K)
@@ -209,18 +222,18 @@ def _row_factor(cand, ref_grad, terms, eps, tiny, K, dtype):
         # flushed to 0 or subnormal says nothing about the row's factor)
         use = np.isfinite(d) & (P > 0) & (P >= 0.25 * T) & (P * eps >= 4.0 * tiny)
         ratio = np.where(use, d / np.where(use, P, 1.0), np.nan)
-    delta = np.zeros(P.shape[0])
-    some = use.any(axis=1)
-    if some.any():
-        delta[some] = np.nanmedian(ratio[some], axis=1)
     bound = verify_row_factor_bound(eps, K, np.abs(terms["lse"]).reshape(-1), dtype)
     bound = np.where(np.isfinite(bound), bound, 0.0)
-    delta = np.clip(delta, -bound, bound)
-    i = int(np.argmax(np.abs(delta))) if delta.size else 0
-    shift = np.moveaxis((delta[:, None] * P).reshape(
-        np.moveaxis(terms["prob"], axis, -1).shape), -1, axis)
-    return shift, float(abs(delta[i])) if delta.size else 0.0, \
-        float(bound[i]) if delta.size else 0.0
+    delta = np.zeros(P.shape[0])
+    some = use.sum(axis=1) >= 3            # a median of 1 or 2 values is one element's error
+    if some.any():
+        delta[some] = np.clip(np.nanmedian(ratio[some], axis=1), -bound[some], bound[some])
+    widen = np.where(some, 0.0, bound)
+
+    def back(per_row):
+        return np.moveaxis((per_row[:, None] * P).reshape(rows_last), -1, axis)
+    i = int(np.argmax(np.where(some, np.abs(delta), -1.0)))
+    return back(delta), back(widen), float(abs(delta[i])), float(bound[i])
 
 
 def _compare(name, cand, ref, tol, eps, shift=0.0):
@@ -277,10 +290,11 @@ def _compare(name, cand, ref, tol, eps, shift=0.0):
 def _compare_gradient(cand, ref_grad, grad_tol, terms, eps, tiny, K, model):
     """The gradient's Comparison; under the tolerance model (not an explicit rtol/atol) with
     each row's common factor removed first (_row_factor)."""
-    shift, factor, bound = 0.0, 0.0, 0.0
+    shift, widen, factor, bound = 0.0, 0.0, 0.0, 0.0
     if model:
-        shift, factor, bound = _row_factor(cand, ref_grad, terms, eps, tiny, K, cand.dtype)
-    comp = _compare("gradient", cand, ref_grad, grad_tol, eps, shift)
+        shift, widen, factor, bound = _row_factor(cand, ref_grad, terms, eps, tiny, K,
+                                                  cand.dtype)
+    comp = _compare("gradient", cand, ref_grad, grad_tol + widen, eps, shift)
     comp.row_factor, comp.row_factor_bound = factor, bound
     return comp
 
@@ -519,12 +533,10 @@ def verify_files(logits, targets, loss=None, grad=None, *, convention="lsref", r
                 l_parts.append((r0, _compare("loss", np.asarray(loss)[r0:r1], ref_loss,
                                              l_tol, eps)))
             else:
-                rows, row_target, lse, _ = pieces
                 with np.errstate(invalid="ignore", over="ignore"):
-                    row_tol = VERIFY_SAFETY * eps * (np.abs(rows) + row_target
-                                                     * (verify_growth(K) + np.abs(lse)))
+                    row_tol = _row_loss_tolerance(pieces, eps, K)
                 tol_total += float(np.sum(np.where(np.isfinite(row_tol), row_tol, 0.0)))
-                ref_total += float(np.sum(rows))
+                ref_total += float(np.sum(pieces[0]))
         if progress:
             print(f"\r  verifying {logits}: {100 * r1 / N:5.1f}%", end="", flush=True)
     if progress:

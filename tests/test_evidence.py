@@ -1,8 +1,8 @@
 """lsref.verify on real frameworks' results (lsref.evidence): no false alarm on their right
 results, every injected mistake caught, on the reduced case list (``--quick``).
 
-Known today (strict expected failures, to be removed as the tolerance model is fixed): the
-cases in KNOWN_FALSE_ALARMS, KNOWN_RAISES and KNOWN_MISSES."""
+Known exceptions (strict expected failures, each with its reason): the cases in
+KNOWN_FALSE_ALARMS, KNOWN_RAISES and KNOWN_MISSES."""
 import functools
 import importlib.util
 import math
@@ -16,36 +16,15 @@ from lsref import reference as R
 
 QUICK = E.cases(quick=True)
 
-# case label -> why verify fails a right result today
-_NEGATIVE_D = ("class weights of both signs: a negative mean divisor (sum of w[t]) makes the "
-               "tolerance negative")
-KNOWN_FALSE_ALARMS = {
-    "torch float64 N=4 K=50257 scale=3 eps=0.1 mean":
-        "float64 at K = 50257: gradient tolerance 4e-15 below PyTorch's rounding (1.7e-14); "
-        "diagnosed as 'precision' (computed in float32)",
-    "torch float64 N=16 K=100 scale=3 eps=0.1 mixed weights ignore mean": _NEGATIVE_D,
-    "torch float32 N=1 K=1000 scale=3 eps=0 mixed weights mean dominated row": _NEGATIVE_D,
-}
+# case label -> why verify fails a right result (none today: the model of _tolerances.py
+# separates each row's common factor from element errors)
+KNOWN_FALSE_ALARMS = {}
 
-# case label -> why verify raises (instead of failing) on every mistaken result today
-_RAISES = ("verify raises ValueError in the diagnosis: the 'smoothing over the wrong axis' "
-           "check passes ignored targets (-100) to smooth_labels")
-KNOWN_RAISES = {
-    "torch float32 N=4 K=37 scale=3 eps=0.1 positive weights ignore kdim mean": _RAISES,
-    "torch float32 N=1 K=37 scale=30 eps=0.01 ignore kdim mean dominated row": _RAISES,
-}
+# case label -> why verify raises instead of answering (none today)
+KNOWN_RAISES = {}
 
-# (case label, mistake) -> why verify passes the mistaken result today
-_FP16_10PCT = ("float16: the bound on the largest gradient element exceeds 10% of it "
-               "(VERIFY_SAFETY * eps * (P (G + |lse| + |log p|) + T + |g|))")
-KNOWN_MISSES = {
-    ("torch float16 N=4 K=2 scale=30 eps=0.1 probs mean", "element_10pct"): _FP16_10PCT,
-    ("torch float16 N=16 K=10 scale=30 eps=0.3 mixed weights none", "element_10pct"):
-        _FP16_10PCT,
-    ("keras float16 N=1 K=1000 scale=3 eps=1 mean", "element_10pct"): _FP16_10PCT,
-    ("keras float16 N=4 K=5000 scale=10 eps=0.01 mixed weights probs mean", "element_10pct"):
-        _FP16_10PCT,
-}
+# (case label, mistake) -> why verify passes the mistaken result
+KNOWN_MISSES = {}
 
 
 def _require(framework, dtype=None):

@@ -399,3 +399,19 @@ def test_a_pass_reads_as_a_pass():
     bad = lsref.verify(z, t, loss=loss, grad=grad * 1.01, convention="torch",
                        label_smoothing=0.1)
     assert bad.grad.max_error_ratio > 1 and "x its tolerance" in str(bad)
+
+
+@pytest.mark.parametrize("convention,kw", [("optax", dict(alpha=0.1)),
+                                           ("keras", dict(label_smoothing=0.1))])
+def test_smoothing_form_named_for_one_hot_targets(convention, kw):
+    """Keras and Optax take one-hot labels: eps/(K-1) there is named as for class indices
+    (the old diagnosis skipped probability targets and said no known mistake fits)."""
+    rng = np.random.default_rng(13)
+    z = rng.standard_normal((8, 6))
+    t = rng.integers(0, 6, 8)
+    reduction = "none" if convention == "optax" else "mean"
+    loss, grad = R.value_and_grad(z, t, label_smoothing=0.1, smoothing="others",
+                                  reduction=reduction)
+    r = lsref.verify(z, np.eye(6)[t], loss=loss, grad=grad, convention=convention, **kw)
+    assert not r.passed
+    assert r.diagnosis[0].startswith("smoothing form: the candidate puts eps/(K-1)"), r.diagnosis
