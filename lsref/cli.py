@@ -290,8 +290,8 @@ def _conformance(args):
     names = None if args.frameworks is None else [
         n.strip() for n in args.frameworks.split(",") if n.strip()]
     try:
-        rows, versions = conformance.run(names, quick=args.quick,
-                                         progress=not args.no_progress)
+        rows, versions = conformance.run(names, quick=args.quick,  # \r lines: a terminal's
+                                         progress=not args.no_progress and _isatty(sys.stderr))
     except ValueError as exc:
         print(f"lsref conformance: {exc}", file=sys.stderr)
         return 2

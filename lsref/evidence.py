@@ -820,12 +820,14 @@ def main(argv=None):
                                 description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="the reduced list the tests run")
     p.add_argument("--frameworks", default=None, help="comma-separated: torch,optax,keras")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress line (it is shown only on a terminal)")
     p.add_argument("--verbose", action="store_true",
                    help="print every false alarm's and miss's full report")
     args = p.parse_args(argv)
     fws = None if args.frameworks is None else [f.strip() for f in args.frameworks.split(",")]
-    ev = run(frameworks=fws, quick=args.quick, progress=not args.no_progress)
+    ev = run(frameworks=fws, quick=args.quick,
+             progress=not args.no_progress and sys.stderr.isatty())
     ev.command = "python -m lsref.evidence" + (" --quick" if args.quick else "") + (
         f" --frameworks {args.frameworks}" if args.frameworks else "")
     print(format_markdown(ev, listed=10 ** 6 if args.verbose else 12))

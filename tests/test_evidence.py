@@ -24,7 +24,14 @@ KNOWN_FALSE_ALARMS = {}
 KNOWN_RAISES = {}
 
 # (case label, mistake) -> why verify passes the mistaken result
-KNOWN_MISSES = {}
+_INSIDE_SUM_ERROR = ("a common factor 1 + 1e-4 on a row's probabilities is inside what a "
+                     "recursive float32 sum of K = 50,257 terms may err by ((K - 1) 2**-24 = "
+                     "3e-3; PyTorch's right results carry 4e-4 at K = 256,000): no model "
+                     "without false alarms calls it wrong")
+KNOWN_MISSES = {
+    ("torch float32 N=2 K=50257 scale=3 eps=0.1 probs mean", "lse_off"): _INSIDE_SUM_ERROR,
+    ("keras float32 N=4 K=50257 scale=3 eps=0 ignore mean", "lse_off"): _INSIDE_SUM_ERROR,
+}
 
 
 def _require(framework, dtype=None):
