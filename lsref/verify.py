@@ -76,9 +76,10 @@ class VerificationReport:
     tolerance: str = ""
 
     def to_dict(self):
+        """The report as plain JSON types (non-finite numbers as the strings "inf", "nan")."""
         d = asdict(self)
         d["params"] = {k: _jsonable(v) for k, v in self.params.items()}
-        return json.loads(json.dumps(d, default=_jsonable))
+        return json.loads(json.dumps(_finite(d), default=_jsonable, allow_nan=False))
 
     def __str__(self):
         verdict = "PASSED" if self.passed else "FAILED"
@@ -113,6 +114,17 @@ class VerificationReport:
         return "\n".join(lines)
 
 
+def _finite(v):
+    """v with every non-finite float replaced by its string (JSON has no inf or NaN)."""
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    if isinstance(v, (float, np.floating)) and not math.isfinite(v):
+        return str(float(v))
+    return v
+
+
 def _jsonable(v):
     if isinstance(v, np.ndarray):
         return v.tolist()
@@ -139,9 +151,11 @@ def _reference(z, t, plan):
     terms = R.gradient_terms(z, t, **kw)
     axis = terms["axis"]
     row_target = np.sum(terms["target"], axis=axis)       # T_i, per row
-    with np.errstate(invalid="ignore"):                   # M_i: the sizes of the loss's terms
-        row_mass = np.sum(np.where(np.isfinite(terms["log_p"]),
-                                   terms["target"] * np.abs(terms["log_p"]), 0.0), axis=axis)
+    with np.errstate(invalid="ignore"):       # M_i: the sizes of the loss's summed terms
+        sizes = np.where(np.isfinite(terms["log_p"]), terms["target"] * np.abs(terms["log_p"]),
+                         0.0)
+        row_mass = (np.sum(sizes, axis=axis) - np.max(sizes, axis=axis, initial=0.0)
+                    if sizes.size else np.sum(sizes, axis=axis))
     if plan.reduction == "none":
         return rows, grad, (rows, row_target, terms["lse"], row_mass), terms
     if plan.reduction == "sum" or plan.divisor is None:

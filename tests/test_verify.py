@@ -415,3 +415,16 @@ def test_smoothing_form_named_for_one_hot_targets(convention, kw):
     r = lsref.verify(z, np.eye(6)[t], loss=loss, grad=grad, convention=convention, **kw)
     assert not r.passed
     assert r.diagnosis[0].startswith("smoothing form: the candidate puts eps/(K-1)"), r.diagnosis
+
+
+def test_report_json_is_strict_json():
+    """A failing report where the reference is 0 and the error is not has an infinite
+    relative error: to_dict() (and `lsref verify --json`) writes it as the string "inf", which
+    every JSON parser reads (the old report wrote the non-standard token Infinity)."""
+    z = np.array([[0.0, 1.0, 2.0], [1.0, 2.0, 3.0]])
+    t = np.array([-100, 1])                           # row 0 ignored: its gradient is 0
+    grad = R.cross_entropy_grad(z, t, reduction="none")
+    grad[0] = [1.0, 0.0, 0.0]
+    text = json.dumps(lsref.verify(z, t, grad=grad, reduction="none").to_dict())
+    assert "Infinity" not in text and "NaN" not in text
+    assert json.loads(text)["grad"]["max_rel_error"] == "inf"
