@@ -45,6 +45,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .conformance import Runner as _ConformanceRunner
 from .verify import _to_numpy, verify
 
 __all__ = ["Case", "cases", "make_inputs", "RUNNERS", "MISTAKES", "evaluate", "run",
@@ -270,19 +271,9 @@ class Call:
     params: dict                  # its keyword arguments, by its own names
 
 
-class Runner:
-    name = ""
+class Runner(_ConformanceRunner):
+    """conformance's runner (version, available), plus the import to require and the divisor."""
     module = ""                   # the import that tells whether it is installed
-
-    def version(self):
-        raise NotImplementedError
-
-    def available(self):
-        try:
-            self.version()
-            return True
-        except ImportError:
-            return False
 
     def divisor(self, case, inp):
         """The framework's "mean" divisor for this case (1 for sums and per-row losses)."""
