@@ -267,7 +267,7 @@ if __name__ == "__main__":
     from setuptools import Extension, setup
 
     ext = Extension("lsref._kernel", ["lsref/_kernel.pyx"], include_dirs=["lsref"],
-                    depends=["lsref/_simd.h"])
+                    depends=["lsref/_simd.h", "lsref/_rowterms.h"])
     setup(
         ext_modules=cythonize([ext], compiler_directives=DIRECTIVES,
                               annotate=_flag("LSREF_CYTHON_ANNOTATE")),

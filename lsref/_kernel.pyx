@@ -270,6 +270,28 @@ cdef extern from "_simd.h" nogil:
     double lsref_exp_neg_f64(double) noexcept nogil
 
 
+cdef extern from "_rowterms.h" nogil:
+    # the row algebra (statistics -> loss and gradient factors), written once for every path
+    double lsref_xlogx(double x) noexcept nogil
+    double lsref_target_mass(double qw_t, double beta, double W_other) noexcept nogil
+    double lsref_ce_index(double L, double d_t, double qw_t, double beta, double W_other,
+                          double u_other) noexcept nogil
+    double lsref_ce_prob(double L, double a, double beta, double W, double sp, double up,
+                         double u) noexcept nogil
+    double lsref_minus_entropy_index(double q_t, double w_t, double beta,
+                                     double W_other) noexcept nogil
+    bint lsref_kl_cancels(double ce, double minus_h) noexcept nogil
+    bint lsref_mass_at_max(double other, double c) noexcept nogil
+    double lsref_row_loss(double ce, double minus_h, double lam, double lse,
+                          double s) noexcept nogil
+    double lsref_grad_factor(double s, double c, double lam, double lse,
+                             double se) noexcept nogil
+    double lsref_target_grad(double A, double e_t, double s, double qw_t) noexcept nogil
+    double lsref_dominated_target_grad(double s, double beta, double W_other, double lam,
+                                       double lse, double qw_t, double rest,
+                                       double se) noexcept nogil
+
+
 def _init_simd():
     """Pick the row sweeps for this CPU; LSREF_SIMD=generic|avx2|avx512 forces a set."""
     import os
@@ -408,10 +430,6 @@ cdef inline void _st(stored_out *g, Py_ssize_t k, double v) noexcept nogil:
         g[k] = <stored_out> v
 
 
-cdef inline double _xlogx(double x) noexcept nogil:
-    return x * log(x) if x > 0.0 else 0.0
-
-
 def f16_from_double(const double[::1] x, uint16_t[::1] out):
     """Encode doubles as float16 bits (exposed so the tests can check the encoder)."""
     cdef Py_ssize_t i
@@ -509,20 +527,6 @@ cdef inline double _rest_scratch(const stored_out *e, Py_ssize_t K) noexcept nog
 cdef inline double _log_se(const stored_in *z, Py_ssize_t K, double m, double se) noexcept nogil:
     """log(se) = lse - m, from the exact rest where se < 2 (logsumexp, softmax)."""
     return log1p(_rest_exact(z, K, m)) if se < 2.0 else log(se)
-
-
-cdef inline bint _kl_cancels(double ce, double minus_h) noexcept nogil:
-    """KL = ce + minus_h has lost two or more of ce's digits."""
-    return minus_h != 0.0 and fabs(ce + minus_h) < 1e-2 * fabs(ce)
-
-
-cdef inline bint _mass_at_max(double other, double c) noexcept nogil:
-    """Almost all of the weighted target mass c sits on the row's max class (the weighted
-    mass elsewhere, `other`, is below 1% of it): only then can the loss be tiny, since every
-    other class k adds its mass times lse - z_k >= log 2 when se < 2. There the loss is about
-    c * log(se), and log(se) must come from an accurate rest (a row with more mass elsewhere
-    has a loss >= 0.69 * other, far above the ~1e-16 * c error of log(se))."""
-    return fabs(other) < 1e-2 * fabs(c)
 
 
 cdef inline bint _float_rest_too_coarse(double rest, Py_ssize_t K, double s, double qw_t,
@@ -654,7 +658,7 @@ cdef inline row_stats _stats_prob(const stored_in *z, const real_t *P, Py_ssize_
                 bup += wp * d
                 bsp += wp
             if kl:
-                bqlq += wk * _xlogx(a * P[k] + beta)
+                bqlq += wk * lsref_xlogx(a * P[k] + beta)
             if e != NULL:
                 e[k] = <stored_out> ek
         se += bse
@@ -698,17 +702,6 @@ cdef inline bint _scratch_ok(stored_out *g) noexcept nogil:
         return False
 
 
-cdef inline double _ce_index(double L, double d_t, double q_t, double w_t, double beta,
-                             double W, double u_other) noexcept nogil:
-    """sum_k w_k q_k (lse - z_k) of a class-index row, zero-mass terms skipped."""
-    cdef double loss = 0.0
-    if q_t * w_t != 0.0:
-        loss = q_t * w_t * (L - d_t)
-    if beta != 0.0:
-        loss += beta * ((W - w_t) * L - u_other)
-    return loss
-
-
 cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
                               double q_t, double beta, double W, const double *w,
                               double s, double lam, bint kl, stored_out *g) noexcept nogil:
@@ -720,8 +713,9 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
     # after the stats sweep, an in-place gradient row holds exps, no longer the logits
     cdef bint z_gone = scratch and <const void *> g == <const void *> z
     cdef row_stats st = _stats(z, K, w, e)
-    cdef double c = q_t * w_t + beta * (W - w_t)      # sum_k w_k q_k
-    cdef double L, lse, d_t, u_other, loss, A, B, e_t, minus_h, se
+    cdef double qw_t = q_t * w_t, W_other = W - w_t
+    cdef double c = lsref_target_mass(qw_t, beta, W_other)     # sum_k w_k q_k
+    cdef double L, lse, d_t, u_other, loss, A, B, e_t, se, minus_h = 0.0
     cdef double rest = -1.0                # sum of the non-max exps, where computed accurately
     cdef bint refine
     cdef Py_ssize_t k
@@ -738,9 +732,9 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
     # needs the exact rest (_mass_at_max). Tested in an order that keeps ordinary rows off
     # branches on se (a coin flip per row).
     if d_t == 0.0:                         # the target is the max
-        refine = _mass_at_max(beta * (W - w_t), c) and se < 2.0
-    elif lsref_unlikely(fabs(q_t * w_t) < 1e-2 * fabs(c) and se < 2.0):   # another class is
-        refine = _mass_at_max(q_t * w_t + beta * (W - w_t - (      # the max, the target light
+        refine = lsref_mass_at_max(beta * W_other, c) and se < 2.0
+    elif lsref_unlikely(fabs(qw_t) < 1e-2 * fabs(c) and se < 2.0):   # another class is
+        refine = lsref_mass_at_max(qw_t + beta * (W_other - (      # the max, the target light
             1.0 if w == NULL else w[_first_max(z, K, st.m)] if not z_gone
             else w[_first_max(e, K, 1.0)])), c)
     else:
@@ -756,7 +750,7 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
             u_other = st.u - w_t * d_t
         else:
             u_other = _u_without(z, K, t, st.m, w)
-    loss = _ce_index(L, d_t, q_t, w_t, beta, W, u_other)
+    loss = lsref_ce_index(L, d_t, qw_t, beta, W_other, u_other)
     # An unweighted float32 row summed by the float sweep (_stats), se < 2: its loss may be far
     # below the float partial sums' rounding of 1 + small terms (_float_se_too_coarse). Then
     # rest again, the max terms apart: from the logits (the sweep's float exps, the max terms
@@ -769,22 +763,19 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
             # stored exps, gives the same loss)
             rest = _rest_scratch(e, K) if z_gone else lsref_simd.rest_sum_f32(z, K, st.m)
             L = log1p(rest)
-            loss = _ce_index(L, d_t, q_t, w_t, beta, W, u_other)
+            loss = lsref_ce_index(L, d_t, qw_t, beta, W_other, u_other)
     if kl:                                 # minus H(q) = + sum_k w_k q_k log q_k
-        minus_h = w_t * _xlogx(q_t) + (W - w_t) * _xlogx(beta)
-        if _kl_cancels(loss, minus_h) and rest < 0.0:
+        minus_h = lsref_minus_entropy_index(q_t, w_t, beta, W_other)
+        if lsref_kl_cancels(loss, minus_h) and rest < 0.0:
             rest = _rest_scratch(e, K) if z_gone else _rest_exact(z, K, st.m)
             L = log1p(rest)
-            loss = _ce_index(L, d_t, q_t, w_t, beta, W, u_other)
-        loss += minus_h
+            loss = lsref_ce_index(L, d_t, qw_t, beta, W_other, u_other)
     lse = st.m + L
-    if lam != 0.0:
-        loss += lam * lse * lse
-    loss *= s
+    loss = lsref_row_loss(loss, minus_h, lam, lse, s)
     if g != NULL:
-        # The target of a dominated row: g_t = s (c p_t - q_t w_t) with p_t ~ 1 cancels; with
-        # p_t = 1/se and 1 - p_t = rest/se it is s (beta (W - w_t) + 2 lam lse - q_t w_t rest)
-        # / se, from the sum of the other terms (the exps already in the row, or the logits).
+        # The target of a dominated row: g_t = s (c p_t - q_t w_t) with p_t ~ 1 cancels
+        # (lsref_dominated_target_grad): from the sum of the other terms, the exps already in
+        # the row or the logits.
         if lsref_unlikely(d_t == 0.0 and se < 2.0):
             if rest < 0.0:
                 rest = _rest_scratch(e, K) if scratch else _rest_exact(z, K, st.m)
@@ -793,12 +784,12 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
             # much for the row's gradient, take its exps again in double from the exact
             # z_k - m (_float_rest_too_coarse).
             if stored_in is float and stored_out is float and scratch and not z_gone:
-                if _float_rest_too_coarse(rest, K, s, q_t * w_t,
-                                          beta * (W - w_t) + 2.0 * lam * lse, c, lam, lse):
+                if _float_rest_too_coarse(rest, K, s, qw_t,
+                                          beta * W_other + 2.0 * lam * lse, c, lam, lse):
                     rest = lsref_simd.rest_f32(z, K, st.m, <float *> g)
         if rest >= 0.0:
             se = 1.0 + rest
-        A = s * (c + 2.0 * lam * lse) / se
+        A = lsref_grad_factor(s, c, lam, lse, se)
         B = s * beta
         if scratch:
             e_t = _ld(g[t])
@@ -818,20 +809,9 @@ cdef inline double _row_index(const stored_in *z, Py_ssize_t K, Py_ssize_t t,
                 _st(g, k, A * _ex(z[k], st.m) - B * (1.0 if w == NULL else w[k]))
         # the target class: the whole expression, not a correction of a rounded value
         if d_t == 0.0 and rest >= 0.0:
-            _st(g, t, s * (beta * (W - w_t) + 2.0 * lam * lse - q_t * w_t * rest) / se)
+            _st(g, t, lsref_dominated_target_grad(s, beta, W_other, lam, lse, qw_t, rest, se))
         else:
-            _st(g, t, A * e_t - s * q_t * w_t)
-    return loss
-
-
-cdef inline double _ce_prob(double L, double a, double beta, double W,
-                            row_stats st) noexcept nogil:
-    """sum_k w_k q_k (lse - z_k) of a probability row, zero-mass terms skipped."""
-    cdef double loss = 0.0
-    if a != 0.0:
-        loss = a * (st.sp * L - st.up)
-    if beta != 0.0:
-        loss += beta * (W * L - st.u)
+            _st(g, t, lsref_target_grad(A, e_t, s, qw_t))
     return loss
 
 
@@ -853,24 +833,21 @@ cdef inline double _row_prob(const stored_in *z, const real_t *P, Py_ssize_t K,
     if se < 2.0:                           # as for class indices: mass (almost) all on the max
         kmax = _first_max(e, K, 1.0) if z_gone else _first_max(z, K, st.m)
         wk = 1.0 if w == NULL else w[kmax]
-        if _mass_at_max(c - wk * (a * P[kmax] + beta), c):
+        if lsref_mass_at_max(c - wk * (a * P[kmax] + beta), c):
             rest = _rest_scratch(e, K) if z_gone else _rest_exact(z, K, st.m)
     L = log1p(rest) if rest >= 0.0 else log(se)
-    loss = _ce_prob(L, a, beta, W, st)
+    loss = lsref_ce_prob(L, a, beta, W, st.sp, st.up, st.u)
     if kl:
-        if _kl_cancels(loss, st.qlq) and rest < 0.0:
+        if lsref_kl_cancels(loss, st.qlq) and rest < 0.0:
             rest = _rest_scratch(e, K) if z_gone else _rest_exact(z, K, st.m)
             L = log1p(rest)
-            loss = _ce_prob(L, a, beta, W, st)
-        loss += st.qlq
+            loss = lsref_ce_prob(L, a, beta, W, st.sp, st.up, st.u)
     lse = st.m + L
-    if lam != 0.0:
-        loss += lam * lse * lse
-    loss *= s
+    loss = lsref_row_loss(loss, st.qlq if kl else 0.0, lam, lse, s)
     if g != NULL:
         if rest >= 0.0:
             se = 1.0 + rest
-        A = s * (c + 2.0 * lam * lse) / se
+        A = lsref_grad_factor(s, c, lam, lse, se)
         for k in range(K):
             wk = 1.0 if w == NULL else w[k]
             ek = _ld(g[k]) if scratch else _ex(z[k], st.m)
@@ -878,27 +855,54 @@ cdef inline double _row_prob(const stored_in *z, const real_t *P, Py_ssize_t K,
     return loss
 
 # ---------------------------------------------------------------------------------------------
-# Entry points (called by lsref/loss.py only; arguments are trusted)
+# Entry points (called by lsref/loss.py, sharded.py and dask.py only; arguments are trusted)
 # ---------------------------------------------------------------------------------------------
+#
+# Each takes its arrays and one `params` record (lsref._params.KernelParams, built once from a
+# checked problem): q_t, a, beta (the smoothed target), class_weight with its total W,
+# sample_weight (per row, or None) and scale (1/D for "mean"), z_loss, kl, and ignore_index
+# (None: nothing ignored). Called with keywords.
+
+ctypedef struct coefs:
+    double q_t, a, beta, W, scale, lam
+    bint kl, has_ignore
+    int64_t ignore_index
+
+
+cdef coefs _coefs(params) except *:
+    """The scalar coefficients of a KernelParams record, read once per call."""
+    cdef coefs c
+    c.q_t, c.a, c.beta, c.W = params.q_t, params.a, params.beta, params.W
+    c.scale, c.lam, c.kl = params.scale, params.z_loss, params.kl
+    c.has_ignore = params.ignore_index is not None
+    c.ignore_index = params.ignore_index if c.has_ignore else -1
+    return c
+
+
+def small_k_available():
+    """Whether the small-K blocks (AVX2, float32, K <= 16) run on this CPU's vector path."""
+    return bool(lsref_small8_available())
+
 
 def ce_index(const stored_in[:, ::1] logits,     # IN  (N, K)
              const int64_t[::1] targets,         # IN  (N,)
-             double q_t, double beta,
-             const double[::1] class_weight,     # IN  (K,) or None
-             double W,
-             const double[::1] row_scale,        # IN  (N,) or None: sample weight
-             double scale,                       # every row's factor (1/D for "mean")
-             double z_loss, bint kl,
-             int64_t ignore_index, bint has_ignore,
+             params,                             # KernelParams
              double[::1] loss_out,               # OUT (N,)
              stored_out[:, ::1] grad_out,        # OUT (N, K) or None; may be logits itself
              int n_threads,
-             unsigned char[::1] redo=None):      # SCRATCH (N,): enables the small-K blocks
+             unsigned char[::1] small_k_scratch=None):   # SCRATCH (N,): the small-K blocks
     """Row losses (and gradient rows) of class-index targets.
 
-    With ``redo`` (float32, K <= 16, no class weights, on a CPU with AVX2) whole blocks of 8
-    rows go through the across-rows kernel of _simd.h first; the per-row loop then does the
-    remaining rows and the ones that kernel flagged."""
+    With ``small_k_scratch`` (given where lsref._params.small_k_blocks says so) whole blocks
+    of 8 rows go through the across-rows kernel of _simd.h first; the per-row loop then does
+    the remaining rows and the ones that kernel flagged in the scratch."""
+    cdef coefs cf = _coefs(params)
+    cdef const double[::1] class_weight = params.class_weight
+    cdef const double[::1] row_scale = params.sample_weight
+    cdef unsigned char[::1] redo = small_k_scratch
+    cdef double q_t = cf.q_t, beta = cf.beta, W = cf.W, scale = cf.scale, z_loss = cf.lam
+    cdef bint kl = cf.kl, has_ignore = cf.has_ignore
+    cdef int64_t ignore_index = cf.ignore_index
     cdef Py_ssize_t N = logits.shape[0], K = logits.shape[1], i, b
     cdef Py_ssize_t n_blocked = 0          # rows 0..n_blocked-1: in the small-K blocks
     cdef const double *w = NULL if class_weight is None else &class_weight[0]
@@ -914,20 +918,19 @@ def ce_index(const stored_in[:, ::1] logits,     # IN  (N, K)
     if N == 0 or K == 0:
         return
     if stored_in is float:
-        if (redo is not None and w == NULL and K <= 16 and N >= 8
-                and lsref_small8_available() and (stored_out is float or not want_grad)):
+        if redo is not None and (stored_out is float or not want_grad):
             small = True
             n_blocked = (N // 8) * 8
             P.q_t, P.beta, P.W, P.scale, P.lam = q_t, beta, W, scale, z_loss
-            P.kl_const = (_xlogx(q_t) + (W - 1.0) * _xlogx(beta)) if kl else 0.0
+            P.kl_const = lsref_minus_entropy_index(q_t, 1.0, beta, W - 1.0) if kl else 0.0
             P.row_scale = rs
             P.ignore_index, P.has_ignore = ignore_index, has_ignore
             # _row_index's rule for a dominated row's loss (the mass at the max class), which
             # for unweighted rows depends only on whether the target is the max
-            c = q_t + beta * (W - 1.0)
-            P.refine_if_target_max = _mass_at_max(beta * (W - 1.0), c)
+            c = lsref_target_mass(q_t, beta, W - 1.0)
+            P.refine_if_target_max = lsref_mass_at_max(beta * (W - 1.0), c)
             P.refine_if_other_max = (fabs(q_t) < 1e-2 * fabs(c)
-                                     and _mass_at_max(q_t + beta * (W - 2.0), c))
+                                     and lsref_mass_at_max(q_t + beta * (W - 2.0), c))
             if want_grad:
                 g32 = <float *> &grad_out[0, 0]
     # Two parallel regions: the row loop reads the redo[] flags of every block, so the
@@ -967,16 +970,16 @@ def ce_index(const stored_in[:, ::1] logits,     # IN  (N, K)
 
 def ce_prob(const stored_in[:, ::1] logits,      # IN  (N, K)
             const real_t[:, ::1] probs,          # IN  (N, K)
-            double a, double beta,
-            const double[::1] class_weight,      # IN  (K,) or None
-            double W,
-            const double[::1] row_scale,         # IN  (N,) or None
-            double scale,
-            double z_loss, bint kl,
+            params,                              # KernelParams (a, beta: q = a P + beta)
             double[::1] loss_out,                # OUT (N,)
             stored_out[:, ::1] grad_out,         # OUT (N, K) or None; may be logits itself
             int n_threads):
     """Row losses (and gradient rows) of probability targets."""
+    cdef coefs cf = _coefs(params)
+    cdef const double[::1] class_weight = params.class_weight
+    cdef const double[::1] row_scale = params.sample_weight
+    cdef double a = cf.a, beta = cf.beta, W = cf.W, scale = cf.scale, z_loss = cf.lam
+    cdef bint kl = cf.kl
     cdef Py_ssize_t N = logits.shape[0], K = logits.shape[1], i
     cdef const double *w = NULL if class_weight is None else &class_weight[0]
     cdef const double *rs = NULL if row_scale is None else &row_scale[0]
@@ -1036,16 +1039,18 @@ cdef inline loss_grad _bce_elem(double x, double y, double c) noexcept nogil:
 def bce(const stored_in[:, ::1] logits,           # IN  (N, K)
         const real_t[:, ::1] labels,              # IN  (N, K) or None
         const int64_t[::1] targets,               # IN  (N,) or None: class indices (one-hot)
-        double a, double b,                       # y' = a*y + b (y the label or the one-hot)
-        const double[::1] class_weight,           # IN  (K,) or None
-        const double[::1] row_scale,              # IN  (N,) or None
-        double scale,
-        int64_t ignore_index, bint has_ignore,
+        params,                                   # KernelParams: y' = a*y + beta
         double[::1] loss_out,                     # OUT (N,): the row sums
         double[:, ::1] elem_out,                  # OUT (N, K) or None: per-element losses
         stored_out[:, ::1] grad_out,              # OUT (N, K) or None; may be logits itself
         int n_threads):
     """Binary cross-entropy with logits, per element; row sums into loss_out."""
+    cdef coefs cf = _coefs(params)
+    cdef const double[::1] class_weight = params.class_weight
+    cdef const double[::1] row_scale = params.sample_weight
+    cdef double a = cf.a, b = cf.beta, scale = cf.scale
+    cdef bint has_ignore = cf.has_ignore
+    cdef int64_t ignore_index = cf.ignore_index
     cdef Py_ssize_t N = logits.shape[0], K = logits.shape[1], i, k
     cdef const double *w = NULL if class_weight is None else &class_weight[0]
     cdef const double *rs = NULL if row_scale is None else &row_scale[0]
@@ -1186,8 +1191,6 @@ def block_stats(const flt[:, ::1] z,             # IN  (n, kb): one class block 
     cdef const double *w = NULL if class_weight is None else &class_weight[0]
     cdef row_stats st
     cdef int64_t t
-    cdef double rest
-    cdef bint skipped
     if n == 0:
         return
     cdef int nt = _nt(n_threads), tid
@@ -1217,17 +1220,8 @@ def block_stats(const flt[:, ::1] z,             # IN  (n, kb): one class block 
                 rest_out[i], u_out[i] = -1.0, 0.0
                 continue
             u_out[i] = st.u
-            if st.se >= 2.0:
-                rest_out[i] = st.se - 1.0
-            else:                                    # se - 1 would cancel: sum the rest again
-                rest = 0.0
-                skipped = False
-                for k in range(kb):
-                    if not skipped and z[i, k] == st.m:
-                        skipped = True
-                    else:
-                        rest = rest + exp(<double> z[i, k] - st.m)
-                rest_out[i] = rest
+            # se - 1 would cancel below 2: the rest summed again, as the in-memory rows do
+            rest_out[i] = st.se - 1.0 if st.se >= 2.0 else _rest_exact(&z[i, 0], kb, st.m)
     if lsref_stopped(&tk):
         _raise_pending()
 
@@ -1280,6 +1274,63 @@ def block_grad(const flt[:, ::1] z,              # IN  (n, kb)
                 for k in range(kb):
                     g[k] = <flt> (a * g[k] - c * w[k] * beta)
             if 0 <= t < kb:
-                g[t] = <flt> (a * e_t - c * (1.0 if w == NULL else w[t]) * q_t)
+                g[t] = <flt> lsref_target_grad(a, e_t, c, q_t * (1.0 if w == NULL else w[t]))
     if lsref_stopped(&tk):
         _raise_pending()
+
+
+def finish_index(const double[::1] m,            # IN  (n,) merged statistics of whole rows
+                 const double[::1] rest,
+                 const double[::1] u,
+                 const double[::1] zt,
+                 const unsigned char[::1] bad,   # IN  (n,): a NaN or +inf in the row
+                 const int64_t[::1] targets,     # IN  (n,) class indices
+                 params,                         # KernelParams
+                 double[::1] loss_out,           # OUT (n,) s * loss_row (without scale)
+                 double[::1] coef_out,           # OUT (n,) s scale (c + 2 lam lse) / se
+                 int n_threads):
+    """Finish merged statistics (lsref/sharded.py) with the row algebra of the in-memory rows
+    (_rowterms.h): each row's loss, and the factor A of its gradient g_k = A exp(z_k - m) -
+    s scale w_k q_k. Ignored rows get 0; a row with no softmax (a NaN or +inf, or only -inf)
+    gets NaN."""
+    cdef coefs cf = _coefs(params)
+    cdef const double[::1] class_weight = params.class_weight
+    cdef const double[::1] row_scale = params.sample_weight
+    cdef const double *w = NULL if class_weight is None else &class_weight[0]
+    cdef const double *rs = NULL if row_scale is None else &row_scale[0]
+    cdef Py_ssize_t n = m.shape[0], i
+    cdef int64_t t
+    cdef double s, w_t, qw_t, W_other, d_t, u_other, L, lse, ce, minus_h, c
+    if n == 0:
+        return
+    cdef int nt = _nt(n_threads)
+    with nogil:
+        for i in prange(n, schedule="static", num_threads=nt):
+            t = targets[i]
+            if cf.has_ignore and t == cf.ignore_index:
+                loss_out[i] = 0.0
+                coef_out[i] = 0.0
+                continue
+            if bad[i] or m[i] == -INFINITY:
+                loss_out[i] = NAN
+                coef_out[i] = NAN
+                continue
+            s = 1.0 if rs == NULL else rs[i]
+            w_t = 1.0 if w == NULL else w[t]
+            qw_t = cf.q_t * w_t
+            W_other = cf.W - w_t
+            d_t = zt[i] - m[i]
+            u_other = u[i]
+            if w_t != 0.0:
+                # the target's own term leaves U. A masked target (d_t = -inf): its target
+                # mass makes the loss +inf whatever the others give; without target mass the
+                # others' sum is not in the statistics (NaN, not a wrong number)
+                u_other = (u[i] - w_t * d_t if isfinite(d_t)
+                           else (0.0 if qw_t != 0.0 else NAN))
+            L = log1p(rest[i])
+            lse = m[i] + L
+            ce = lsref_ce_index(L, d_t, qw_t, cf.beta, W_other, u_other)
+            minus_h = lsref_minus_entropy_index(cf.q_t, w_t, cf.beta, W_other) if cf.kl else 0.0
+            loss_out[i] = lsref_row_loss(ce, minus_h, cf.lam, lse, s)
+            c = lsref_target_mass(qw_t, cf.beta, W_other)
+            coef_out[i] = lsref_grad_factor(s * cf.scale, c, cf.lam, lse, 1.0 + rest[i])

@@ -25,6 +25,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include "_rowterms.h"          /* the row algebra, written once */
 
 /* `omp simd` (OpenMP >= 4.0, _OPENMP >= 201307) gives each vector lane its own partial sum.
  * It is emitted only where the compiler implements it: gcc or clang with -fopenmp-simd
@@ -502,23 +503,21 @@ static inline void lsref_transpose8(__m256 r[8])
 }
 
 /* One row of the small-K blocks from its max m, se = sum_k exp(z_k - m), d_t = z_t - m and
- * u = sum_k (z_k - m): the loss into *loss, the gradient's factor A = s (c + 2 lam lse) / se
- * and lse. Returns 1 (and writes nothing) where the KL form cancels: _row_index refines
- * that row. log(se), not log1p(se - 1): a row kept here has no tiny loss (the refine flags
- * of lsref_small_params), log's 1e-16 absolute error is far below its bound. */
+ * u = sum_k (z_k - m): the loss into *loss, the gradient's factor A and lse, by the row
+ * algebra of _rowterms.h (w = 1). Returns 1 (and writes nothing) where the KL form cancels:
+ * _row_index refines that row. log(se), not log1p(se - 1): a row kept here has no tiny loss
+ * (the refine flags of lsref_small_params), log's 1e-16 absolute error is far below its
+ * bound. */
 static inline int lsref_small_row(const lsref_small_params *P, double c, double s, double m,
                                   double se, double d_t, double u, double *loss, double *A,
                                   double *lse)
 {
-    double L = log(se), l = 0.0;
-    if (P->q_t != 0.0) l = P->q_t * (L - d_t);
-    if (P->beta != 0.0) l += P->beta * ((P->W - 1.0) * L - (u - d_t));
-    if (P->kl_const != 0.0 && fabs(l + P->kl_const) < 1e-2 * fabs(l)) return 1;
+    const double L = log(se);
+    const double ce = lsref_ce_index(L, d_t, P->q_t, P->beta, P->W - 1.0, u - d_t);
+    if (lsref_kl_cancels(ce, P->kl_const)) return 1;
     *lse = m + L;
-    if (P->lam != 0.0) l += P->lam * *lse * *lse;
-    l += P->kl_const;
-    *loss = s * l;
-    *A = s * (c + 2.0 * P->lam * *lse) / se;
+    *loss = lsref_row_loss(ce, P->kl_const, P->lam, *lse, s);
+    *A = lsref_grad_factor(s, c, P->lam, *lse, se);
     return 0;
 }
 
@@ -589,7 +588,7 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
     _mm256_storeu_ps(u_f, u);
     _mm256_storeu_ps(et_f, zt);
     double A[8], S[8], G[8], lse[8];
-    const double c = P->q_t + P->beta * (P->W - 1.0);          /* sum_k q_k */
+    const double c = lsref_target_mass(P->q_t, P->beta, P->W - 1.0);    /* sum_k q_k */
     double ex[8][16];                              /* a dominated row's exps in double */
     for (j = 0; j < 8; j++) {
         S[j] = P->row_scale ? P->scale * P->row_scale[i0 + j] : P->scale;
@@ -619,7 +618,8 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
             A[j] = 0.0;
             continue;
         }
-        G[j] = S[j] * (P->beta * (P->W - 1.0) + 2.0 * P->lam * lse[j] - P->q_t * rest) / sej;
+        G[j] = lsref_dominated_target_grad(S[j], P->beta, P->W - 1.0, P->lam, lse[j], P->q_t,
+                                           rest, sej);
     }
     for (j = 0; j < 8; j++) redo[i0 + j] = (unsigned char)!((fine >> j) & 1u);
     if (g == NULL) return;
@@ -627,7 +627,7 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
         float et_v[8];
         _mm256_storeu_ps(et_v, et);
         for (j = 0; j < 8; j++)
-            if (!((dom >> j) & 1u)) G[j] = A[j] * (double)et_v[j] - S[j] * P->q_t;
+            if (!((dom >> j) & 1u)) G[j] = lsref_target_grad(A[j], (double)et_v[j], S[j], P->q_t);
     }
     __m256 Av = _mm256_setr_ps((float)A[0], (float)A[1], (float)A[2], (float)A[3],
                                (float)A[4], (float)A[5], (float)A[6], (float)A[7]);

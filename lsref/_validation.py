@@ -5,6 +5,7 @@ same messages, so the checks live once, here. Nothing in this module computes a 
 Every error names the argument and the offending value (SEMANTICS.md, "Bad input").
 """
 import numbers
+import dataclasses
 import operator
 from dataclasses import dataclass
 
@@ -20,10 +21,13 @@ class Problem:
 
     ``logits`` and ``targets`` are views (or the caller's arrays) with the class axis last;
     nothing has been copied or cast yet. ``batch_shape`` is the logits' shape without the
-    class axis; ``n_rows`` its product.
+    class axis; ``n_rows`` its product. A problem checked from the logits' shape alone
+    (:func:`check_problem_shape`: sharded statistics, smoothed labels) has ``logits=None``.
+    It holds the checked arguments only: the coefficients computed from them are
+    ``lsref._params``'s (the kernel side) and the oracle's own.
     """
 
-    logits: np.ndarray          # (..., K), class axis last
+    logits: object              # (..., K), class axis last; None when checked by shape
     targets: np.ndarray         # (...,) integer, or (..., K) float (probability targets)
     prob_targets: bool
     axis: int                   # normalised class axis of the caller's layout
@@ -39,16 +43,8 @@ class Problem:
     z_loss: float
     kl: bool = False            # subtract H(q): the KL form
 
-    @property
-    def q_target_and_beta(self):
-        """(q_t, beta) of a class-index target: q_k = beta + (q_t - beta)*[k == t]."""
-        eps, K = self.label_smoothing, self.n_classes
-        if self.smoothing == "uniform":
-            return 1.0 - eps + eps / K, eps / K
-        return 1.0 - eps, (eps / (K - 1) if eps else 0.0)
 
-
-def _real_scalar(name, value, lo=None, hi=None):
+def check_real(name, value, lo=None, hi=None):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r} "
                         f"({type(value).__name__})")
@@ -254,10 +250,10 @@ def _check_class_indices(targets, K, ignore_index):
 # by name, so an object that stores options (LabelSmoothingLoss) can refuse a bad one when it
 # is built, with the message the call would give.
 _OPTIONS = {
-    "label_smoothing": lambda v: _real_scalar("label_smoothing", v, 0.0, 1.0),
+    "label_smoothing": lambda v: check_real("label_smoothing", v, 0.0, 1.0),
     "reduction": lambda v: check_choice("reduction", v, REDUCTIONS),
     "smoothing": lambda v: check_choice("smoothing", v, SMOOTHINGS),
-    "z_loss": lambda v: _real_scalar("z_loss", v, 0.0),
+    "z_loss": lambda v: check_real("z_loss", v, 0.0),
     "kl": lambda v: check_bool("kl", v),
     "ignore_index": lambda v: _check_ignore_index(v),
     "axis": lambda v: check_axis_type(v),
@@ -283,10 +279,23 @@ def check_problem(logits, targets, *, label_smoothing, axis, reduction, smoothin
     if logits.ndim == 0:
         raise ValueError("logits must have at least one dimension (the class axis), "
                          "got a scalar")
-    axis = check_axis(axis, logits.ndim)
-    K = logits.shape[axis]
+    p = check_problem_shape(logits.shape, targets, label_smoothing=label_smoothing, axis=axis,
+                            reduction=reduction, smoothing=smoothing,
+                            class_weight=class_weight, sample_weight=sample_weight,
+                            ignore_index=ignore_index, z_loss=z_loss, kl=kl)
+    return dataclasses.replace(p, logits=np.moveaxis(logits, p.axis, -1))
+
+
+def check_problem_shape(logits_shape, targets, *, label_smoothing, axis, reduction, smoothing,
+                        class_weight, sample_weight, ignore_index, z_loss, kl=False):
+    """Validate a cross-entropy call whose logits are known by their shape only (sharded
+    statistics, smoothed labels): the targets, weights and options, as :func:`check_problem`
+    does. The returned problem has ``logits=None``."""
+    shape = tuple(logits_shape)
+    axis = check_axis(axis, len(shape))
+    K = shape[axis]
     if K == 0:
-        raise ValueError(f"logits has 0 classes along axis={axis} (shape {logits.shape})")
+        raise ValueError(f"logits has 0 classes along axis={axis} (shape {shape})")
     eps = _OPTIONS["label_smoothing"](label_smoothing)
     reduction = _OPTIONS["reduction"](reduction)
     smoothing = _OPTIONS["smoothing"](smoothing)
@@ -294,14 +303,13 @@ def check_problem(logits, targets, *, label_smoothing, axis, reduction, smoothin
     kl = _OPTIONS["kl"](kl)
     ignore_index = _OPTIONS["ignore_index"](ignore_index)
 
-    z = np.moveaxis(logits, axis, -1)
-    batch_shape = z.shape[:-1]
+    batch_shape = shape[:axis] + shape[axis + 1:]
 
     targets = as_array("targets", targets)
     kind = targets.dtype.kind
     if is_bfloat16(targets.dtype):
         kind = "f"
-    if targets_are_probabilities(logits.shape, targets) and kind in "biu":
+    if targets_are_probabilities(shape, targets) and kind in "biu":
         # shaped like the logits: probabilities whatever the dtype (Keras users' integer
         # one-hot labels), read exactly as float64
         targets, kind = targets.astype(np.float64), "f"
@@ -309,13 +317,13 @@ def check_problem(logits, targets, *, label_smoothing, axis, reduction, smoothin
         raise TypeError(f"targets must be integer class indices or floating-point "
                         f"probabilities, got dtype {targets.dtype}")
     if kind == "f":
-        if targets.shape == batch_shape and targets.shape != logits.shape:
+        if targets.shape == batch_shape and targets.shape != shape:
             raise TypeError(f"targets of shape {targets.shape} are class indices but have "
                             f"floating dtype {targets.dtype}; pass an integer array "
                             f"(e.g. targets.astype(np.int64))")
-        if targets.shape != logits.shape:
+        if targets.shape != shape:
             raise ValueError(f"probability targets must have the logits' shape "
-                             f"{logits.shape}, got {targets.shape}")
+                             f"{shape}, got {targets.shape}")
         prob = True
         # any finite values: the loss is linear in q, negative or unnormalised rows included
         check_in_range("probability targets", "targets", targets, -np.inf, np.inf)
@@ -331,7 +339,7 @@ def check_problem(logits, targets, *, label_smoothing, axis, reduction, smoothin
     else:
         if targets.shape != batch_shape:
             raise ValueError(f"class-index targets must have shape {batch_shape} (logits "
-                             f"{logits.shape} without axis {axis}), got {targets.shape}")
+                             f"{shape} without axis {axis}), got {targets.shape}")
         prob = False
         _check_class_indices(targets, K, ignore_index)
         t = targets
@@ -342,7 +350,7 @@ def check_problem(logits, targets, *, label_smoothing, axis, reduction, smoothin
     cw = _check_weight("class_weight", class_weight, (K,), "one weight per class")
     sw = _check_weight("sample_weight", sample_weight, batch_shape,
                        "the logits' shape without the class axis")
-    return Problem(logits=z, targets=t, prob_targets=prob, axis=axis, batch_shape=batch_shape,
+    return Problem(logits=None, targets=t, prob_targets=prob, axis=axis, batch_shape=batch_shape,
                    n_rows=int(np.prod(batch_shape, dtype=np.int64)), n_classes=K,
                    label_smoothing=eps, smoothing=smoothing, reduction=reduction,
                    ignore_index=ignore_index, class_weight=cw, sample_weight=sw,
@@ -368,13 +376,6 @@ class BinaryProblem:
     ignore_index: object
     class_weight: object
     sample_weight: object
-
-    @property
-    def smoothing_affine(self):
-        """(a, b) with smoothed label y' = a*y + b: Keras's y(1-eps) + eps/2 for labels,
-        timm's onehot(1-eps) + eps/K for class indices."""
-        eps = self.label_smoothing
-        return 1.0 - eps, (eps / 2 if self.indices is None else eps / self.n_classes)
 
 
 def check_binary_problem(logits, targets, *, label_smoothing, axis, reduction, class_weight,

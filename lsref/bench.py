@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from . import __version__, _kernel
-from .loss import _default_threads, cross_entropy, logsumexp, value_and_grad
+from .loss import default_threads, cross_entropy, logsumexp, value_and_grad
 
 EPS = 0.1
 
@@ -101,7 +101,7 @@ def _jax_fn(z, t):
 
 def run(workloads, repeat=5, progress=True, stream=sys.stderr):
     """Time every implementation on every workload; return (rows, versions)."""
-    threads = _default_threads()
+    threads = default_threads()
     rows, versions = [], {"lsref": f"lsref {__version__} ({_kernel.SIMD_PATH}, "
                                    f"{threads} threads)", "numpy": f"numpy {np.__version__}"}
     for wi, (name, n, k, dtype) in enumerate(workloads, 1):

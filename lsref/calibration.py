@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validation import SMOOTHINGS, _real_scalar, check_choice
+from ._validation import SMOOTHINGS, check_real, check_choice
 
 __all__ = ["optimal_probabilities", "optimal_logit_gap", "reliability_diagram",
            "expected_calibration_error", "maximum_calibration_error", "plot_reliability",
@@ -61,7 +61,7 @@ def optimal_probabilities(num_classes, label_smoothing, *, smoothing="uniform"):
     [0.9, 0.011111]
     """
     K = _check_classes(num_classes, smoothing)
-    eps = _real_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
+    eps = check_real("label_smoothing", label_smoothing, 0.0, 1.0)
     if smoothing == "uniform":
         return 1.0 - eps + eps / K, eps / K
     return 1.0 - eps, eps / (K - 1)

@@ -18,7 +18,7 @@ import zlib
 import numpy as np
 
 from . import __version__, _kernel, reference
-from .loss import _default_threads, value_and_grad
+from .loss import default_threads, value_and_grad
 from ._tolerances import kernel_accuracy
 
 
@@ -29,7 +29,7 @@ def _info(args):
     print(f"compiler: {_kernel.COMPILER}")
     print(f"build flags: {_kernel.BUILD_FLAGS}")
     print(f"OpenMP: {openmp_status()}")
-    print(f"threads: {_default_threads()} by default (OpenMP's own default: "
+    print(f"threads: {default_threads()} by default (OpenMP's own default: "
           f"{_kernel.omp_max_threads()})")
     print(f"vector path: {_kernel.SIMD_PATH} (chosen at run time; LSREF_SIMD=generic|avx2|"
           f"avx512 forces one)")
@@ -59,7 +59,7 @@ def _selfcheck(args):
     N, K, eps = args.rows, args.classes, args.label_smoothing
     rng = np.random.default_rng(args.seed)
     print(f"lsref selfcheck: {N} x {K} float32 logits (standard normal x 3), "
-          f"label_smoothing={eps}, {_default_threads()} thread(s)")
+          f"label_smoothing={eps}, {default_threads()} thread(s)")
     t0 = _step("making data")
     logits = (rng.standard_normal((N, K), dtype=np.float32) * 3).astype(np.float32)
     targets = rng.integers(0, K, N)
@@ -173,11 +173,11 @@ def _load_npy(option, path):
 
 def _check_npy(option, path):
     """The header of an .npy read in windows (logits, gradient), and its length against it."""
-    from .sharded import _npy_header
+    from ._npy import npy_header
     if _file_kind(path, f"{option}: ") != "npy":
         raise _UsageError(f"{option}: {path} is an .npz archive, not an .npy array")
     try:
-        shape, _, dtype, offset = _npy_header(path)
+        shape, _, dtype, offset = npy_header(path)
         size = os.path.getsize(path)
     except _READ_ERRORS as exc:
         raise _UsageError(f"{option}: cannot read {path} as an .npy: {_one_line(exc)}") \

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .verify import _to_numpy, verify
+from .verify import to_numpy, verify
 
 __all__ = ["Case", "cases", "RUNNERS", "run"]
 
@@ -312,7 +312,7 @@ def run(frameworks=None, quick=False, progress=True, stream=sys.stderr):
         if out is None:
             continue
         loss, grad, conv, params, t_ver = out
-        loss, grad = _to_numpy(loss), _to_numpy(grad)
+        loss, grad = to_numpy(loss), to_numpy(grad)
         report = verify(z, t_ver, loss, grad, convention=conv, **params)
         known = KNOWN_DEFECTS.get((fw, case.name))
         if report.passed:

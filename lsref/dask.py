@@ -21,8 +21,9 @@ except ImportError:                                  # pragma: no cover - exerci
     raise ImportError("lsref.dask needs dask: python3 -m pip install \"lsref[dask]\"") \
         from None
 
-from . import sharded
-from .loss import _loss_dtype
+from . import _params, sharded
+from ._validation import check_problem_shape
+from .loss import loss_dtype as _storage_loss_dtype
 
 __all__ = ["value_and_grad", "cross_entropy", "cross_entropy_grad"]
 
@@ -109,7 +110,7 @@ def _prepare(logits, targets, kw):
         cw = np.asarray(cw, dtype=np.float64)
         kw["class_weight"] = cw
     # the scalar options and the weights, checked now rather than on the workers
-    p = sharded._problem(np.zeros(0, np.int64), K, dict(sharded._KW, **{
+    p = check_problem_shape((0, K), np.zeros(0, np.int64), **dict(sharded._KW, **{
         k: v for k, v in kw.items() if k != "sample_weight"}))
     rows = logits.chunks[0]
     t = _column(targets, rows, "targets")
@@ -117,7 +118,7 @@ def _prepare(logits, targets, kw):
         raise TypeError(f"targets must be integer class indices, got dtype "
                         f"{None if t is None else t.dtype}")
     sw = _column(kw.pop("sample_weight", None), rows, "sample_weight")
-    return logits, t, sw, kw, K, p.q_target_and_beta
+    return logits, t, sw, kw, K, _params.index_target(p.label_smoothing, K, p.smoothing)
 
 
 def _terms(logits, t, sw, kw, K, split_every):
@@ -157,13 +158,13 @@ def value_and_grad(logits, targets, *, split_every=None, **kw):
     # computed by the blocks alike: the gradient in the logits' dtype (native byte order),
     # the loss too, except float32 for 16-bit logits
     grad_dtype = np.dtype(logits.dtype).newbyteorder("=")
-    loss_dtype = _loss_dtype(grad_dtype)
+    loss_dtype = _storage_loss_dtype(grad_dtype)
     rows = _terms(logits, t, sw, kw, K, split_every)
     total = rows[:, 0].sum()
     if reduction == "mean":
         D = rows[:, 4].sum()
-        loss = da.where(D != 0, total / da.where(D != 0, D, 1.0), np.nan)
-        scale = 1.0 / da.where(D != 0, D, 1.0)             # D = 0: unscaled, as in memory
+        loss = _params.mean(total, D)           # lazy: the rules of the in-memory path
+        scale = _params.mean_scale(D)
     else:
         loss = total if reduction == "sum" else rows[:, 0]
         scale = 1.0

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .conformance import Runner as _ConformanceRunner
-from .verify import _to_numpy, verify
+from .verify import to_numpy, verify
 
 __all__ = ["Case", "cases", "make_inputs", "RUNNERS", "MISTAKES", "evaluate", "run",
            "format_markdown", "main"]
@@ -313,7 +313,7 @@ class TorchRunner(Runner):
         params = {k: v for k, v in kw.items() if k != "weight"}
         if "weight" in kw:
             params["weight"] = inp.w
-        return Call(_to_numpy(loss), _to_numpy(x.grad), "torch", inp.t, params)
+        return Call(to_numpy(loss), to_numpy(x.grad), "torch", inp.t, params)
 
     def divisor(self, case, inp):
         if case.reduction != "mean":

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from . import _kernel
+from . import _kernel, _params
 from ._validation import (as_array, check_axis, check_binary_problem, check_float_array,
                           check_n_threads, check_problem, is_bfloat16)
 
@@ -19,7 +19,7 @@ __all__ = ["cross_entropy", "cross_entropy_grad", "value_and_grad", "logsumexp",
            "binary_value_and_grad"]
 
 
-def _default_threads():
+def default_threads():
     if not _kernel.OPENMP_ENABLED:
         return 1
     try:
@@ -36,11 +36,12 @@ def _default_threads():
 SMALL_PROBLEM = 32768
 
 
-def _threads(n_threads, size=None):
+def resolve_threads(n_threads, size=None):
+    """The kernel's thread count: ``n_threads`` checked, or the default for ``size`` logits."""
     n = check_n_threads(n_threads)
     if n is not None:
         return n
-    return 1 if size is not None and size < SMALL_PROBLEM else _default_threads()
+    return 1 if size is not None and size < SMALL_PROBLEM else default_threads()
 
 
 # --- storage: what the kernel reads and writes ---------------------------------------------
@@ -99,28 +100,6 @@ def _real_rows(a, K):
     return _as_rows(np.ascontiguousarray(a))
 
 
-_INT64 = np.iinfo(np.int64)
-
-
-def _index_rows(targets, ignore_index):
-    """Class-index targets as the kernel's int64 rows, with (ignore value, ignoring?, the
-    rows that count or None). An ignore_index that no int64 can equal (2**63, say) is left
-    to NumPy's exact comparison: the rows equal to it (possible only for uint64 targets)
-    are marked -1 for the kernel, and if there are none, nothing is ignored."""
-    t = targets.reshape(-1)
-    if ignore_index is None:
-        return np.ascontiguousarray(t, dtype=np.int64), -1, False, None
-    if _INT64.min <= ignore_index <= _INT64.max:
-        rows = np.ascontiguousarray(t, dtype=np.int64)
-        return rows, ignore_index, True, rows != ignore_index
-    active = t != ignore_index
-    if active.all():
-        return np.ascontiguousarray(t, dtype=np.int64), -1, False, None
-    rows = t.astype(np.int64)                 # the ignored values wrap; they are marked next
-    rows[~active] = -1                        # the validated targets are in [0, K) elsewhere
-    return rows, -1, True, active
-
-
 def _check_out(out, logits, dtype, others):
     """The caller's out= buffer: the logits' shape, the gradient's dtype (the logits' dtype,
     or float32 for 16-bit logits), writeable, overlapping no input except (exactly) the
@@ -172,7 +151,7 @@ def _finish_grad(ret, copy_back, axis):
     return ret
 
 
-def _loss_dtype(dtype):
+def loss_dtype(dtype):
     """The loss is returned in the logits' dtype, except for 16-bit logits: their loss is
     computed in float32 and returned so (float16 would overflow at 65504 and round a loss
     of 15.52 to +-0.008; a loss costs N numbers at most)."""
@@ -180,12 +159,9 @@ def _loss_dtype(dtype):
 
 
 def _reduce(reduction, row_loss, divisor, batch_shape, dtype):
-    if reduction == "none":
-        return row_loss.reshape(batch_shape).astype(dtype)
-    total = np.sum(row_loss)              # pairwise, outside the parallel loop
-    if reduction == "mean" and divisor == 0:
-        return dtype.type(np.nan)         # empty batch or every target ignored, like PyTorch
-    return dtype.type(total)              # the rows already carry 1/D for "mean"
+    """The caller's loss from rows that already carry 1/D (_params.reduce)."""
+    loss = _params.reduce(reduction, row_loss, divisor, scaled=True)
+    return loss.reshape(batch_shape).astype(dtype) if reduction == "none" else dtype.type(loss)
 
 
 def _start(p, want_grad, out, n_threads):
@@ -194,36 +170,31 @@ def _start(p, want_grad, out, n_threads):
     if out is not None and not want_grad:
         raise TypeError("out= is only accepted where a gradient is computed")
     zn = _native(p.logits)
-    return _threads(n_threads, zn.size), zn, zn.dtype, p.n_classes, p.n_rows
+    return resolve_threads(n_threads, zn.size), zn, zn.dtype, p.n_classes, p.n_rows
 
 
 def _run(logits, targets, *, want_grad, out, n_threads, **kw):
     p = check_problem(logits, targets, **kw)
     nt, zn, dtype, K, N = _start(p, want_grad, out, n_threads)
     z = _rows(zn, K)
-    cw = None if p.class_weight is None else np.ascontiguousarray(p.class_weight)
-    W = float(K) if cw is None else float(np.sum(cw))
-    sw = None if p.sample_weight is None else np.ascontiguousarray(p.sample_weight.reshape(-1))
     if p.prob_targets:
-        targets_rows, active = _real_rows(p.targets, K), None
+        targets_rows, ignore, active = _real_rows(p.targets, K), None, None
+        divisor = float(N) if p.reduction == "mean" else None   # the mean is over rows
+        a, beta = _params.prob_target(p.label_smoothing, K)
+        coefficients = dict(a=a, beta=beta)
     else:
-        targets_rows, ignore, ignoring, active = _index_rows(p.targets, p.ignore_index)
-
-    # The "mean" divisor D (SEMANTICS.md, "Reductions"), known before the kernel runs so that
-    # the gradient rows can carry 1/D.
-    scale, divisor = 1.0, None
-    if p.reduction == "mean":
-        if p.prob_targets:
-            divisor = float(N)
-        else:
-            t_kept = targets_rows if active is None else targets_rows[active]
-            if sw is None and cw is None:
-                divisor = float(t_kept.size)
-            else:
-                s_kept = np.ones(t_kept.size) if sw is None else (
-                    sw if active is None else sw[active])
-                divisor = float(np.sum(s_kept if cw is None else s_kept * cw[t_kept]))
-        scale = 1.0 / divisor if divisor != 0 else 1.0
+        targets_rows, ignore, _, active = _params.index_rows(p.targets, p.ignore_index)
+        divisor = (_params.mean_divisor(targets_rows, active, p.class_weight,
+                                        None if p.sample_weight is None
+                                        else p.sample_weight.reshape(-1))
+                   if p.reduction == "mean" else None)
+        q_t, beta = _params.index_target(p.label_smoothing, K, p.smoothing)
+        coefficients = dict(q_t=q_t, beta=beta, ignore_index=ignore)
+    # the rows carry 1/D for "mean", known before the kernel runs
+    scale = _params.mean_scale(divisor) if p.reduction == "mean" else 1.0
+    params = _params.KernelParams.build(
+        n_classes=K, class_weight=p.class_weight, sample_weight=p.sample_weight, scale=scale,
+        z_loss=p.z_loss, kl=p.kl, **coefficients)
 
     grad_rows = ret = copy_back = None
     if want_grad:
@@ -235,18 +206,15 @@ def _run(logits, targets, *, want_grad, out, n_threads, **kw):
 
     row_loss = np.empty(N, np.float64)
     if p.prob_targets:
-        a, beta = 1.0 - p.label_smoothing, p.label_smoothing / K
-        _kernel.ce_prob(z, targets_rows, a, beta, cw, W, sw, scale, p.z_loss, p.kl,
-                        row_loss, grad_rows, nt)
+        _kernel.ce_prob(logits=z, probs=targets_rows, params=params, loss_out=row_loss,
+                        grad_out=grad_rows, n_threads=nt)
     else:
-        q_t, beta = p.q_target_and_beta
-        # O(N) scratch for the across-rows kernel of small K (float32, no class weights)
-        redo = (np.empty(N, np.uint8) if dtype == np.float32 and cw is None and K <= 16
-                else None)
-        _kernel.ce_index(z, targets_rows, q_t, beta, cw, W, sw, scale, p.z_loss, p.kl,
-                         ignore, ignoring, row_loss, grad_rows, nt, redo)
+        scratch = (np.empty(N, np.uint8) if _params.small_k_blocks(dtype, N, K, params)
+                   else None)
+        _kernel.ce_index(logits=z, targets=targets_rows, params=params, loss_out=row_loss,
+                         grad_out=grad_rows, n_threads=nt, small_k_scratch=scratch)
 
-    loss = _reduce(p.reduction, row_loss, divisor, p.batch_shape, _loss_dtype(dtype))
+    loss = _reduce(p.reduction, row_loss, divisor, p.batch_shape, loss_dtype(dtype))
     return loss, (_finish_grad(ret, copy_back, p.axis) if want_grad else None)
 
 
@@ -440,7 +408,7 @@ def logsumexp(x, axis=-1, keepdims=False, *, n_threads=None):
     if rows.shape[1] == 0:
         out.fill(-np.inf)                 # the log of an empty sum
     elif rows.shape[0]:
-        _kernel.logsumexp_rows(rows, out, _threads(nt, rows.size))
+        _kernel.logsumexp_rows(rows, out, resolve_threads(nt, rows.size))
     out = out.reshape(xm.shape[:-1]).astype(x.dtype)
     return np.expand_dims(out, axis) if keepdims else out
 
@@ -451,7 +419,7 @@ def _softmax(x, axis, n_threads, log_space):
     res = np.empty(xm.shape, x.dtype)
     if rows.size:                         # an empty axis or batch: an empty result
         _kernel.softmax_rows(rows, _as_rows(_bits(res)), log_space,
-                             _threads(nt, rows.size))
+                             resolve_threads(nt, rows.size))
     res = np.moveaxis(res, -1, axis)
     return res.reshape(()) if scalar else res
 
@@ -493,19 +461,19 @@ def _run_binary(logits, targets, *, want_grad, out, n_threads, **kw):
     p = check_binary_problem(logits, targets, **kw)
     nt, zn, dtype, K, N = _start(p, want_grad, out, n_threads)
     z = _rows(zn, K)
-    cw = None if p.class_weight is None else np.ascontiguousarray(p.class_weight)
-    sw = None if p.sample_weight is None else np.ascontiguousarray(p.sample_weight.reshape(-1))
-    ignore, ignoring = -1, False
+    ignore = None
     if p.indices is not None:
-        idx, ignore, ignoring, active = _index_rows(p.indices, p.ignore_index)
+        idx, ignore, _, active = _params.index_rows(p.indices, p.ignore_index)
         labels = np.zeros((1, 1))                  # unread: the one-hot comes from idx
         active_rows = N if active is None else int(np.sum(active))
     else:
         idx, labels, active_rows = None, _real_rows(p.labels, K) if K else np.zeros((1, 1)), N
-    # "mean": over the elements of the rows that count (PyTorch's BCEWithLogits and Keras
-    # divide by the element count; weights scale the terms, not the divisor)
-    divisor = float(active_rows * K) if p.reduction == "mean" else None
-    scale = 1.0 / divisor if divisor else 1.0
+    divisor = _params.binary_mean_divisor(active_rows, K)
+    a, b = _params.binary_label(p.label_smoothing, K, p.indices is not None)
+    params = _params.KernelParams.build(
+        n_classes=K, class_weight=p.class_weight, sample_weight=p.sample_weight, a=a, beta=b,
+        ignore_index=ignore,
+        scale=_params.mean_scale(divisor) if p.reduction == "mean" else 1.0)
 
     grad_rows = ret = copy_back = None
     if want_grad:
@@ -516,17 +484,16 @@ def _run_binary(logits, targets, *, want_grad, out, n_threads, **kw):
               ("sample_weight", kw.get("sample_weight"))]))
     elem = np.empty((N, K), np.float64) if p.reduction == "none" else None
     row_loss = np.empty(N, np.float64)
-    a, b = p.smoothing_affine
     if K:
-        _kernel.bce(z, labels, idx, a, b, cw, sw, scale, ignore, ignoring, row_loss, elem,
-                    grad_rows, nt)
+        _kernel.bce(logits=z, labels=labels, targets=idx, params=params, loss_out=row_loss,
+                    elem_out=elem, grad_out=grad_rows, n_threads=nt)
     else:
         row_loss.fill(0.0)                # a row of no elements: an empty sum (the gradient,
                                           # and "none"'s losses, are empty arrays)
     if p.reduction == "none":
-        loss = np.moveaxis(elem.reshape(p.shape), -1, p.axis).astype(_loss_dtype(dtype))
+        loss = np.moveaxis(elem.reshape(p.shape), -1, p.axis).astype(loss_dtype(dtype))
     else:
-        loss = _reduce(p.reduction, row_loss, divisor, p.shape[:-1], _loss_dtype(dtype))
+        loss = _reduce(p.reduction, row_loss, divisor, p.shape[:-1], loss_dtype(dtype))
     return loss, (_finish_grad(ret, copy_back, p.axis) if want_grad else None)
 
 

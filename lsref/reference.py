@@ -38,11 +38,12 @@ log-sum-exp and softmax functions", IMA J. Numer. Anal. 41 (2021).
 import numpy as np
 
 from ._validation import (SMOOTHINGS, check_axis, check_binary_problem, check_choice,
-                          check_float_array, check_num_classes, check_problem)
+                          check_float_array, check_num_classes, check_problem,
+                          check_problem_shape)
 
 __all__ = ["logsumexp", "log_softmax", "softmax", "smooth_labels", "cross_entropy",
            "cross_entropy_grad", "value_and_grad", "binary_cross_entropy",
-           "binary_cross_entropy_grad", "binary_value_and_grad"]
+           "binary_cross_entropy_grad", "binary_value_and_grad", "mean_divisor"]
 
 _DEFAULTS = dict(label_smoothing=0.0, axis=-1, reduction="mean", smoothing="uniform",
                  class_weight=None, sample_weight=None, ignore_index=-100, z_loss=0.0,
@@ -252,10 +253,7 @@ def _rows(logits, targets, kw):
     row_loss = np.where(active, row_loss, 0.0)
     grad[~active] = 0.0
 
-    if p.prob_targets:
-        divisor = float(p.n_rows)                 # PyTorch: rows, whatever the weights
-    else:
-        divisor = float(np.sum(s[active] * w[t[active]]))
+    divisor = _mean_divisor(p, active, s, w)
     # the sizes of the gradient's two terms, s (sum_k w_k q_k + 2 lam lse) p_j and s w_j q_j,
     # and each row's lse: what a tolerance model for a computed gradient needs
     with np.errstate(invalid="ignore", over="ignore"):
@@ -288,18 +286,60 @@ def gradient_terms(logits, targets, **kw):
     return out
 
 
+def _mean_divisor(p, active, s, w):
+    """D of ``reduction="mean"`` (SEMANTICS.md, "Reductions"): the number of rows for
+    probability targets (PyTorch: whatever the weights); for class indices the sum over the
+    rows that count of sample weight times the target's class weight."""
+    if p.prob_targets:
+        return float(p.n_rows)
+    t = p.targets.reshape(-1)
+    return float(np.sum(s[active] * w[t[active]]))
+
+
+def _reduced(reduction, loss, grad, divisor):
+    """The loss of a reduction (``loss`` per row or per element) and its gradient. For
+    "mean", D = 0 (an empty batch, every target ignored, weights summing to 0) gives a NaN
+    mean and leaves the gradient undivided (0 on the rows that do not count)."""
+    if reduction == "none":
+        return loss, grad
+    if reduction == "sum":
+        return np.float64(np.sum(loss)), grad
+    if divisor == 0:
+        return np.float64(np.nan), grad
+    return np.float64(np.sum(loss) / divisor), grad / divisor
+
+
 def _reduce(p, row_loss, grad, divisor):
+    loss, grad = _reduced(p.reduction, row_loss, grad, divisor)
     if p.reduction == "none":
-        loss = row_loss.reshape(p.batch_shape)
-    elif p.reduction == "sum":
-        loss = np.float64(np.sum(row_loss))
-    else:
-        # D = 0 (empty batch, every target ignored): the mean is NaN, the gradient 0
-        loss = np.float64(np.sum(row_loss) / divisor) if divisor != 0 else np.float64(np.nan)
-        if divisor != 0:
-            grad = grad / divisor
-    grad = np.moveaxis(grad.reshape(p.batch_shape + (p.n_classes,)), -1, p.axis)
-    return loss, grad
+        loss = loss.reshape(p.batch_shape)
+    return loss, np.moveaxis(grad.reshape(p.batch_shape + (p.n_classes,)), -1, p.axis)
+
+
+def mean_divisor(targets, num_classes, *, class_weight=None, sample_weight=None,
+                 ignore_index=-100):
+    """D of ``reduction="mean"`` for class-index ``targets`` (float64): the sum over the rows
+    that are not ignored of sample weight times the target's class weight. It needs no
+    logits.
+
+    Examples
+    --------
+    >>> from lsref import reference
+    >>> reference.mean_divisor([0, 2, -100, 1], 3, class_weight=[1.0, 2.0, 0.5])
+    3.5
+    """
+    t = np.asarray(targets)
+    p = check_problem_shape(t.shape + (check_num_classes(num_classes),), t,
+                            **dict(_DEFAULTS, class_weight=class_weight,
+                                   sample_weight=sample_weight, ignore_index=ignore_index))
+    if p.prob_targets:
+        raise ValueError("mean_divisor takes class-index targets; the divisor of probability "
+                         "targets is the number of rows")
+    t = p.targets.reshape(-1)
+    active = np.ones(t.size, bool) if p.ignore_index is None else t != p.ignore_index
+    w = np.ones(p.n_classes) if p.class_weight is None else p.class_weight
+    s = np.ones(p.n_rows) if p.sample_weight is None else p.sample_weight.reshape(-1)
+    return _mean_divisor(p, active, s, w)
 
 
 def value_and_grad(logits, targets, **kw):
@@ -368,7 +408,10 @@ def binary_value_and_grad(logits, targets, **kw):
     p = check_binary_problem(logits, targets, **kw)
     K, N = p.n_classes, p.n_rows
     x = p.logits.reshape(N, K).astype(np.float64)
-    a, b = p.smoothing_affine
+    # the smoothed label: Keras's y (1 - eps) + eps/2 for binary labels, timm's
+    # onehot (1 - eps) + eps/K for class indices (one-hot along the class axis)
+    eps = p.label_smoothing
+    a, b = 1.0 - eps, (eps / 2 if p.indices is None else eps / K)
     if p.indices is None:
         y = a * p.labels.reshape(N, K).astype(np.float64) + b
         active = np.ones(N, bool)
@@ -389,16 +432,11 @@ def binary_value_and_grad(logits, targets, **kw):
         grad = c * (np.exp(-_softplus(-x)) - y)          # sigmoid(x) = exp(-softplus(-x))
     loss[~active] = 0.0
     grad[~active] = 0.0
+    # "mean" is over the elements of the rows that count: weights scale the terms, not D
+    loss, grad = _reduced(p.reduction, loss, grad, float(active.sum() * K))
     if p.reduction == "none":
-        out_loss = np.moveaxis(loss.reshape(p.shape), -1, p.axis)
-    elif p.reduction == "sum":
-        out_loss = np.float64(loss.sum())
-    else:
-        D = float(active.sum() * K)
-        out_loss = np.float64(loss.sum() / D) if D else np.float64(np.nan)
-        if D:
-            grad = grad / D
-    return out_loss, np.moveaxis(grad.reshape(p.shape), -1, p.axis)
+        loss = np.moveaxis(loss.reshape(p.shape), -1, p.axis)
+    return loss, np.moveaxis(grad.reshape(p.shape), -1, p.axis)
 
 
 def binary_cross_entropy(logits, targets, **kw):

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _kernel
-from ._validation import as_array, check_problem
-from .reference import _DEFAULTS
-from .loss import _threads, value_and_grad
+from . import _kernel, _params
+from ._validation import as_array, check_problem_shape
+from ._npy import new_npy, npy_header
+from .loss import cross_entropy, resolve_threads, value_and_grad
 
 __all__ = ["PartialStats", "RowTerms", "partial_stats", "merge", "concat_rows", "finish",
            "block_gradient", "vocab_parallel_value_and_grad", "megatron_vocab_parallel",
@@ -116,7 +116,7 @@ def partial_stats(z_block, targets, *, class_offset=0, class_weight=None, n_thre
     m, rest, u, zt = (np.empty(n) for _ in range(4))
     has_t, bad = np.empty(n, np.uint8), np.empty(n, np.uint8)
     _kernel.block_stats(z, wb, t, offset, m, rest, u, zt, has_t, bad,
-                        _threads(n_threads, z.size))
+                        resolve_threads(n_threads, z.size))
     return PartialStats(m, rest, u, zt, has_t.astype(bool), bad.astype(bool), wsum, kb)
 
 
@@ -178,23 +178,19 @@ class RowTerms:
     divisor: float          # D of "mean" (1 for "sum" and "none")
 
 
-def _xlogx(x):
-    return x * np.log(x) if x > 0 else 0.0
-
-
 def _problem(targets, num_classes, kw):
-    """Validate the keywords and targets as the front door does (the logits stand in as a
-    zero-memory broadcast array)."""
+    """Validate the keywords and targets as the front door does, from the logits' shape."""
     t = np.asarray(targets)
-    stand_in = np.broadcast_to(np.zeros((), np.float64), t.shape + (int(num_classes),))
-    p = check_problem(stand_in, t, **kw)
+    p = check_problem_shape(t.shape + (int(num_classes),), t, **kw)
     if p.prob_targets:
         raise ValueError("sharded statistics take class-index targets; probability targets "
                          "have no single target logit")
     return p
 
 
-_KW = _DEFAULTS                    # cross_entropy's keywords and their defaults
+# cross_entropy's keywords and their defaults
+_KW = dict(label_smoothing=0.0, axis=-1, reduction="mean", smoothing="uniform",
+           class_weight=None, sample_weight=None, ignore_index=-100, z_loss=0.0, kl=False)
 
 
 def divisor(targets, num_classes, *, class_weight=None, sample_weight=None,
@@ -208,17 +204,18 @@ def divisor(targets, num_classes, *, class_weight=None, sample_weight=None,
 
 
 def _divisor(p):
-    t = p.targets.reshape(-1)
-    active = np.ones(t.shape, bool) if p.ignore_index is None else t != p.ignore_index
-    s = np.ones(t.shape) if p.sample_weight is None else p.sample_weight.reshape(-1)
-    w_t = np.ones(t.shape) if p.class_weight is None else \
-        p.class_weight[np.where(active, t, 0)]
-    return float(np.sum(s[active] * w_t[active])), active, s, w_t
+    """(D, the kernel's target rows, their ignore value or None, the rows that count or
+    None, the flat sample weights or None)."""
+    t, ignore, _, active = _params.index_rows(p.targets, p.ignore_index)
+    sw = None if p.sample_weight is None else p.sample_weight.reshape(-1)
+    return _params.mean_divisor(t, active, p.class_weight, sw), t, ignore, active, sw
 
 
 def finish(stats, targets, num_classes, **kw):
     """The loss from merged statistics (every class covered), and the per-row terms that
-    :func:`block_gradient` needs. Takes the keywords of :func:`lsref.cross_entropy`."""
+    :func:`block_gradient` needs. Takes the keywords of :func:`lsref.cross_entropy`.
+
+    The row algebra is the in-memory kernel's (``_kernel.finish_index``)."""
     kw = {**_KW, **kw}
     p = _problem(targets, num_classes, kw)
     K = p.n_classes
@@ -226,46 +223,29 @@ def finish(stats, targets, num_classes, **kw):
         raise ValueError(f"the statistics cover {stats.classes} classes of {stats.n_rows} "
                          f"rows; the problem has {K} classes and {p.n_rows} rows (merge "
                          f"every class block first)")
-    t = p.targets.reshape(-1)
-    D, active, s, w_t = _divisor(p)
-    W = K if p.class_weight is None else float(p.class_weight[p.class_weight != 0].sum())
-    q_t, beta = p.q_target_and_beta
-    lam = p.z_loss
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        L = np.log1p(stats.rest)
-        lse = stats.m + L
-        row = np.zeros(p.n_rows)
-        if beta != 0.0:
-            row += beta * (W * L - stats.u)
-        coef_t = (q_t - beta) * w_t
-        row += np.where(coef_t != 0.0, coef_t * ((stats.m - stats.zt) + L), 0.0)
-        if lam:
-            row += lam * lse ** 2
-        if p.kl:
-            row += w_t * _xlogx(q_t) + (W - w_t) * _xlogx(beta)
-        row *= s
-        C = beta * W + coef_t
-        undefined = stats.bad | (stats.m == -np.inf)
-    row = np.where(active, np.where(undefined, np.nan, row), 0.0)
-    scale = 1.0
-    if p.reduction == "mean":
-        loss = np.float64(row.sum() / D) if D != 0 else np.float64(np.nan)
-        # D = 0: as the in-memory kernel and the oracle do, the gradient is left unscaled
-        # (0 when every row is ignored; the gradient of the sum when the targets' weights
-        # sum to 0)
-        scale = 1.0 / D if D != 0 else 1.0
-    elif p.reduction == "sum":
-        loss = np.float64(row.sum())
-    else:
-        loss = row.reshape(p.batch_shape)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        coef_e = np.where(active, np.where(undefined, np.nan,
-                                           s * scale * (C + 2 * lam * lse) / (1.0 + stats.rest)),
-                          0.0)
-    coef_q = np.where(active, s * scale, 0.0)
-    m = np.where(active & ~undefined, stats.m, 0.0)
-    return RowTerms(loss, row, m, coef_e, coef_q, q_t, beta, p.class_weight,
-                    D if p.reduction == "mean" else 1.0)
+    D, t, ignore, active, sw = _divisor(p)
+    mean = p.reduction == "mean"
+    scale = _params.mean_scale(D) if mean else 1.0
+    q_t, beta = _params.index_target(p.label_smoothing, K, p.smoothing)
+    params = _params.KernelParams.build(
+        n_classes=K, class_weight=p.class_weight, sample_weight=sw, q_t=q_t, beta=beta,
+        scale=scale, z_loss=p.z_loss, kl=p.kl, ignore_index=ignore)
+    n = p.n_rows
+    row, coef_e = np.empty(n), np.empty(n)
+    f64 = (lambda a: np.ascontiguousarray(a, np.float64))
+    _kernel.finish_index(m=f64(stats.m), rest=f64(stats.rest), u=f64(stats.u),
+                         zt=f64(stats.zt), bad=np.ascontiguousarray(stats.bad, np.uint8),
+                         targets=t, params=params, loss_out=row, coef_out=coef_e,
+                         n_threads=resolve_threads(None, n * 8))
+    loss = _params.reduce(p.reduction, row, D, scaled=False)
+    if p.reduction == "none":
+        loss = loss.reshape(p.batch_shape)
+    s = np.ones(n) if sw is None else sw
+    counts = np.ones(n, bool) if active is None else active
+    coef_q = np.where(counts, s * scale, 0.0)
+    m = np.where(counts & ~(stats.bad | (stats.m == -np.inf)), stats.m, 0.0)
+    return RowTerms(loss, row, m, coef_e, coef_q, q_t, beta, params.class_weight,
+                    D if mean else 1.0)
 
 
 def block_gradient(z_block, targets, terms, *, class_offset=0, rows=slice(None), out=None,
@@ -285,7 +265,7 @@ def block_gradient(z_block, targets, terms, *, class_offset=0, rows=slice(None),
     elif out.shape != z.shape or out.dtype != z.dtype or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous {z.dtype} array of shape {z.shape}")
     _kernel.block_grad(z, wb, t, int(class_offset), m, ce, cq, terms.q_t, terms.beta, out,
-                       _threads(n_threads, z.size))
+                       resolve_threads(n_threads, z.size))
     return out
 
 
@@ -360,29 +340,6 @@ def megatron_vocab_parallel(shards, targets, label_smoothing):
 
 # --- streaming over memory-mapped .npy files -----------------------------------------------
 
-def _npy_header(path):
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        read = {(1, 0): np.lib.format.read_array_header_1_0,
-                (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-        if read is None:
-            raise ValueError(f"{path}: .npy format version {version} is not supported")
-        shape, fortran, dtype = read(f)
-        offset = f.tell()
-    return shape, fortran, dtype, offset
-
-
-def _new_npy(path, shape, dtype):
-    """An .npy file of the given shape, its data not written yet (a sparse file), without
-    mapping it whole (a memory limit on the address space would forbid that)."""
-    with open(path, "wb") as f:
-        np.lib.format.write_array_header_2_0(f, dict(descr=np.lib.format.dtype_to_descr(
-            np.dtype(dtype)), fortran_order=False, shape=tuple(shape)))
-        offset = f.tell()
-        f.truncate(offset + int(np.prod(shape)) * np.dtype(dtype).itemsize)
-    return offset
-
-
 def stream_value_and_grad(logits, targets, *, grad=None, memory=256 << 20, progress=True,
                           n_threads=None, **kw):
     """The loss (and, with ``grad=``, the gradient) of logits in an ``.npy`` file larger than
@@ -397,7 +354,7 @@ def stream_value_and_grad(logits, targets, *, grad=None, memory=256 << 20, progr
     ``memory`` plus the targets, whatever the file's size; the gradient is written from a
     reused buffer.
     """
-    shape, fortran, dtype, offset = _npy_header(logits)
+    shape, fortran, dtype, offset = npy_header(logits)
     if len(shape) != 2 or fortran or dtype not in (np.float32, np.float64):
         raise ValueError(f"{logits}: need a 2-D C-order float32/float64 .npy, got shape "
                          f"{shape}, fortran_order={fortran}, dtype {dtype}")
@@ -412,14 +369,16 @@ def stream_value_and_grad(logits, targets, *, grad=None, memory=256 << 20, progr
         sw = np.load(sw)
     p = _problem(t, K, dict(kw, sample_weight=sw))
     reduction = p.reduction
-    D, active, s, _ = _divisor(p)
-    row_scale = s / D if reduction == "mean" and D != 0 else s   # D = 0: as in memory
-    g_offset = _new_npy(grad, shape, dtype) if grad is not None else None
+    D, _, _, _, s = _divisor(p)
+    s = np.ones(N) if s is None else s
+    # each row's weight carries 1/D, as in memory (D = 0: undivided, _params.mean_scale)
+    row_scale = s * _params.mean_scale(D) if reduction == "mean" else s
+    g_offset = new_npy(grad, shape, dtype) if grad is not None else None
     g_file = open(grad, "r+b") if grad is not None else None
     itemsize = np.dtype(dtype).itemsize
     step = max(1, int(memory) // (K * itemsize * (2 if grad is not None else 1)))
     rows_loss = np.empty(N) if reduction == "none" else None
-    total = 0.0
+    window_sums = []
     t0 = time.perf_counter()
     call_kw = {k: v for k, v in kw.items() if k not in ("reduction", "axis")}
     # the gradient goes through one reused buffer and a plain write: writing through a
@@ -443,7 +402,7 @@ def stream_value_and_grad(logits, targets, *, grad=None, memory=256 << 20, progr
             part = np.asarray(part, np.float64)
             if rows_loss is not None:
                 rows_loss[r0:r1] = part
-            total += float(np.sum(part))
+            window_sums.append(np.sum(part))
             del z
             if progress:
                 done = r1 * K * itemsize
@@ -458,12 +417,10 @@ def stream_value_and_grad(logits, targets, *, grad=None, memory=256 << 20, progr
         print(file=sys.stderr, flush=True)
     if reduction == "none":
         return rows_loss
-    if reduction == "mean" and D == 0:
-        return np.float64(np.nan)
-    return np.float64(total)
+    return np.float64(_params.reduce(reduction, np.array(window_sums, np.float64), D,
+                                     scaled=True))
 
 
 def _loss_only(z, t, row_scale, n_threads, kw):
-    from .loss import cross_entropy
     return cross_entropy(z, t, reduction="none", sample_weight=row_scale, n_threads=n_threads,
                          **kw)

@@ -11,7 +11,7 @@ import numpy as np
 from ._tolerances import (WITNESS_RTOL, WITNESS_SAFETY, WITNESS_STEP, verify_eps,
                           verify_growth)
 from .conventions import get_convention
-from .verify import _to_numpy, verify
+from .verify import to_numpy, verify
 
 __all__ = ["assert_matches_reference", "check_loss_function", "LossFunctionReport",
            "CaseResult"]
@@ -225,7 +225,7 @@ def _call(kind, fn, z, t, fn_params, want_grad=True):
         if want_grad and out.requires_grad:
             out.backward(torch.ones_like(out) if out.ndim else None)
             grad = zt.grad
-        return _to_numpy(out), _to_numpy(grad)
+        return to_numpy(out), to_numpy(grad)
     if kind == "jax":
         import jax
         import jax.numpy as jnp
@@ -243,8 +243,8 @@ def _call(kind, fn, z, t, fn_params, want_grad=True):
         if len(out) != 2:
             raise TypeError(f"a NumPy loss function returns the loss or (loss, grad), got a "
                             f"{type(out).__name__} of {len(out)}")
-        return _to_numpy(out[0]), _to_numpy(out[1])
-    return _to_numpy(out), None
+        return to_numpy(out[0]), to_numpy(out[1])
+    return to_numpy(out), None
 
 
 def _detect_kind(fn, convention, fn_params):
@@ -627,9 +627,9 @@ def check_loss_function(fn, *, convention, kind=None, quick=False, inputs=None, 
 
     todo = []
     if inputs is not None:
-        z, t = (np.asarray(_to_numpy(a)) for a in inputs)
+        z, t = (np.asarray(to_numpy(a)) for a in inputs)
         w = params.get(wname) if wname else None
-        w = None if w is None else np.asarray(_to_numpy(w))
+        w = None if w is None else np.asarray(to_numpy(w))
         todo.append((f"given inputs ({z.dtype.name}, shape {z.shape})", z, t, w, dict(fixed)))
     else:
         seen = set()

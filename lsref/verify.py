@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import reference as R
+from ._npy import npy_header
 from ._tolerances import (VERIFY_SAFETY, verify_eps, verify_growth,
                           verify_row_factor_bound)
 from ._validation import targets_are_probabilities
@@ -22,7 +23,7 @@ __all__ = ["verify", "VerificationReport", "Comparison"]
 _MAX_LISTED = 8
 
 
-def _to_numpy(x):
+def to_numpy(x):
     """NumPy view of a NumPy array, a PyTorch tensor (detached, on the CPU), a JAX or
     TensorFlow array, or anything np.asarray takes."""
     if x is None:
@@ -158,16 +159,7 @@ def _reference(z, t, plan):
                     if sizes.size else np.sum(sizes, axis=axis))
     if plan.reduction == "none":
         return rows, grad, (rows, row_target, terms["lse"], row_mass), terms
-    if plan.reduction == "sum" or plan.divisor is None:
-        D = 1.0
-    elif plan.divisor == "lsref":
-        D = terms["divisor"]
-    elif plan.divisor == "rows":
-        D = terms["rows"]
-    elif plan.divisor == "sample_weight":
-        D = terms["sample_weight"]
-    else:
-        D = float(plan.divisor)
+    D = _divisor_of(plan, lambda: (terms["divisor"], terms["rows"], terms["sample_weight"]))
     if plan.reduction == "sum":
         loss = np.float64(np.sum(rows))
     elif D == 0:
@@ -386,11 +378,11 @@ def verify(logits, targets, loss=None, grad=None, *, convention="lsref", rtol=No
     False
     """
     conv = get_convention(convention)
-    z, t = _to_numpy(logits), _to_numpy(targets)
-    loss, grad = _to_numpy(loss), _to_numpy(grad)
+    z, t = to_numpy(logits), to_numpy(targets)
+    loss, grad = to_numpy(loss), to_numpy(grad)
     if loss is None and grad is None:
         raise ValueError("give the candidate loss, grad, or both")
-    params = {k: _to_numpy(v) if hasattr(v, "shape") else v for k, v in params.items()}
+    params = {k: to_numpy(v) if hasattr(v, "shape") else v for k, v in params.items()}
     plan = _checked_plan(conv, z, t, params, rtol, atol)
     if plan.targets is not None:              # the targets as the framework pairs/builds them
         t = np.asarray(plan.targets)
@@ -415,29 +407,34 @@ def verify(logits, targets, loss=None, grad=None, *, convention="lsref", rtol=No
 
 # --- files larger than memory --------------------------------------------------------------
 
-def _plan_divisor(plan, t, K):
-    """The "mean" divisor of the whole problem, from its targets and weights alone (the
-    reference's D, "rows" or "sample_weight"; gradient_terms would need the logits)."""
+def _divisor_of(plan, counts):
+    """The divisor a plan's reduction divides by: 1 unless it is a "mean"; a number; or what
+    ``counts()`` gives, (lsref's D, the rows that count, their sample weights), read as the
+    plan's ``divisor`` names it (conventions.Plan)."""
     if plan.reduction != "mean" or plan.divisor is None:
         return 1.0
     if not isinstance(plan.divisor, str):
         return float(plan.divisor)
-    kw = plan.kwargs
-    N = t.shape[0]
-    s = np.ones(N) if kw.get("sample_weight") is None else \
-        np.asarray(kw["sample_weight"], np.float64).reshape(-1)
-    prob = targets_are_probabilities((N, K), t)
-    ignore = kw.get("ignore_index", -100)
-    counted = np.ones(N, bool) if (prob or ignore is None) else t != ignore
-    if plan.divisor == "rows":
-        return float(counted.sum())
-    if plan.divisor == "sample_weight":
-        return float(s[counted].sum())
-    if prob:
-        return float(N)
-    from .sharded import divisor                 # lsref's D: sum of s * w_t over counted rows
-    return divisor(t, K, class_weight=kw.get("class_weight"),
-                   sample_weight=kw.get("sample_weight"), ignore_index=ignore)
+    lsref_d, rows, sample_weight = counts()
+    return {"lsref": lsref_d, "rows": rows, "sample_weight": sample_weight}[plan.divisor]
+
+
+def _plan_divisor(plan, t, K):
+    """The "mean" divisor of the whole problem, from its targets and weights alone
+    (gradient_terms would need the logits)."""
+    def counts():
+        kw = plan.kwargs
+        N = t.shape[0]
+        s = np.ones(N) if kw.get("sample_weight") is None else \
+            np.asarray(kw["sample_weight"], np.float64).reshape(-1)
+        prob = targets_are_probabilities((N, K), t)
+        ignore = kw.get("ignore_index", -100)
+        counted = np.ones(N, bool) if (prob or ignore is None) else t != ignore
+        lsref_d = float(N) if prob else R.mean_divisor(
+            t, K, class_weight=kw.get("class_weight"), sample_weight=kw.get("sample_weight"),
+            ignore_index=ignore)
+        return lsref_d, float(counted.sum()), float(s[counted].sum())
+    return _divisor_of(plan, counts)
 
 
 def _merge_comparisons(parts, name, shape, eps):
@@ -480,9 +477,8 @@ def verify_files(logits, targets, loss=None, grad=None, *, convention="lsref", r
     path). The reference and the tolerance model are those of :func:`verify`, window by
     window, with the whole problem's "mean" divisor; the report covers the whole arrays.
     """
-    from .sharded import _npy_header
     conv = get_convention(convention)
-    shape, fortran, dtype, offset = _npy_header(logits)
+    shape, fortran, dtype, offset = npy_header(logits)
     if len(shape) != 2 or fortran:
         raise ValueError(f"{logits}: need a 2-D C-order .npy of (rows, classes), got shape "
                          f"{shape}, fortran_order={fortran}")
@@ -493,7 +489,7 @@ def verify_files(logits, targets, loss=None, grad=None, *, convention="lsref", r
     loss = load(loss) if not isinstance(loss, (int, float)) else np.float64(loss)
     g_info = None
     if grad is not None:
-        g_shape, g_fortran, g_dtype, g_offset = _npy_header(grad)
+        g_shape, g_fortran, g_dtype, g_offset = npy_header(grad)
         if tuple(g_shape) != tuple(shape) or g_fortran:
             raise ValueError(f"{grad}: the gradient must have the logits' shape {shape} in "
                              f"C order, got {g_shape}")

@@ -20,8 +20,8 @@ def run_case(framework, name):
     case = next(c for c in C.cases() if c.name == name)
     z, t, w, axis = C.make_inputs(case)
     loss, grad, conv, params, t_ver = C.RUNNERS[framework].run(case, z, t, w, axis)
-    from lsref.verify import _to_numpy
-    return verify(z, t_ver, _to_numpy(loss), _to_numpy(grad), convention=conv, **params)
+    from lsref.verify import to_numpy
+    return verify(z, t_ver, to_numpy(loss), to_numpy(grad), convention=conv, **params)
 
 
 def test_torch_float16_overflow_at_32000_classes():

@@ -1,0 +1,164 @@
+"""The kernel side's coefficients: from a checked problem to what the kernel multiplies by.
+
+Every rule that turns the user's options into numbers lives here once, for every kernel
+path (the in-memory rows of ``loss.py``, ``sharded.py``'s statistics and ``dask.py``'s lazy
+blocks): the smoothed target's coefficients, the class weights' total, the "mean" divisor
+``D`` and what ``D = 0`` gives, and the one record the kernel's entry points take.
+
+The oracle (``reference.py``) derives each of these rules itself, from the formulas of the
+semantics, and imports nothing from here: it stays an independent witness.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _kernel
+
+__all__ = ["index_target", "prob_target", "binary_label", "class_weight_total",
+           "mean_divisor", "binary_mean_divisor", "mean_scale", "mean", "reduce",
+           "KernelParams", "small_k_blocks", "index_rows"]
+
+
+# --- the smoothed target ---------------------------------------------------------------------
+
+def index_target(label_smoothing, n_classes, smoothing):
+    """``(q_t, beta)`` of a class-index target: ``q_k = beta + (q_t - beta) [k == t]``.
+
+    ``"uniform"``: ``q_t = 1 - eps + eps/K``, ``beta = eps/K``; ``"others"``: ``q_t = 1 - eps``,
+    ``beta = eps/(K - 1)`` (0 when ``eps = 0``, so that ``K = 1`` needs no division).
+    """
+    eps, K = label_smoothing, n_classes
+    if smoothing == "uniform":
+        return 1.0 - eps + eps / K, eps / K
+    return 1.0 - eps, (eps / (K - 1) if eps else 0.0)
+
+
+def prob_target(label_smoothing, n_classes):
+    """``(a, beta)`` of a probability target row ``P``: ``q_k = a P_k + beta``."""
+    return 1.0 - label_smoothing, label_smoothing / n_classes
+
+
+def binary_label(label_smoothing, n_classes, class_indices):
+    """``(a, b)`` of a binary label ``y``: ``y' = a y + b``; Keras's ``y (1 - eps) + eps/2``
+    for labels, timm's ``onehot (1 - eps) + eps/K`` for class indices."""
+    eps = label_smoothing
+    return 1.0 - eps, (eps / n_classes if class_indices else eps / 2)
+
+
+def class_weight_total(class_weight, n_classes):
+    """``W = sum_k w_k`` (``K`` without class weights)."""
+    return float(n_classes) if class_weight is None else float(np.sum(class_weight))
+
+
+INT64 = np.iinfo(np.int64)
+
+
+def index_rows(targets, ignore_index):
+    """Class-index targets as the kernel's int64 rows, with (ignore value or None, ignoring?,
+    the rows that count or None). An ignore_index that no int64 can equal (2**63, say) is left
+    to NumPy's exact comparison: the rows equal to it (possible only for uint64 targets)
+    are marked -1 for the kernel, and if there are none, nothing is ignored."""
+    t = targets.reshape(-1)
+    if ignore_index is None:
+        return np.ascontiguousarray(t, dtype=np.int64), None, False, None
+    if INT64.min <= ignore_index <= INT64.max:
+        rows = np.ascontiguousarray(t, dtype=np.int64)
+        return rows, ignore_index, True, rows != ignore_index
+    active = t != ignore_index
+    if active.all():
+        return np.ascontiguousarray(t, dtype=np.int64), None, False, None
+    rows = t.astype(np.int64)                 # the ignored values wrap; they are marked next
+    rows[~active] = -1                        # the validated targets are in [0, K) elsewhere
+    return rows, -1, True, active
+
+
+# --- the "mean" divisor ------------------------------------------------------------------------
+
+def mean_divisor(targets, active, class_weight, sample_weight):
+    """``D`` of ``reduction="mean"`` for class-index targets (SEMANTICS.md, "Reductions"):
+    the sum over the rows that count of sample weight times the target's class weight.
+
+    ``targets`` and ``sample_weight`` are flat (one per row), ``active`` the rows that count
+    (None: all). Unweighted, it is the count of those rows.
+    """
+    t = targets if active is None else targets[active]
+    if sample_weight is None and class_weight is None:
+        return float(t.size)
+    s = np.ones(t.size) if sample_weight is None else (
+        sample_weight if active is None else sample_weight[active])
+    return float(np.sum(s if class_weight is None else s * class_weight[t]))
+
+
+def binary_mean_divisor(active_rows, n_classes):
+    """``D`` of a binary ``"mean"``: the elements of the rows that count (PyTorch's
+    BCEWithLogits and Keras: weights scale the terms, not the divisor)."""
+    return float(active_rows * n_classes)
+
+
+def mean_scale(divisor):
+    """The factor ``1/D`` the gradient rows carry for ``"mean"``; where ``D = 0`` (an empty
+    batch, every target ignored, or weights that sum to 0) the gradient is left unscaled:
+    0 on every ignored row, the gradient of the sum otherwise."""
+    return 1.0 / np.where(divisor != 0, divisor, 1.0)
+
+
+def mean(total, divisor):
+    """``total / D``; NaN where ``D = 0`` (like PyTorch). NumPy scalars or arrays, or dask
+    arrays (through NumPy's array-function protocol)."""
+    safe = np.where(divisor != 0, divisor, 1.0)
+    return np.where(divisor != 0, total / safe, np.nan)
+
+
+def reduce(reduction, row_loss, divisor, *, scaled):
+    """The loss of a reduction from per-row losses (float64): the rows as they are for
+    ``"none"``, their pairwise sum for ``"sum"``, and for ``"mean"`` that sum divided by
+    ``D`` (``scaled``: the rows already carry ``1/D``), NaN where ``D = 0``. Summed with
+    NumPy outside any parallel loop, so the result is the same for every thread count."""
+    if reduction == "none":
+        return row_loss
+    total = np.sum(row_loss)
+    if reduction == "sum":
+        return total
+    if divisor == 0:
+        return np.float64(np.nan)
+    return total if scaled else total / divisor
+
+
+# --- what the kernel's entry points take -------------------------------------------------------
+
+@dataclass(frozen=True)
+class KernelParams:
+    """The coefficients of one kernel call, built once from a checked problem.
+
+    The target is ``q_k = beta + (q_t - beta) [k == t]`` for class indices, ``a P_k + beta``
+    for probability rows, ``a y + beta`` for binary labels. ``W`` is the class weights'
+    total (it travels with them); a row's weight is ``scale`` times its ``sample_weight``
+    (``scale = 1/D`` for ``"mean"``). ``ignore_index`` is None when nothing is ignored.
+    """
+
+    q_t: float = 1.0
+    a: float = 1.0
+    beta: float = 0.0
+    class_weight: object = None         # (K,) float64, C-contiguous, or None
+    W: float = 0.0
+    sample_weight: object = None        # (N,) float64, C-contiguous, or None
+    scale: float = 1.0
+    z_loss: float = 0.0
+    kl: bool = False
+    ignore_index: object = None         # an int64 value, or None
+
+    @classmethod
+    def build(cls, *, n_classes, class_weight, sample_weight, **coefficients):
+        cw = None if class_weight is None else np.ascontiguousarray(class_weight, np.float64)
+        sw = None if sample_weight is None else np.ascontiguousarray(
+            np.reshape(sample_weight, -1), np.float64)
+        return cls(class_weight=cw, W=class_weight_total(cw, n_classes), sample_weight=sw,
+                   **coefficients)
+
+
+def small_k_blocks(dtype, n_rows, n_classes, params):
+    """Whether ``ce_index`` may run the across-rows blocks of small K (float32, at most 16
+    classes, no class weights, at least one block of 8 rows, a CPU with AVX2): then the
+    caller passes it an (N,) uint8 scratch array. Decided here only; the kernel trusts it."""
+    return (dtype == np.float32 and params.class_weight is None and n_classes <= 16
+            and n_rows >= 8 and _kernel.small_k_available())
