@@ -153,16 +153,17 @@ def smooth_labels(targets, num_classes, label_smoothing, *, smoothing="uniform",
     """
     K = check_num_classes(num_classes)
     targets = np.asarray(targets)
+    options = dict(label_smoothing=label_smoothing, axis=axis, reduction="none",
+                   smoothing=smoothing, class_weight=None, sample_weight=None,
+                   ignore_index=None, z_loss=0.0)
     if targets.dtype.kind in "iu":
-        like = np.zeros(targets.shape + (K,))
-        p = check_problem(np.moveaxis(like, -1, axis) if targets.ndim else like, targets,
-                          label_smoothing=label_smoothing, axis=axis, reduction="none",
-                          smoothing=smoothing, class_weight=None, sample_weight=None,
-                          ignore_index=None, z_loss=0.0)
+        # the logits' shape: the targets' with a class axis of K inserted at ``axis``
+        ndim = targets.ndim + 1
+        where = check_axis(axis, ndim)
+        shape = targets.shape[:where] + (K,) + targets.shape[where:]
+        p = check_problem_shape(shape, targets, **options)
     else:
-        p = check_problem(np.zeros(targets.shape), targets, label_smoothing=label_smoothing,
-                          axis=axis, reduction="none", smoothing=smoothing, class_weight=None,
-                          sample_weight=None, ignore_index=None, z_loss=0.0)
+        p = check_problem_shape(targets.shape, targets, **options)
         if p.n_classes != K:
             raise ValueError(f"probability targets have {p.n_classes} classes along "
                              f"axis={axis}, but num_classes={K}")

@@ -16,7 +16,8 @@ from ._npy import npy_header
 from ._tolerances import (VERIFY_SAFETY, verify_eps, verify_growth,
                           verify_row_factor_bound)
 from ._validation import targets_are_probabilities
-from .conventions import get_convention
+from ._diagnosis import diagnose
+from .conventions import Plan, get_convention
 
 __all__ = ["verify", "VerificationReport", "Comparison"]
 
@@ -161,14 +162,11 @@ def _reference(z, t, plan):
         return rows, grad, (rows, row_target, terms["lse"], row_mass), terms
     D = _divisor_of(plan, lambda: (terms["divisor"], terms["rows"], terms["sample_weight"]))
     if plan.reduction == "sum":
-        loss = np.float64(np.sum(rows))
-    elif D == 0:
-        loss = np.float64(plan.empty)
+        loss, scale = np.float64(np.sum(rows)), 1.0
+    elif _empty_mean(plan, D):            # the convention's mean of nothing, a zero gradient
+        loss, scale = np.float64(plan.empty), 0.0
     else:
-        loss = np.float64(np.sum(rows) / D)
-    scale = 1.0 / D if (plan.reduction == "mean" and D != 0) else 1.0
-    if plan.reduction == "mean" and D == 0:
-        scale = 0.0
+        loss, scale = np.float64(np.sum(rows) / D), 1.0 / D
     grad = grad * scale
     # term sizes are sizes: a negative divisor (weights of both signs) flips signs, not sizes
     size = abs(scale)
@@ -399,7 +397,6 @@ def verify(logits, targets, loss=None, grad=None, *, convention="lsref", rtol=No
                    else f"model for {cand_dtype.name} (eps {eps:.3g}) and K = "
                         f"{terms['n_classes']}"))
     if not report.passed:
-        from ._diagnosis import diagnose
         report.diagnosis = diagnose(z, t, plan, loss, grad, lc, gc, cand_dtype, eps, tiny,
                                     ref_loss, ref_grad, _check)
     return report
@@ -417,6 +414,11 @@ def _divisor_of(plan, counts):
         return float(plan.divisor)
     lsref_d, rows, sample_weight = counts()
     return {"lsref": lsref_d, "rows": rows, "sample_weight": sample_weight}[plan.divisor]
+
+
+def _empty_mean(plan, D):
+    """A plan's "mean" over nothing: its loss is the convention's ``empty`` value."""
+    return plan.reduction == "mean" and D == 0
 
 
 def _plan_divisor(plan, t, K):
@@ -523,7 +525,6 @@ def verify_files(logits, targets, loss=None, grad=None, *, convention="lsref", r
         kw = dict(plan.kwargs)
         if sw is not None:
             kw["sample_weight"] = np.asarray(sw).reshape(-1)[r0:r1]
-        from .conventions import Plan
         wplan = Plan(kwargs=kw, reduction=plan.reduction,
                      divisor=None if plan.reduction != "mean" else D, empty=plan.empty)
         ref_loss, ref_grad, pieces, terms = _reference(z, t[r0:r1], wplan)
@@ -556,7 +557,7 @@ def verify_files(logits, targets, loss=None, grad=None, *, convention="lsref", r
         if row_losses:
             lc = _merge_comparisons(l_parts, "loss", (N,), eps)
         else:
-            ref = np.float64(plan.empty) if (plan.reduction == "mean" and D == 0) \
+            ref = np.float64(plan.empty) if _empty_mean(plan, D) \
                 else np.float64(ref_total)
             if rtol is not None or atol is not None:
                 tol = (atol or 0.0) + (rtol or 0.0) * abs(ref)
