@@ -17,6 +17,10 @@
 # and sum_k w_k q_k (lse - z_k) needs only L, d_t, U = sum_k w_k d_k (and for probability
 # rows sum_k w_k P_k d_k): so one sweep computes the statistics, writing exp(d_k) into the
 # gradient row as scratch, and a second sweep rescales it while the row is still in cache.
+# The algebra from those statistics to the loss and the gradient's factors is written once,
+# in _rowterms.h, and every path uses it: the rows here, the small-K blocks of _simd.h, and
+# finish_index (the merged statistics of lsref/sharded.py and lsref/dask.py). The
+# coefficients (q_t, beta, W, 1/D) come from lsref/_params.py, in one KernelParams record.
 #
 # Why it is written this way:
 # - Per-row helpers are `cdef inline ... noexcept nogil` over raw row pointers; the loops over
