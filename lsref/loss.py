@@ -408,7 +408,7 @@ def logsumexp(x, axis=-1, keepdims=False, *, n_threads=None):
     if rows.shape[1] == 0:
         out.fill(-np.inf)                 # the log of an empty sum
     elif rows.shape[0]:
-        _kernel.logsumexp_rows(rows, out, resolve_threads(nt, rows.size))
+        _kernel.logsumexp_rows(x=rows, out=out, n_threads=resolve_threads(nt, rows.size))
     out = out.reshape(xm.shape[:-1]).astype(x.dtype)
     return np.expand_dims(out, axis) if keepdims else out
 
@@ -418,8 +418,8 @@ def _softmax(x, axis, n_threads, log_space):
     x, axis, xm, rows, scalar = _row_layout(x, axis)
     res = np.empty(xm.shape, x.dtype)
     if rows.size:                         # an empty axis or batch: an empty result
-        _kernel.softmax_rows(rows, _as_rows(_bits(res)), log_space,
-                             resolve_threads(nt, rows.size))
+        _kernel.softmax_rows(x=rows, out=_as_rows(_bits(res)), log_space=log_space,
+                             n_threads=resolve_threads(nt, rows.size))
     res = np.moveaxis(res, -1, axis)
     return res.reshape(()) if scalar else res
 

@@ -115,8 +115,9 @@ def partial_stats(z_block, targets, *, class_offset=0, class_weight=None, n_thre
     wb, wsum = _block_weights(class_weight, offset, kb)
     m, rest, u, zt = (np.empty(n) for _ in range(4))
     has_t, bad = np.empty(n, np.uint8), np.empty(n, np.uint8)
-    _kernel.block_stats(z, wb, t, offset, m, rest, u, zt, has_t, bad,
-                        resolve_threads(n_threads, z.size))
+    _kernel.block_stats(z=z, class_weight=wb, targets=t, offset=offset, m_out=m,
+                        rest_out=rest, u_out=u, zt_out=zt, has_t=has_t, bad=bad,
+                        n_threads=resolve_threads(n_threads, z.size))
     return PartialStats(m, rest, u, zt, has_t.astype(bool), bad.astype(bool), wsum, kb)
 
 
@@ -264,8 +265,9 @@ def block_gradient(z_block, targets, terms, *, class_offset=0, rows=slice(None),
         out = np.empty_like(z)
     elif out.shape != z.shape or out.dtype != z.dtype or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous {z.dtype} array of shape {z.shape}")
-    _kernel.block_grad(z, wb, t, int(class_offset), m, ce, cq, terms.q_t, terms.beta, out,
-                       resolve_threads(n_threads, z.size))
+    _kernel.block_grad(z=z, class_weight=wb, targets=t, offset=int(class_offset), m=m,
+                       coef_e=ce, coef_q=cq, q_t=terms.q_t, beta=terms.beta, grad_out=out,
+                       n_threads=resolve_threads(n_threads, z.size))
     return out
 
 
