@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from ._keywords import CROSS_ENTROPY_OPTIONS
 from ._validation import targets_are_probabilities
 
 __all__ = ["Plan", "Convention", "CONVENTIONS", "get_convention"]
@@ -370,9 +371,7 @@ def _tf1(logits, targets, p):
 
 
 CONVENTIONS = {c.name: c for c in [
-    Convention("lsref", "lsref.cross_entropy",
-               ("label_smoothing", "axis", "reduction", "smoothing", "class_weight",
-                "sample_weight", "ignore_index", "z_loss", "kl"),
+    Convention("lsref", "lsref.cross_entropy", tuple(CROSS_ENTROPY_OPTIONS),
                "label_smoothing", "class_weight", _lsref,
                "lsref's own keywords and divisors (PyTorch's)."),
     Convention("torch", "torch.nn.functional.cross_entropy",
