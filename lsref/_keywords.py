@@ -248,7 +248,8 @@ def fill_doc(*option_sets):
     def decorate(func):
         if option_sets:
             check_signature(func, *option_sets)
-        func.__doc__ = _fill(func.__doc__)
+        if func.__doc__ is not None:          # None under python -OO
+            func.__doc__ = _fill(func.__doc__)
         return func
     return decorate
 
