@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._keywords import BINARY_OPTIONS, CROSS_ENTROPY_OPTIONS
+
 REDUCTIONS = ("none", "sum", "mean")
 SMOOTHINGS = ("uniform", "others")
 
@@ -272,25 +274,36 @@ def check_options(**options):
         _OPTIONS[name](value)
 
 
-def check_problem(logits, targets, *, label_smoothing, axis, reduction, smoothing,
-                  class_weight, sample_weight, ignore_index, z_loss, kl=False):
-    """Validate a cross-entropy call; raise TypeError/ValueError naming the bad argument."""
+def _options(given, registry):
+    """The options of a call: the registry's defaults (lsref/_keywords.py), overridden by
+    ``given``; a name the registry does not have is refused."""
+    unknown = set(given) - set(registry)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    return {**registry, **given}
+
+
+def check_problem(logits, targets, **options):
+    """Validate a cross-entropy call (the options of ``CROSS_ENTROPY_OPTIONS``, their
+    defaults where not given); raise TypeError/ValueError naming the bad argument."""
     logits = check_float_array("logits", logits)
     if logits.ndim == 0:
         raise ValueError("logits must have at least one dimension (the class axis), "
                          "got a scalar")
-    p = check_problem_shape(logits.shape, targets, label_smoothing=label_smoothing, axis=axis,
-                            reduction=reduction, smoothing=smoothing,
-                            class_weight=class_weight, sample_weight=sample_weight,
-                            ignore_index=ignore_index, z_loss=z_loss, kl=kl)
+    p = check_problem_shape(logits.shape, targets, **options)
     return dataclasses.replace(p, logits=np.moveaxis(logits, p.axis, -1))
 
 
-def check_problem_shape(logits_shape, targets, *, label_smoothing, axis, reduction, smoothing,
-                        class_weight, sample_weight, ignore_index, z_loss, kl=False):
+def check_problem_shape(logits_shape, targets, **options):
     """Validate a cross-entropy call whose logits are known by their shape only (sharded
     statistics, smoothed labels): the targets, weights and options, as :func:`check_problem`
     does. The returned problem has ``logits=None``."""
+    o = _options(options, CROSS_ENTROPY_OPTIONS)
+    label_smoothing, axis, reduction, smoothing = (o["label_smoothing"], o["axis"],
+                                                   o["reduction"], o["smoothing"])
+    class_weight, sample_weight, ignore_index = (o["class_weight"], o["sample_weight"],
+                                                 o["ignore_index"])
+    z_loss, kl = o["z_loss"], o["kl"]
     shape = tuple(logits_shape)
     axis = check_axis(axis, len(shape))
     K = shape[axis]
@@ -378,9 +391,13 @@ class BinaryProblem:
     sample_weight: object
 
 
-def check_binary_problem(logits, targets, *, label_smoothing, axis, reduction, class_weight,
-                         sample_weight, ignore_index):
-    """Validate a binary cross-entropy call; raise TypeError/ValueError naming the argument."""
+def check_binary_problem(logits, targets, **options):
+    """Validate a binary cross-entropy call (the options of ``BINARY_OPTIONS``); raise
+    TypeError/ValueError naming the argument."""
+    o = _options(options, BINARY_OPTIONS)
+    label_smoothing, axis, reduction = o["label_smoothing"], o["axis"], o["reduction"]
+    class_weight, sample_weight, ignore_index = (o["class_weight"], o["sample_weight"],
+                                                 o["ignore_index"])
     logits = check_float_array("logits", logits)
     if logits.ndim == 0:
         logits = logits.reshape(1)

@@ -48,9 +48,29 @@ def optimal_probabilities(num_classes, label_smoothing, *, smoothing="uniform"):
     (``smoothing="uniform"``), or ``1 - eps`` and ``eps/(K-1)`` (``smoothing="others"``,
     fairseq and T5X).
 
+    Parameters
+    ----------
+    num_classes : int >= 2
+        ``K``, the number of classes.
+    label_smoothing : float in [0, 1]
+        ``eps``.
+    smoothing : {"uniform", "others"}, default="uniform"
+        Where the smoothing mass goes, as in :func:`lsref.cross_entropy`.
+
     Returns
     -------
-    (p_target, p_other) : tuple of float
+    p_target : float
+        The probability of the labelled class.
+    p_other : float
+        The probability of each other class.
+
+    Raises
+    ------
+    TypeError
+        If ``num_classes`` is not an integer or ``label_smoothing`` not a real number.
+    ValueError
+        If ``num_classes < 2``, ``label_smoothing`` is outside [0, 1] or ``smoothing`` is
+        unknown.
 
     Examples
     --------
@@ -72,6 +92,28 @@ def optimal_logit_gap(num_classes, label_smoothing, *, smoothing="uniform"):
 
     ``log(p_target / p_other)``: finite for ``eps > 0``, ``inf`` without smoothing (the
     unsmoothed loss has no minimiser; it pushes the gap to infinity).
+
+    Parameters
+    ----------
+    num_classes : int >= 2
+        ``K``, the number of classes.
+    label_smoothing : float in [0, 1]
+        ``eps``.
+    smoothing : {"uniform", "others"}, default="uniform"
+        Where the smoothing mass goes, as in :func:`lsref.cross_entropy`.
+
+    Returns
+    -------
+    float
+        ``log(p_target / p_other)`` of :func:`optimal_probabilities`.
+
+    Raises
+    ------
+    TypeError
+        If ``num_classes`` is not an integer or ``label_smoothing`` not a real number.
+    ValueError
+        If ``num_classes < 2``, ``label_smoothing`` is outside [0, 1] or ``smoothing`` is
+        unknown.
 
     Examples
     --------
@@ -176,6 +218,7 @@ def reliability_diagram(probs, labels, *, n_bins=15, strategy="uniform"):
     labels : array_like of int, shape (n_samples,)
         The true classes.
     n_bins : int, default=15
+        The number of confidence bins.
     strategy : {"uniform", "quantile"}, default="uniform"
         Equal-width bins on [0, 1], or edges at the quantiles of the confidences
         (equal-mass bins).
@@ -184,6 +227,14 @@ def reliability_diagram(probs, labels, *, n_bins=15, strategy="uniform"):
     -------
     ReliabilityDiagram
         ``bin_edges``, ``counts``, ``confidence``, ``accuracy`` per bin, and ``ece``/``mce``.
+
+    Raises
+    ------
+    TypeError
+        If ``n_bins`` is not an integer.
+    ValueError
+        If ``n_bins < 1``, ``strategy`` is unknown, or ``probs`` and ``labels`` do not
+        have the shapes above.
 
     Examples
     --------
@@ -217,8 +268,33 @@ def reliability_diagram(probs, labels, *, n_bins=15, strategy="uniform"):
 def expected_calibration_error(probs, labels, *, n_bins=15, strategy="uniform"):
     """ECE: ``sum_b (n_b / n) |acc_b - conf_b|`` over confidence bins.
 
-    Takes the arguments of :func:`reliability_diagram`. 0 for a perfectly calibrated
-    model; the fraction of predictions whose confidence is misplaced, on average.
+    0 for a perfectly calibrated model; the fraction of predictions whose confidence is
+    misplaced, on average.
+
+    Parameters
+    ----------
+    probs : array_like of shape (n_samples, n_classes)
+        Predicted probabilities (rows sum to 1; pass ``lsref.softmax(logits)`` for logits).
+    labels : array_like of int, shape (n_samples,)
+        The true classes.
+    n_bins : int, default=15
+        The number of confidence bins.
+    strategy : {"uniform", "quantile"}, default="uniform"
+        Equal-width bins on [0, 1], or edges at the quantiles of the confidences
+        (equal-mass bins).
+
+    Returns
+    -------
+    float
+        The expected calibration error, in [0, 1].
+
+    Raises
+    ------
+    TypeError
+        If ``n_bins`` is not an integer.
+    ValueError
+        If ``n_bins < 1``, ``strategy`` is unknown, or ``probs`` and ``labels`` do not
+        have the shapes above.
 
     Examples
     --------
@@ -237,7 +313,38 @@ def expected_calibration_error(probs, labels, *, n_bins=15, strategy="uniform"):
 def maximum_calibration_error(probs, labels, *, n_bins=15, strategy="uniform"):
     """MCE: the largest ``|acc_b - conf_b|`` over non-empty confidence bins.
 
-    Takes the arguments of :func:`reliability_diagram`.
+    Parameters
+    ----------
+    probs : array_like of shape (n_samples, n_classes)
+        Predicted probabilities (rows sum to 1; pass ``lsref.softmax(logits)`` for logits).
+    labels : array_like of int, shape (n_samples,)
+        The true classes.
+    n_bins : int, default=15
+        The number of confidence bins.
+    strategy : {"uniform", "quantile"}, default="uniform"
+        Equal-width bins on [0, 1], or edges at the quantiles of the confidences
+        (equal-mass bins).
+
+    Returns
+    -------
+    float
+        The maximum calibration error, in [0, 1].
+
+    Raises
+    ------
+    TypeError
+        If ``n_bins`` is not an integer.
+    ValueError
+        If ``n_bins < 1``, ``strategy`` is unknown, or ``probs`` and ``labels`` do not
+        have the shapes above.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lsref.calibration import maximum_calibration_error
+    >>> probs = np.tile([0.8, 0.2], (10, 1))         # 80% confident, half right
+    >>> round(maximum_calibration_error(probs, np.array([0] * 5 + [1] * 5)), 6)
+    0.3
     """
     return reliability_diagram(probs, labels, n_bins=n_bins, strategy=strategy).mce
 
@@ -260,9 +367,34 @@ def plot_reliability(probs=None, labels=None, *, diagram=None, n_bins=15, strate
     predictions at the foot), the diagonal is perfect calibration, and the gap to it is
     shaded; the title carries the ECE.
 
+    Parameters
+    ----------
+    probs : array_like of shape (n_samples, n_classes), optional
+        Predicted probabilities, as :func:`reliability_diagram` takes them.
+    labels : array_like of int, shape (n_samples,), optional
+        The true classes.
+    diagram : ReliabilityDiagram, optional
+        A diagram already computed, instead of ``probs`` and ``labels``.
+    n_bins : int, default=15
+        The number of confidence bins (with ``probs``).
+    strategy : {"uniform", "quantile"}, default="uniform"
+        How the bins are cut (with ``probs``).
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; a new figure by default.
+    title : str, optional
+        A first title line, above the ECE.
+
     Returns
     -------
     matplotlib.axes.Axes
+        The axes drawn on.
+
+    Raises
+    ------
+    TypeError
+        If neither ``probs`` and ``labels`` nor ``diagram`` is given.
+    ImportError
+        If matplotlib is not installed.
     """
     if diagram is None:
         if probs is None or labels is None:

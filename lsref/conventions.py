@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from ._keywords import CROSS_ENTROPY_OPTIONS
 from ._validation import targets_are_probabilities
 
 __all__ = ["Plan", "Convention", "CONVENTIONS", "get_convention"]
@@ -60,6 +61,12 @@ class Plan:
 
 @dataclass(frozen=True)
 class Convention:
+    """One framework call's record: its arguments, and how they map onto lsref's.
+
+    Each field is described where it is declared. :meth:`make_plan` turns the arguments a
+    user passed to the framework into the :class:`Plan` the oracle computes.
+    """
+
     name: str
     call: str                     # the framework call this record describes
     params: tuple                 # the argument names it accepts, as the framework spells them
@@ -70,6 +77,31 @@ class Convention:
     source: str = ""              # "owner/repo: path" of the framework source it was read from
 
     def make_plan(self, logits, targets, params):
+        """What the reference computes for this framework call.
+
+        Parameters
+        ----------
+        logits : array_like
+            The logits, exactly as passed to the framework.
+        targets : array_like
+            The targets, exactly as passed to the framework.
+        params : dict
+            The framework call's keyword arguments, spelled as the framework spells them.
+
+        Returns
+        -------
+        Plan
+            The oracle's keywords and the framework's reduction.
+
+        Raises
+        ------
+        TypeError
+            If ``params`` holds an argument this record does not know, or one the
+            framework call does not take with these targets.
+        ValueError
+            If an argument's value is one the framework would refuse or that lsref cannot
+            verify; the message names it.
+        """
         unknown = sorted(set(params) - set(self.params))
         if unknown:
             raise TypeError(f"convention {self.name!r} ({self.call}) takes "
@@ -370,9 +402,7 @@ def _tf1(logits, targets, p):
 
 
 CONVENTIONS = {c.name: c for c in [
-    Convention("lsref", "lsref.cross_entropy",
-               ("label_smoothing", "axis", "reduction", "smoothing", "class_weight",
-                "sample_weight", "ignore_index", "z_loss", "kl"),
+    Convention("lsref", "lsref.cross_entropy", tuple(CROSS_ENTROPY_OPTIONS),
                "label_smoothing", "class_weight", _lsref,
                "lsref's own keywords and divisors (PyTorch's)."),
     Convention("torch", "torch.nn.functional.cross_entropy",
@@ -479,6 +509,30 @@ CONVENTIONS = {c.name: c for c in [
 
 
 def get_convention(name):
+    """The record of a framework call, by name.
+
+    Parameters
+    ----------
+    name : str or Convention
+        A key of ``CONVENTIONS`` (``"torch"``, ``"keras"``, ...), or a record (returned
+        as it is).
+
+    Returns
+    -------
+    Convention
+        The record.
+
+    Raises
+    ------
+    ValueError
+        If no record has that name; the message lists the known ones.
+
+    Examples
+    --------
+    >>> from lsref.conventions import get_convention
+    >>> get_convention("torch").smoothing_param
+    'label_smoothing'
+    """
     if isinstance(name, Convention):
         return name
     try:

@@ -7,10 +7,16 @@ in its backward pass without a second sweep over the logits.
 """
 import numpy as np
 
+from ._keywords import CROSS_ENTROPY_OPTIONS, N_THREADS
 from ._validation import check_options
 from .loss import value_and_grad
 
 __all__ = ["LabelSmoothingLoss"]
+
+# What the constructor stores: every option of a call but label_smoothing (its own argument)
+# and sample_weight (which belongs to a batch, so it is passed per call), and the threads.
+_STORED = [name for name in (*CROSS_ENTROPY_OPTIONS, *N_THREADS)
+           if name not in ("label_smoothing", "sample_weight")]
 
 
 class LabelSmoothingLoss:
@@ -64,8 +70,7 @@ class LabelSmoothingLoss:
         if "out" in keywords:
             raise TypeError("LabelSmoothingLoss does not take out=; it allocates each "
                             "gradient (use lsref.value_and_grad(..., out=) to reuse a buffer)")
-        allowed = {"axis", "reduction", "smoothing", "class_weight", "ignore_index", "z_loss",
-                   "kl", "n_threads"}
+        allowed = set(_STORED)
         unknown = sorted(set(keywords) - allowed)
         if unknown:
             raise TypeError(f"LabelSmoothingLoss got unexpected keyword(s) {unknown}; "
@@ -83,7 +88,31 @@ class LabelSmoothingLoss:
         return f"LabelSmoothingLoss(label_smoothing={self.label_smoothing!r}{kw})"
 
     def value_and_grad(self, logits, targets, *, sample_weight=None):
-        """The loss and its gradient with respect to ``logits`` (kept for :meth:`backward`)."""
+        """The loss and its gradient with respect to ``logits`` (kept for :meth:`backward`).
+
+        Parameters
+        ----------
+        logits : array_like of float
+            Unnormalised scores, the class axis at the criterion's ``axis``.
+        targets : array_like
+            Class indices or probabilities, as :func:`lsref.cross_entropy` takes them.
+        sample_weight : array_like shaped like ``logits`` without the class axis, optional
+            Per-row weights of this batch.
+
+        Returns
+        -------
+        loss : float or ndarray
+            As :func:`lsref.value_and_grad`.
+        grad : ndarray
+            The gradient with respect to ``logits``, a new array.
+
+        Raises
+        ------
+        TypeError
+            If an argument has the wrong type; the message names it.
+        ValueError
+            If an argument has a bad value or shape; the message names it.
+        """
         self._grad = None                       # a call that fails leaves no stale gradient
         loss, grad = value_and_grad(logits, targets, label_smoothing=self.label_smoothing,
                                     sample_weight=sample_weight, **self.keywords)
@@ -91,14 +120,39 @@ class LabelSmoothingLoss:
         return loss, grad
 
     def __call__(self, logits, targets, *, sample_weight=None):
-        """The loss; its gradient is kept for :meth:`backward`."""
+        """The loss; its gradient is kept for :meth:`backward`.
+
+        Parameters
+        ----------
+        logits : array_like of float
+            Unnormalised scores, the class axis at the criterion's ``axis``.
+        targets : array_like
+            Class indices or probabilities, as :func:`lsref.cross_entropy` takes them.
+        sample_weight : array_like shaped like ``logits`` without the class axis, optional
+            Per-row weights of this batch.
+
+        Returns
+        -------
+        loss : float or ndarray
+            As :func:`lsref.cross_entropy`.
+        """
         return self.value_and_grad(logits, targets, sample_weight=sample_weight)[0]
 
     def backward(self):
         """The gradient of the last call's loss with respect to its logits.
 
-        It was computed in the same pass as the loss; nothing is recomputed. For
-        ``reduction="none"`` it is the gradient of the sum of the row losses.
+        It was computed in the same pass as the loss; nothing is recomputed.
+
+        Returns
+        -------
+        grad : ndarray
+            Shaped like the last call's logits. For ``reduction="none"`` it is the
+            gradient of the sum of the row losses.
+
+        Raises
+        ------
+        RuntimeError
+            If the criterion has not been called yet (or its last call failed).
         """
         if self._grad is None:
             raise RuntimeError("backward() needs a forward call first: crit(logits, targets)")

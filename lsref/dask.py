@@ -110,8 +110,8 @@ def _prepare(logits, targets, kw):
         cw = np.asarray(cw, dtype=np.float64)
         kw["class_weight"] = cw
     # the scalar options and the weights, checked now rather than on the workers
-    p = check_problem_shape((0, K), np.zeros(0, np.int64), **dict(sharded._KW, **{
-        k: v for k, v in kw.items() if k != "sample_weight"}))
+    p = check_problem_shape((0, K), np.zeros(0, np.int64), **{
+        k: v for k, v in kw.items() if k != "sample_weight"})
     rows = logits.chunks[0]
     t = _column(targets, rows, "targets")
     if t is None or t.dtype.kind not in "iu":
@@ -137,10 +137,34 @@ def _terms(logits, t, sw, kw, K, split_every):
 
 
 def value_and_grad(logits, targets, *, split_every=None, **kw):
-    """The loss and its gradient for dask ``logits`` of shape (N, K), chunked along rows
-    and classes, both lazy. Takes the keywords of :func:`lsref.cross_entropy` (``axis=-1``;
-    ``sample_weight`` one per row, NumPy or dask). ``split_every`` is the fan-in of the
-    merge tree over class chunks (dask's default otherwise).
+    """The loss and its gradient of dask logits, both lazy.
+
+    Parameters
+    ----------
+    logits : dask.array.Array of float, shape (N, K)
+        Logits chunked along rows and classes.
+    targets : array_like of int, shape (N,)
+        Class indices, NumPy or dask.
+    split_every : int, optional
+        The fan-in of the merge tree over class chunks (dask's default otherwise).
+    **kw
+        The keywords of :func:`lsref.cross_entropy` (``axis=-1``; ``sample_weight`` one
+        per row, NumPy or dask).
+
+    Returns
+    -------
+    loss : dask.array.Array
+        The loss, as :func:`lsref.cross_entropy` gives it (lazy).
+    grad : dask.array.Array
+        The gradient, chunked as ``logits`` (lazy).
+
+    Raises
+    ------
+    TypeError
+        If an argument has the wrong type; the message names it.
+    ValueError
+        If an argument has a bad value or shape; the message names it.
+
 
     Examples
     --------
@@ -176,10 +200,54 @@ def value_and_grad(logits, targets, *, split_every=None, **kw):
 
 
 def cross_entropy(logits, targets, **kw):
-    """The loss alone (lazy); the keywords of :func:`value_and_grad`."""
+    """The loss alone (lazy).
+
+    Parameters
+    ----------
+    logits : dask.array.Array of float, shape (N, K)
+        Logits chunked along rows and classes.
+    targets : array_like of int, shape (N,)
+        Class indices, NumPy or dask.
+    **kw
+        The keywords of :func:`value_and_grad`.
+
+    Returns
+    -------
+    dask.array.Array
+        The loss (lazy).
+
+    Raises
+    ------
+    TypeError
+        If an argument has the wrong type; the message names it.
+    ValueError
+        If an argument has a bad value or shape; the message names it.
+    """
     return value_and_grad(logits, targets, **kw)[0]
 
 
 def cross_entropy_grad(logits, targets, **kw):
-    """The gradient alone (lazy); the keywords of :func:`value_and_grad`."""
+    """The gradient alone (lazy).
+
+    Parameters
+    ----------
+    logits : dask.array.Array of float, shape (N, K)
+        Logits chunked along rows and classes.
+    targets : array_like of int, shape (N,)
+        Class indices, NumPy or dask.
+    **kw
+        The keywords of :func:`value_and_grad`.
+
+    Returns
+    -------
+    dask.array.Array
+        The gradient, chunked as ``logits`` (lazy).
+
+    Raises
+    ------
+    TypeError
+        If an argument has the wrong type; the message names it.
+    ValueError
+        If an argument has a bad value or shape; the message names it.
+    """
     return value_and_grad(logits, targets, **kw)[1]

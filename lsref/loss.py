@@ -11,6 +11,8 @@ import os
 import numpy as np
 
 from . import _kernel, _params
+from ._keywords import (BINARY_OPTIONS, CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS, N_THREADS,
+                        fill_doc)
 from ._validation import (as_array, check_axis, check_binary_problem, check_float_array,
                           check_n_threads, check_problem, is_bfloat16)
 
@@ -218,82 +220,47 @@ def _run(logits, targets, *, want_grad, out, n_threads, **kw):
     return loss, (_finish_grad(ret, copy_back, p.axis) if want_grad else None)
 
 
-_DOC_KEYWORDS = """
-    Parameters
-    ----------
-    logits : array_like of float, any shape with a class axis
-        Unnormalised scores. float64 is computed in double; float32, float16 and bfloat16
-        (``ml_dtypes``) are read as they are stored and computed in float32 with every sum in
-        double; integers are widened to float64.
-    targets : array_like
-        Class indices (an integer array shaped like ``logits`` without the class axis), or
-        probabilities (a float array shaped like ``logits``).
-    label_smoothing : float in [0, 1], default=0.0
-        ``eps``: the target becomes ``(1 - eps) * onehot + eps / K`` (``smoothing="uniform"``).
-    axis : int, default=-1
-        The class axis (PyTorch's ``(N, C, d1, ...)`` layout is ``axis=1``).
-    reduction : {"mean", "sum", "none"}, default="mean"
-        ``"mean"`` divides the sum by ``D``: the number of non-ignored rows (times their
-        sample and target-class weights), or the number of rows for probability targets.
-    smoothing : {"uniform", "others"}, default="uniform"
-        ``"uniform"`` puts ``eps / K`` on every class (PyTorch, Keras, Optax, timm);
-        ``"others"`` puts ``eps / (K - 1)`` on every wrong class and ``1 - eps`` on the
-        target (fairseq >= 0.12, T5X). Class-index targets only.
-    class_weight : array_like of shape (K,), optional
-        Per-class weights, inside both the target and the smoothing term (PyTorch's
-        ``weight``).
-    sample_weight : array_like shaped like ``logits`` without the class axis, optional
-        Per-row weights.
-    ignore_index : int or None, default=-100
-        Rows whose class-index target equals it have loss 0, gradient 0, and are left out
-        of the ``"mean"`` divisor. Any integer is accepted; one that no target can equal
-        (``2**63``, say) ignores nothing.
-    z_loss : float >= 0, default=0.0
-        Adds ``z_loss * lse**2`` per row (T5X, PaLM); its gradient is ``2 z_loss lse p``.
-    kl : bool, default=False
-        The KL form (T5X): subtract the target entropy ``H(q) = -sum_k w_k q_k log q_k``
-        from each row, so a perfect prediction has loss 0. The gradient does not change.
-    n_threads : int in [1, lsref.MAX_THREADS], optional
-        Threads for the kernel; default: every core this process may use (one for fewer
-        than 32768 logits, where threads cost more than they save). Results are
-        bit-identical for every value. At most ``lsref.MAX_THREADS`` (256): each thread
-        reserves its stack, and the cap keeps a call inside a 4 GiB address space; a larger
-        value raises ``ValueError``.
-"""
-
-_DOC_NOTES = """
-    Notes
-    -----
-    For one row ``z`` with smoothed target ``q``, ``lse = log(sum(exp(z)))`` and
-    ``p = exp(z - lse)``::
-
-        loss_i = sum_k w_k q_k (lse - z_k) + z_loss * lse**2          (times sample_weight_i)
-        dloss_i/dz_j = (sum_k w_k q_k) p_j - w_j q_j + 2 z_loss lse p_j
-
-    A row whose logits hold +inf or NaN, or are all -inf, gets NaN (that row only). A
-    masked class (``z_k = -inf``) that receives smoothing mass makes the loss +inf; its
-    gradient stays finite. See SEMANTICS.md for the whole special-value policy.
-"""
-
-
+@fill_doc(CROSS_ENTROPY_OPTIONS, N_THREADS)
 def cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
                   smoothing="uniform", class_weight=None, sample_weight=None,
                   ignore_index=-100, z_loss=0.0, kl=False, n_threads=None):
-    loss, _ = _run(logits, targets, want_grad=False, out=None, n_threads=n_threads,
-                   label_smoothing=label_smoothing, axis=axis, reduction=reduction,
-                   smoothing=smoothing, class_weight=class_weight,
-                   sample_weight=sample_weight, ignore_index=ignore_index, z_loss=z_loss,
-                   kl=kl)
-    return loss
+    """Label-smoothed softmax cross-entropy.
 
+    Parameters
+    ----------
+    %(logits)s
+    %(targets)s
+    %(label_smoothing)s
+    %(axis)s
+    %(reduction)s
+    %(smoothing)s
+    %(class_weight)s
+    %(sample_weight)s
+    %(ignore_index)s
+    %(z_loss)s
+    %(kl)s
+    %(n_threads)s
 
-cross_entropy.__doc__ = """Label-smoothed softmax cross-entropy.
-""" + _DOC_KEYWORDS + """
     Returns
     -------
-    loss : scalar of the logits' dtype (float32 for float16/bfloat16 logits), or an array
-        shaped like ``logits`` without the class axis for ``reduction="none"``.
-""" + _DOC_NOTES + """
+    loss : float or ndarray
+        A scalar of the logits' dtype (float32 for float16/bfloat16 logits), or, for
+        ``reduction="none"``, an array of that dtype shaped like ``logits`` without the
+        class axis.
+
+    Raises
+    ------
+    %(raises)s
+
+    See Also
+    --------
+    value_and_grad : The loss and its gradient in one pass.
+    lsref.reference.cross_entropy : The oracle (float64, formula for formula).
+
+    Notes
+    -----
+    %(notes_cross_entropy)s
+
     Examples
     --------
     >>> import numpy as np, lsref
@@ -303,31 +270,57 @@ cross_entropy.__doc__ = """Label-smoothed softmax cross-entropy.
     >>> # q = [0.9333, 0.0333, 0.0333]: 0.9333*0.1698 + 0.0333*(2.1698 + 3.1698)
     >>> round(float(lsref.cross_entropy(logits, [0], label_smoothing=0.1)), 4)
     0.3365
-"""
+    """
+    return _run(logits, targets, want_grad=False, out=None, n_threads=n_threads,
+                label_smoothing=label_smoothing, axis=axis, reduction=reduction,
+                smoothing=smoothing, class_weight=class_weight, sample_weight=sample_weight,
+                ignore_index=ignore_index, z_loss=z_loss, kl=kl)[0]
 
 
+@fill_doc(CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS)
 def value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
                    smoothing="uniform", class_weight=None, sample_weight=None,
                    ignore_index=-100, z_loss=0.0, kl=False, n_threads=None, out=None):
-    return _run(logits, targets, want_grad=True, out=out, n_threads=n_threads,
-                label_smoothing=label_smoothing, axis=axis, reduction=reduction,
-                smoothing=smoothing, class_weight=class_weight,
-                sample_weight=sample_weight, ignore_index=ignore_index, z_loss=z_loss,
-                kl=kl)
+    """The loss and its gradient with respect to ``logits``, in one pass.
 
-
-value_and_grad.__doc__ = """The loss and its gradient with respect to ``logits``, in one pass.
-""" + _DOC_KEYWORDS + """    out : ndarray, optional
-        Where to write the gradient: a buffer of the logits' shape and dtype (or float32,
-        for float16/bfloat16 logits), or the logits array itself (an in-place gradient
-        that needs no extra memory).
+    Parameters
+    ----------
+    %(logits)s
+    %(targets)s
+    %(label_smoothing)s
+    %(axis)s
+    %(reduction)s
+    %(smoothing)s
+    %(class_weight)s
+    %(sample_weight)s
+    %(ignore_index)s
+    %(z_loss)s
+    %(kl)s
+    %(n_threads)s
+    %(out)s
 
     Returns
     -------
-    loss : as :func:`cross_entropy`.
-    grad : ndarray of the logits' shape and dtype (``out`` when given). For
-        ``reduction="none"`` it is the gradient of the sum of the row losses.
-""" + _DOC_NOTES + """
+    loss : float or ndarray
+        As :func:`cross_entropy`.
+    grad : ndarray
+        The gradient, of the logits' shape and dtype (float32 for float16/bfloat16
+        logits); ``out`` when given. For ``reduction="none"`` it is the gradient of the
+        sum of the row losses.
+
+    Raises
+    ------
+    %(raises)s
+
+    See Also
+    --------
+    cross_entropy : The loss alone.
+    cross_entropy_grad : The gradient alone.
+
+    Notes
+    -----
+    %(notes_cross_entropy)s
+
     Examples
     --------
     >>> import numpy as np, lsref
@@ -337,30 +330,61 @@ value_and_grad.__doc__ = """The loss and its gradient with respect to ``logits``
     array([[-0.0895,  0.0809,  0.0087]])
     >>> bool(np.isclose(grad.sum(), 0))
     True
-"""
+    """
+    return _run(logits, targets, want_grad=True, out=out, n_threads=n_threads,
+                label_smoothing=label_smoothing, axis=axis, reduction=reduction,
+                smoothing=smoothing, class_weight=class_weight, sample_weight=sample_weight,
+                ignore_index=ignore_index, z_loss=z_loss, kl=kl)
 
 
+@fill_doc(CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS)
 def cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
                        smoothing="uniform", class_weight=None, sample_weight=None,
                        ignore_index=-100, z_loss=0.0, kl=False, n_threads=None, out=None):
+    """The gradient of :func:`cross_entropy` with respect to ``logits``.
+
+    It is the fused pass of :func:`value_and_grad`, with the loss discarded.
+
+    Parameters
+    ----------
+    %(logits)s
+    %(targets)s
+    %(label_smoothing)s
+    %(axis)s
+    %(reduction)s
+    %(smoothing)s
+    %(class_weight)s
+    %(sample_weight)s
+    %(ignore_index)s
+    %(z_loss)s
+    %(kl)s
+    %(n_threads)s
+    %(out)s
+
+    Returns
+    -------
+    grad : ndarray
+        As :func:`value_and_grad`.
+
+    Raises
+    ------
+    %(raises)s
+
+    Notes
+    -----
+    %(notes_cross_entropy)s
+
+    Examples
+    --------
+    >>> import numpy as np, lsref
+    >>> g = lsref.cross_entropy_grad(np.zeros((2, 4)), [1, 3], label_smoothing=0.1)
+    >>> g[0]                                  # (softmax - q) / 2 rows
+    array([ 0.1125, -0.3375,  0.1125,  0.1125])
+    """
     return value_and_grad(logits, targets, label_smoothing=label_smoothing, axis=axis,
                           reduction=reduction, smoothing=smoothing, class_weight=class_weight,
                           sample_weight=sample_weight, ignore_index=ignore_index,
                           z_loss=z_loss, kl=kl, n_threads=n_threads, out=out)[1]
-
-
-cross_entropy_grad.__doc__ = """The gradient of :func:`cross_entropy` with respect to
-``logits`` (the fused pass of :func:`value_and_grad`, loss discarded).
-
-Takes the keywords of :func:`value_and_grad`, ``out=`` included.
-
-Examples
---------
->>> import numpy as np, lsref
->>> g = lsref.cross_entropy_grad(np.zeros((2, 4)), [1, 3], label_smoothing=0.1)
->>> g[0]                                  # (softmax - q) / 2 rows
-array([ 0.1125, -0.3375,  0.1125,  0.1125])
-"""
 
 
 # --- log-sum-exp and softmax ---------------------------------------------------------------
@@ -378,22 +402,42 @@ def _row_layout(x, axis):
     return x, axis, xm, _rows(xm, xm.shape[-1]), scalar
 
 
+@fill_doc(N_THREADS)
 def logsumexp(x, axis=-1, keepdims=False, *, n_threads=None):
-    """``log(sum(exp(x), axis=axis))``, computed stably in one kernel pass.
+    """Compute ``log(sum(exp(x), axis=axis))`` stably, in one kernel pass.
 
-    Sums are accumulated in float64; the result has the input's dtype (in native byte
-    order). Special values and degenerate shapes follow ``scipy.special.logsumexp``: a slice
-    of ``-inf`` gives ``-inf``, a slice holding ``+inf`` gives ``+inf``, a slice holding NaN
-    gives NaN; an empty slice (``axis`` of length 0) gives ``-inf``, the log of an empty
-    sum; a 0-d ``x`` is its own log-sum-exp (with ``keepdims=True``, shape ``(1,)``).
+    Sums are accumulated in float64. Special values and degenerate shapes follow
+    ``scipy.special.logsumexp``: a slice of ``-inf`` gives ``-inf``, a slice holding
+    ``+inf`` gives ``+inf``, a slice holding NaN gives NaN; an empty slice (``axis`` of
+    length 0) gives ``-inf``, the log of an empty sum; a 0-d ``x`` is its own log-sum-exp
+    (with ``keepdims=True``, shape ``(1,)``).
 
     Parameters
     ----------
-    x : array_like of float
+    %(x)s
     axis : int, default=-1
+        The axis to reduce.
     keepdims : bool, default=False
-    n_threads : int, optional
-        As :func:`cross_entropy`: at most ``lsref.MAX_THREADS``.
+        Keep the reduced axis, with length 1.
+    %(n_threads)s
+
+    Returns
+    -------
+    ndarray
+        ``x``'s shape without ``axis`` (with it, of length 1, for ``keepdims=True``), in
+        ``x``'s dtype (in native byte order).
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not real numbers, or ``axis`` or ``n_threads`` is not an integer.
+    ValueError
+        If ``axis`` is out of bounds or ``n_threads`` out of [1, ``lsref.MAX_THREADS``].
+
+    Notes
+    -----
+    With ``m`` the slice's maximum, ``logsumexp(x) = m + log(sum(exp(x - m)))``: no
+    ``exp`` overflows.
 
     Examples
     --------
@@ -424,12 +468,35 @@ def _softmax(x, axis, n_threads, log_space):
     return res.reshape(()) if scalar else res
 
 
+@fill_doc(N_THREADS)
 def softmax(x, axis=-1, *, n_threads=None):
-    """``exp(x - logsumexp(x))`` along ``axis``.
+    """Compute ``exp(x - logsumexp(x))`` along ``axis``.
 
-    The result has the input's shape and dtype (in native byte order). An empty ``axis``
-    or batch gives an empty result; a 0-d ``x`` gives 1 (NaN for ``-inf``, ``+inf``, NaN),
-    as ``scipy.special.softmax``. ``n_threads`` as :func:`logsumexp`.
+    An empty ``axis`` or batch gives an empty result; a 0-d ``x`` gives 1 (NaN for
+    ``-inf``, ``+inf``, NaN), as ``scipy.special.softmax``.
+
+    Parameters
+    ----------
+    %(x)s
+    %(x_axis)s
+    %(n_threads)s
+
+    Returns
+    -------
+    ndarray
+        The probabilities, of ``x``'s shape and dtype (in native byte order). A slice
+        holding NaN or ``+inf``, or only ``-inf``, is NaN.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not real numbers, or ``axis`` or ``n_threads`` is not an integer.
+    ValueError
+        If ``axis`` is out of bounds or ``n_threads`` out of [1, ``lsref.MAX_THREADS``].
+
+    Notes
+    -----
+    ``softmax(x)_k = exp(x_k - lse)``, ``lse = logsumexp(x)``.
 
     Examples
     --------
@@ -440,11 +507,34 @@ def softmax(x, axis=-1, *, n_threads=None):
     return _softmax(x, axis, n_threads, False)
 
 
+@fill_doc(N_THREADS)
 def log_softmax(x, axis=-1, *, n_threads=None):
-    """``x - logsumexp(x)`` along ``axis``, without forming ``exp(x)`` overflow.
+    """Compute ``x - logsumexp(x)`` along ``axis``, without forming ``exp(x)``.
 
     Shapes, dtypes and degenerate inputs as :func:`softmax` (a 0-d ``x`` gives 0, as
     ``scipy.special.log_softmax``).
+
+    Parameters
+    ----------
+    %(x)s
+    %(x_axis)s
+    %(n_threads)s
+
+    Returns
+    -------
+    ndarray
+        The log-probabilities, of ``x``'s shape and dtype (in native byte order).
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not real numbers, or ``axis`` or ``n_threads`` is not an integer.
+    ValueError
+        If ``axis`` is out of bounds or ``n_threads`` out of [1, ``lsref.MAX_THREADS``].
+
+    Notes
+    -----
+    ``log_softmax(x)_k = (x_k - m) - log(sum(exp(x - m)))``, ``m`` the slice's maximum.
 
     Examples
     --------
@@ -497,46 +587,43 @@ def _run_binary(logits, targets, *, want_grad, out, n_threads, **kw):
     return loss, (_finish_grad(ret, copy_back, p.axis) if want_grad else None)
 
 
+@fill_doc(BINARY_OPTIONS, EXECUTION_OPTIONS)
 def binary_value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
                           class_weight=None, sample_weight=None, ignore_index=-100,
                           n_threads=None, out=None):
     """Binary (sigmoid) cross-entropy with logits, and its gradient, in one pass.
 
-    Each logit is an independent yes/no score. Per element, with ``y'`` the smoothed label::
-
-        loss = -y' log(sigmoid(x)) - (1 - y') log(1 - sigmoid(x))
-             = y' softplus(-x) + (1 - y') softplus(x)
-        dloss/dx = sigmoid(x) - y'
-
-    computed stably for any ``|x|`` (one ``exp(-|x|)`` and one ``log1p`` per element).
+    Each logit is an independent yes/no score.
 
     Parameters
     ----------
-    logits : array_like of float, any shape
-    targets : array_like
-        Either labels in [0, 1] shaped like ``logits`` (Keras's ``BinaryCrossentropy``:
-        ``y' = y (1 - eps) + eps / 2``), or integer class indices shaped like ``logits``
-        without ``axis`` (timm's ``BinaryCrossEntropy``: one-hot along ``axis``, then
-        ``y' = onehot (1 - eps) + eps / K``).
-    label_smoothing : float in [0, 1], default=0.0
-    axis : int, default=-1
-        The class axis: where ``class_weight`` applies and class indices point.
-    reduction : {"mean", "sum", "none"}, default="mean"
-        ``"mean"`` divides by the number of elements (of the rows not ignored); weights
-        scale the terms, not the divisor (PyTorch's ``BCEWithLogitsLoss(weight=...)``).
-        ``"none"`` returns the per-element losses, shaped like ``logits``.
-    class_weight : array_like of shape (K,), optional
-    sample_weight : array_like shaped like ``logits`` without ``axis``, optional
-    ignore_index : int or None, default=-100
-        For class-index targets: rows with this target count for nothing.
-    n_threads : int in [1, lsref.MAX_THREADS], optional
-        As :func:`cross_entropy`.
-    out : ndarray, optional
-        Where to write the gradient (as :func:`value_and_grad`).
+    %(binary_logits)s
+    %(binary_targets)s
+    %(binary_label_smoothing)s
+    %(binary_axis)s
+    %(binary_reduction)s
+    %(binary_class_weight)s
+    %(binary_sample_weight)s
+    %(binary_ignore_index)s
+    %(n_threads)s
+    %(out)s
 
     Returns
     -------
-    loss, grad
+    loss : float or ndarray
+        A scalar of the logits' dtype (float32 for float16/bfloat16 logits), or, for
+        ``reduction="none"``, the per-element losses shaped like ``logits``.
+    grad : ndarray
+        The gradient, of the logits' shape and dtype (float32 for float16/bfloat16
+        logits); ``out`` when given.
+
+    Raises
+    ------
+    %(raises)s
+
+    Notes
+    -----
+    %(notes_binary)s
 
     Examples
     --------
@@ -554,20 +641,91 @@ def binary_value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, redu
                        ignore_index=ignore_index)
 
 
+@fill_doc(BINARY_OPTIONS, N_THREADS)
 def binary_cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
                          class_weight=None, sample_weight=None, ignore_index=-100,
                          n_threads=None):
-    """Binary (sigmoid) cross-entropy with logits; see :func:`binary_value_and_grad`."""
+    """Binary (sigmoid) cross-entropy with logits.
+
+    The loss of :func:`binary_value_and_grad`, without the gradient.
+
+    Parameters
+    ----------
+    %(binary_logits)s
+    %(binary_targets)s
+    %(binary_label_smoothing)s
+    %(binary_axis)s
+    %(binary_reduction)s
+    %(binary_class_weight)s
+    %(binary_sample_weight)s
+    %(binary_ignore_index)s
+    %(n_threads)s
+
+    Returns
+    -------
+    loss : float or ndarray
+        As :func:`binary_value_and_grad`.
+
+    Raises
+    ------
+    %(raises)s
+
+    Notes
+    -----
+    %(notes_binary)s
+
+    Examples
+    --------
+    >>> import numpy as np, lsref
+    >>> round(float(lsref.binary_cross_entropy(np.array([0.0, 0.0]), [1.0, 0.0])), 6)
+    0.693147
+    """
     return _run_binary(logits, targets, want_grad=False, out=None, n_threads=n_threads,
                        label_smoothing=label_smoothing, axis=axis, reduction=reduction,
                        class_weight=class_weight, sample_weight=sample_weight,
                        ignore_index=ignore_index)[0]
 
 
+@fill_doc(BINARY_OPTIONS, EXECUTION_OPTIONS)
 def binary_cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1,
                               reduction="mean", class_weight=None, sample_weight=None,
                               ignore_index=-100, n_threads=None, out=None):
-    """The gradient of :func:`binary_cross_entropy`; see :func:`binary_value_and_grad`."""
+    """The gradient of :func:`binary_cross_entropy` with respect to ``logits``.
+
+    The gradient of :func:`binary_value_and_grad`, without the loss.
+
+    Parameters
+    ----------
+    %(binary_logits)s
+    %(binary_targets)s
+    %(binary_label_smoothing)s
+    %(binary_axis)s
+    %(binary_reduction)s
+    %(binary_class_weight)s
+    %(binary_sample_weight)s
+    %(binary_ignore_index)s
+    %(n_threads)s
+    %(out)s
+
+    Returns
+    -------
+    grad : ndarray
+        As :func:`binary_value_and_grad`.
+
+    Raises
+    ------
+    %(raises)s
+
+    Notes
+    -----
+    %(notes_binary)s
+
+    Examples
+    --------
+    >>> import numpy as np, lsref
+    >>> lsref.binary_cross_entropy_grad(np.array([0.0, 0.0]), [1.0, 0.0])   # / 2 elements
+    array([-0.25,  0.25])
+    """
     return binary_value_and_grad(logits, targets, label_smoothing=label_smoothing, axis=axis,
                                  reduction=reduction, class_weight=class_weight,
                                  sample_weight=sample_weight, ignore_index=ignore_index,

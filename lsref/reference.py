@@ -37,6 +37,7 @@ log-sum-exp and softmax functions", IMA J. Numer. Anal. 41 (2021).
 """
 import numpy as np
 
+from ._keywords import BINARY_OPTIONS, CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS, fill_doc
 from ._validation import (SMOOTHINGS, check_axis, check_binary_problem, check_choice,
                           check_float_array, check_num_classes, check_problem,
                           check_problem_shape)
@@ -44,13 +45,6 @@ from ._validation import (SMOOTHINGS, check_axis, check_binary_problem, check_ch
 __all__ = ["logsumexp", "log_softmax", "softmax", "smooth_labels", "cross_entropy",
            "cross_entropy_grad", "value_and_grad", "binary_cross_entropy",
            "binary_cross_entropy_grad", "binary_value_and_grad", "mean_divisor"]
-
-_DEFAULTS = dict(label_smoothing=0.0, axis=-1, reduction="mean", smoothing="uniform",
-                 class_weight=None, sample_weight=None, ignore_index=-100, z_loss=0.0,
-                 kl=False)
-_BINARY_DEFAULTS = dict(label_smoothing=0.0, axis=-1, reduction="mean", class_weight=None,
-                        sample_weight=None, ignore_index=-100)
-
 
 def _undefined(x, axis):
     """The slices along ``axis`` with no softmax (kept as a length-1 axis): SEMANTICS.md's NaN
@@ -98,11 +92,38 @@ def _as_axis(x, axis):
     return x, check_axis(axis, x.ndim), shape
 
 
+@fill_doc()
 def logsumexp(x, axis=-1, keepdims=False):
-    """``log(sum(exp(x), axis))`` in float64, stably, with scipy.special's special values.
+    """Compute ``log(sum(exp(x), axis))`` in float64, stably.
 
-    A slice holding NaN gives NaN, one holding +inf (and no NaN) +inf, one of only -inf (or
-    an empty one) -inf. A 0-d ``x`` is its own log-sum-exp.
+    Special values as scipy.special's: a slice holding NaN gives NaN, one holding +inf (and
+    no NaN) +inf, one of only -inf (or an empty one) -inf. A 0-d ``x`` is its own
+    log-sum-exp.
+
+    Parameters
+    ----------
+    %(x)s
+    axis : int, default=-1
+        The axis to reduce.
+    keepdims : bool, default=False
+        Keep the reduced axis, with length 1.
+
+    Returns
+    -------
+    ndarray of float64
+        ``x``'s shape without ``axis`` (with it, of length 1, for ``keepdims=True``).
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not real numbers or ``axis`` is not an integer.
+    ValueError
+        If ``axis`` is out of bounds.
+
+    Notes
+    -----
+    ``lse = m + log1p(sum_{k != top} exp(x_k - m))``, ``m = x_top`` the slice's maximum:
+    the max's own term is exactly 1, so a dominated slice keeps full relative accuracy.
 
     Examples
     --------
@@ -117,11 +138,35 @@ def logsumexp(x, axis=-1, keepdims=False):
     return out if keepdims else np.squeeze(out, axis=axis)
 
 
+@fill_doc()
 def log_softmax(x, axis=-1):
-    """``(x - m) - log(sum(exp(x - m)))`` along ``axis`` (float64), ``m`` the max.
+    """Compute ``(x - m) - log(sum(exp(x - m)))`` along ``axis`` (float64), ``m`` the max.
 
     A slice holding NaN or +inf, or only -inf, is NaN throughout (SEMANTICS.md: it has no
     softmax); an empty axis gives an empty result, a 0-d ``x`` gives 0.
+
+    Parameters
+    ----------
+    %(x)s
+    %(x_axis)s
+
+    Returns
+    -------
+    ndarray of float64
+        The log-probabilities, of ``x``'s shape.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not real numbers or ``axis`` is not an integer.
+    ValueError
+        If ``axis`` is out of bounds.
+
+    Examples
+    --------
+    >>> from lsref import reference
+    >>> reference.log_softmax([1000.0, 1000.0])
+    array([-0.69314718, -0.69314718])
     """
     x, axis, shape = _as_axis(x, axis)
     m, L, _ = _shift_and_log_sum(x, axis)
@@ -130,16 +175,66 @@ def log_softmax(x, axis=-1):
     return out.reshape(shape)
 
 
+@fill_doc()
 def softmax(x, axis=-1):
-    """``exp(log_softmax(x))`` along ``axis`` (float64); NaN where log_softmax is."""
+    """Compute ``exp(log_softmax(x))`` along ``axis`` (float64).
+
+    Parameters
+    ----------
+    %(x)s
+    %(x_axis)s
+
+    Returns
+    -------
+    ndarray of float64
+        The probabilities, of ``x``'s shape; NaN where :func:`log_softmax` is.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not real numbers or ``axis`` is not an integer.
+    ValueError
+        If ``axis`` is out of bounds.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lsref import reference
+    >>> np.round(reference.softmax([3.0, 1.0, 0.0]), 3)
+    array([0.844, 0.114, 0.042])
+    """
     return np.exp(log_softmax(x, axis=axis))
 
 
+@fill_doc()
 def smooth_labels(targets, num_classes, label_smoothing, *, smoothing="uniform", axis=-1):
     """The smoothed target distribution ``q`` (float64), the class axis at ``axis``.
 
-    ``targets`` are class indices (any integer array; the result gains a class axis) or
-    probabilities (a float array whose ``axis`` has length ``num_classes``)::
+    Parameters
+    ----------
+    targets : array_like
+        Class indices (any integer array; the result gains a class axis) or
+        probabilities (a float array whose ``axis`` has length ``num_classes``).
+    num_classes : int >= 1
+        ``K``, the number of classes.
+    label_smoothing : float in [0, 1]
+        ``eps``, the mass moved off the targets.
+    %(smoothing)s
+    axis : int, default=-1
+        Where the class axis is (of the result; of probability targets).
+
+    Returns
+    -------
+    q : ndarray of float64
+        The smoothed targets, with ``num_classes`` classes along ``axis``.
+
+    Raises
+    ------
+    %(raises)s
+
+    Notes
+    -----
+    With ``eps = label_smoothing``::
 
         uniform, index t:   q_k = (1 - eps) [k = t] + eps / K
         others,  index t:   q_t = 1 - eps,  q_k = eps / (K - 1)  for k != t
@@ -153,9 +248,8 @@ def smooth_labels(targets, num_classes, label_smoothing, *, smoothing="uniform",
     """
     K = check_num_classes(num_classes)
     targets = np.asarray(targets)
-    options = dict(label_smoothing=label_smoothing, axis=axis, reduction="none",
-                   smoothing=smoothing, class_weight=None, sample_weight=None,
-                   ignore_index=None, z_loss=0.0)
+    options = dict(label_smoothing=label_smoothing, axis=axis, smoothing=smoothing,
+                   ignore_index=None)
     if targets.dtype.kind in "iu":
         # the logits' shape: the targets' with a class axis of K inserted at ``axis``
         ndim = targets.ndim + 1
@@ -270,7 +364,7 @@ def gradient_terms(logits, targets, **kw):
     """For tolerance models: the per-element sizes ``|s C p_j|`` and ``|s w_j q_j|`` of the
     gradient's two terms, the log-probabilities and each row's lse, in the caller's layout
     (rows, not reduced: a caller applies its own 1/D). Not part of the formulas above."""
-    kw = {**_DEFAULTS, **_strip(kw)}
+    kw = {**CROSS_ENTROPY_OPTIONS, **_strip(kw)}
     p, _, _, divisor, t = _rows(logits, targets, kw)
     K = p.n_classes
     shape = p.batch_shape + (K,)
@@ -319,9 +413,34 @@ def _reduce(p, row_loss, grad, divisor):
 
 def mean_divisor(targets, num_classes, *, class_weight=None, sample_weight=None,
                  ignore_index=-100):
-    """D of ``reduction="mean"`` for class-index ``targets`` (float64): the sum over the rows
-    that are not ignored of sample weight times the target's class weight. It needs no
-    logits.
+    """The divisor ``D`` of ``reduction="mean"`` for class-index targets.
+
+    The sum over the rows that are not ignored of sample weight times the target's class
+    weight (the number of those rows, unweighted). It needs no logits.
+
+    Parameters
+    ----------
+    targets : array_like of int
+        Class indices, any shape.
+    num_classes : int
+        ``K``, the number of classes.
+    class_weight : array_like of shape (K,), optional
+        Per-class weights.
+    sample_weight : array_like shaped like ``targets``, optional
+        Per-row weights.
+    ignore_index : int or None, default=-100
+        Rows whose target equals it do not count.
+
+    Returns
+    -------
+    float
+        ``D`` (0 when no row counts: the mean is then NaN).
+
+    Raises
+    ------
+    TypeError, ValueError
+        If an argument is malformed (the message names it), or for probability targets
+        (their divisor is the number of rows).
 
     Examples
     --------
@@ -331,8 +450,8 @@ def mean_divisor(targets, num_classes, *, class_weight=None, sample_weight=None,
     """
     t = np.asarray(targets)
     p = check_problem_shape(t.shape + (check_num_classes(num_classes),), t,
-                            **dict(_DEFAULTS, class_weight=class_weight,
-                                   sample_weight=sample_weight, ignore_index=ignore_index))
+                            class_weight=class_weight, sample_weight=sample_weight,
+                            ignore_index=ignore_index)
     if p.prob_targets:
         raise ValueError("mean_divisor takes class-index targets; the divisor of probability "
                          "targets is the number of rows")
@@ -343,18 +462,101 @@ def mean_divisor(targets, num_classes, *, class_weight=None, sample_weight=None,
     return _mean_divisor(p, active, s, w)
 
 
-def value_and_grad(logits, targets, **kw):
+@fill_doc(CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS)
+def value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
+                   smoothing="uniform", class_weight=None, sample_weight=None,
+                   ignore_index=-100, z_loss=0.0, kl=False, n_threads=None, out=None):
     """The loss and its gradient with respect to ``logits`` (float64), computed directly.
 
-    Keywords are those of :func:`lsref.cross_entropy`. ``reduction="none"`` returns the
-    per-row losses and the gradient of their sum.
+    The keywords are those of :func:`lsref.value_and_grad`, so that a call runs on either
+    unchanged.
+
+    Parameters
+    ----------
+    %(logits_oracle)s
+    %(targets)s
+    %(label_smoothing)s
+    %(axis)s
+    %(reduction)s
+    %(smoothing)s
+    %(class_weight)s
+    %(sample_weight)s
+    %(ignore_index)s
+    %(z_loss)s
+    %(kl)s
+    %(n_threads_oracle)s
+    %(out_oracle)s
+
+    Returns
+    -------
+    loss : numpy.float64 or ndarray of float64
+        The reduced loss, or for ``reduction="none"`` the per-row losses, shaped like
+        ``logits`` without the class axis.
+    grad : ndarray of float64
+        The gradient, shaped like ``logits``; for ``reduction="none"``, the gradient of
+        the sum of the row losses. With ``reduction="mean"`` and ``D = 0`` (every row
+        ignored) the loss is NaN and the gradient 0.
+
+    Raises
+    ------
+    %(raises)s
+
+    Notes
+    -----
+    %(notes_cross_entropy)s
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lsref import reference
+    >>> loss, grad = reference.value_and_grad([[3.0, 1.0, 0.0]], [0], label_smoothing=0.1)
+    >>> np.round(grad, 4)                     # softmax - q
+    array([[-0.0895,  0.0809,  0.0087]])
     """
-    kw = {**_DEFAULTS, **_strip(kw)}
+    kw = _strip(dict(label_smoothing=label_smoothing, axis=axis, reduction=reduction,
+                     smoothing=smoothing, class_weight=class_weight,
+                     sample_weight=sample_weight, ignore_index=ignore_index, z_loss=z_loss,
+                     kl=kl, n_threads=n_threads, out=out))
     return _reduce(*_rows(logits, targets, kw)[:4])
 
 
-def cross_entropy(logits, targets, **kw):
-    """The label-smoothed cross-entropy (float64); keywords as :func:`lsref.cross_entropy`.
+@fill_doc(CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS)
+def cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
+                  smoothing="uniform", class_weight=None, sample_weight=None,
+                  ignore_index=-100, z_loss=0.0, kl=False, n_threads=None, out=None):
+    """The label-smoothed cross-entropy (float64).
+
+    The keywords are those of :func:`lsref.cross_entropy` (and ``out=None``), so that a
+    call runs on either unchanged.
+
+    Parameters
+    ----------
+    %(logits_oracle)s
+    %(targets)s
+    %(label_smoothing)s
+    %(axis)s
+    %(reduction)s
+    %(smoothing)s
+    %(class_weight)s
+    %(sample_weight)s
+    %(ignore_index)s
+    %(z_loss)s
+    %(kl)s
+    %(n_threads_oracle)s
+    %(out_oracle)s
+
+    Returns
+    -------
+    loss : numpy.float64 or ndarray of float64
+        As :func:`value_and_grad`.
+
+    Raises
+    ------
+    %(raises)s
+
+    Notes
+    -----
+    %(notes_cross_entropy)s
 
     Examples
     --------
@@ -362,15 +564,61 @@ def cross_entropy(logits, targets, **kw):
     >>> round(float(reference.cross_entropy([[3.0, 1.0, 0.0]], [0])), 4)   # -log(0.8438)
     0.1698
     """
-    return value_and_grad(logits, targets, **kw)[0]
+    return value_and_grad(logits, targets, label_smoothing=label_smoothing, axis=axis,
+                          reduction=reduction, smoothing=smoothing, class_weight=class_weight,
+                          sample_weight=sample_weight, ignore_index=ignore_index,
+                          z_loss=z_loss, kl=kl, n_threads=n_threads, out=out)[0]
 
 
-def cross_entropy_grad(logits, targets, **kw):
-    """The gradient of :func:`cross_entropy` with respect to ``logits`` (float64)."""
-    return value_and_grad(logits, targets, **kw)[1]
+@fill_doc(CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS)
+def cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
+                       smoothing="uniform", class_weight=None, sample_weight=None,
+                       ignore_index=-100, z_loss=0.0, kl=False, n_threads=None, out=None):
+    """The gradient of :func:`cross_entropy` with respect to ``logits`` (float64).
+
+    Parameters
+    ----------
+    %(logits_oracle)s
+    %(targets)s
+    %(label_smoothing)s
+    %(axis)s
+    %(reduction)s
+    %(smoothing)s
+    %(class_weight)s
+    %(sample_weight)s
+    %(ignore_index)s
+    %(z_loss)s
+    %(kl)s
+    %(n_threads_oracle)s
+    %(out_oracle)s
+
+    Returns
+    -------
+    grad : ndarray of float64
+        As :func:`value_and_grad`.
+
+    Raises
+    ------
+    %(raises)s
+
+    Notes
+    -----
+    %(notes_cross_entropy)s
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lsref import reference
+    >>> reference.cross_entropy_grad(np.zeros((2, 4)), [1, 3], label_smoothing=0.1)[0]
+    array([ 0.1125, -0.3375,  0.1125,  0.1125])
+    """
+    return value_and_grad(logits, targets, label_smoothing=label_smoothing, axis=axis,
+                          reduction=reduction, smoothing=smoothing, class_weight=class_weight,
+                          sample_weight=sample_weight, ignore_index=ignore_index,
+                          z_loss=z_loss, kl=kl, n_threads=n_threads, out=out)[1]
 
 
-def _strip(kw, defaults=_DEFAULTS):
+def _strip(kw, defaults=CROSS_ENTROPY_OPTIONS):
     """Accept the front door's execution-only keywords so calls can be copied verbatim."""
     kw = dict(kw)
     kw.pop("n_threads", None)
@@ -391,12 +639,43 @@ def _softplus(x):
     return np.logaddexp(0.0, x)
 
 
-def binary_value_and_grad(logits, targets, **kw):
+@fill_doc(BINARY_OPTIONS, EXECUTION_OPTIONS)
+def binary_value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
+                          class_weight=None, sample_weight=None, ignore_index=-100, n_threads=None,
+                          out=None):
     """Binary cross-entropy with logits and its gradient (float64), element by element.
 
-    Keywords are those of :func:`lsref.binary_value_and_grad`. Smoothed labels: Keras's
-    ``y (1 - eps) + eps / 2`` for labels shaped like the logits, timm's
-    ``onehot (1 - eps) + eps / K`` for class indices.
+    The keywords are those of :func:`lsref.binary_value_and_grad`, so that a call runs on
+    either unchanged.
+
+    Parameters
+    ----------
+    %(binary_logits)s
+    %(binary_targets)s
+    %(binary_label_smoothing)s
+    %(binary_axis)s
+    %(binary_reduction)s
+    %(binary_class_weight)s
+    %(binary_sample_weight)s
+    %(binary_ignore_index)s
+    %(n_threads_oracle)s
+    %(out_oracle)s
+
+    Returns
+    -------
+    loss : numpy.float64 or ndarray of float64
+        The reduced loss, or for ``reduction="none"`` the per-element losses, shaped like
+        ``logits``.
+    grad : ndarray of float64
+        The gradient, shaped like ``logits``.
+
+    Raises
+    ------
+    %(raises)s
+
+    Notes
+    -----
+    %(notes_binary)s
 
     Examples
     --------
@@ -405,7 +684,10 @@ def binary_value_and_grad(logits, targets, **kw):
     >>> round(float(loss), 6), float(grad[0, 0])           # log 2, sigmoid(0) - 1
     (0.693147, -0.5)
     """
-    kw = {**_BINARY_DEFAULTS, **_strip(kw, _BINARY_DEFAULTS)}
+    kw = _strip(dict(label_smoothing=label_smoothing, axis=axis, reduction=reduction,
+                     class_weight=class_weight, sample_weight=sample_weight,
+                     ignore_index=ignore_index, n_threads=n_threads, out=out),
+                BINARY_OPTIONS)
     p = check_binary_problem(logits, targets, **kw)
     K, N = p.n_classes, p.n_rows
     x = p.logits.reshape(N, K).astype(np.float64)
@@ -440,11 +722,91 @@ def binary_value_and_grad(logits, targets, **kw):
     return loss, np.moveaxis(grad.reshape(p.shape), -1, p.axis)
 
 
-def binary_cross_entropy(logits, targets, **kw):
-    """Binary cross-entropy with logits (float64); see :func:`binary_value_and_grad`."""
-    return binary_value_and_grad(logits, targets, **kw)[0]
+@fill_doc(BINARY_OPTIONS, EXECUTION_OPTIONS)
+def binary_cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
+                         class_weight=None, sample_weight=None, ignore_index=-100, n_threads=None,
+                         out=None):
+    """Binary cross-entropy with logits (float64).
+
+    The loss of :func:`binary_value_and_grad`, without the gradient.
+
+    Parameters
+    ----------
+    %(binary_logits)s
+    %(binary_targets)s
+    %(binary_label_smoothing)s
+    %(binary_axis)s
+    %(binary_reduction)s
+    %(binary_class_weight)s
+    %(binary_sample_weight)s
+    %(binary_ignore_index)s
+    %(n_threads_oracle)s
+    %(out_oracle)s
+
+    Returns
+    -------
+    loss : numpy.float64 or ndarray of float64
+        As :func:`binary_value_and_grad`.
+
+    Raises
+    ------
+    %(raises)s
+
+    Notes
+    -----
+    %(notes_binary)s
+
+    Examples
+    --------
+    >>> from lsref import reference
+    >>> round(float(reference.binary_cross_entropy([0.0, 0.0], [1.0, 0.0])), 6)   # log 2
+    0.693147
+    """
+    return binary_value_and_grad(logits, targets, label_smoothing=label_smoothing, axis=axis,
+                                 reduction=reduction, class_weight=class_weight,
+                                 sample_weight=sample_weight, ignore_index=ignore_index,
+                                 n_threads=n_threads, out=out)[0]
 
 
-def binary_cross_entropy_grad(logits, targets, **kw):
-    """The gradient of :func:`binary_cross_entropy` (float64)."""
-    return binary_value_and_grad(logits, targets, **kw)[1]
+@fill_doc(BINARY_OPTIONS, EXECUTION_OPTIONS)
+def binary_cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1,
+                              reduction="mean", class_weight=None, sample_weight=None,
+                              ignore_index=-100, n_threads=None, out=None):
+    """The gradient of :func:`binary_cross_entropy` with respect to ``logits`` (float64).
+
+    Parameters
+    ----------
+    %(binary_logits)s
+    %(binary_targets)s
+    %(binary_label_smoothing)s
+    %(binary_axis)s
+    %(binary_reduction)s
+    %(binary_class_weight)s
+    %(binary_sample_weight)s
+    %(binary_ignore_index)s
+    %(n_threads_oracle)s
+    %(out_oracle)s
+
+    Returns
+    -------
+    grad : ndarray of float64
+        As :func:`binary_value_and_grad`.
+
+    Raises
+    ------
+    %(raises)s
+
+    Notes
+    -----
+    %(notes_binary)s
+
+    Examples
+    --------
+    >>> from lsref import reference
+    >>> reference.binary_cross_entropy_grad([0.0, 0.0], [1.0, 0.0])   # / 2 elements
+    array([-0.25,  0.25])
+    """
+    return binary_value_and_grad(logits, targets, label_smoothing=label_smoothing, axis=axis,
+                                 reduction=reduction, class_weight=class_weight,
+                                 sample_weight=sample_weight, ignore_index=ignore_index,
+                                 n_threads=n_threads, out=out)[1]

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import _kernel, _params
 from ._validation import as_array, check_problem_shape
+from ._keywords import CROSS_ENTROPY_OPTIONS
 from ._npy import new_npy, npy_header
 from .loss import cross_entropy, resolve_threads, value_and_grad
 
@@ -54,6 +55,7 @@ class PartialStats:
 
     @property
     def n_rows(self):
+        """The number of rows the statistics describe."""
         return self.m.shape[0]
 
 
@@ -91,9 +93,34 @@ def _block_weights(class_weight, offset, kb):
 
 
 def partial_stats(z_block, targets, *, class_offset=0, class_weight=None, n_threads=None):
-    """The statistics of one block of logits: rows ``z_block[i]`` are classes
-    ``class_offset ... class_offset + z_block.shape[1] - 1`` of the rows whose global
-    class-index targets are ``targets``. ``class_weight`` is the full (K,) weight vector.
+    """The statistics of one block of logits, to merge with the other blocks' statistics.
+
+    Parameters
+    ----------
+    z_block : array_like of float, shape (n, kb)
+        Logits: ``z_block[i]`` holds classes ``class_offset ... class_offset + kb - 1`` of
+        row ``i``.
+    targets : array_like of int, shape (n,)
+        The rows' global class indices (in ``[0, K)``).
+    class_offset : int >= 0, default=0
+        The global index of the block's first class.
+    class_weight : array_like of shape (K,), optional
+        The full weight vector of all ``K`` classes (not the block's slice).
+    n_threads : int in [1, lsref.MAX_THREADS], optional
+        Threads for the kernel, as :func:`lsref.cross_entropy`.
+
+    Returns
+    -------
+    PartialStats
+        The block's per-row statistics.
+
+    Raises
+    ------
+    TypeError
+        If an argument has the wrong type; the message names it.
+    ValueError
+        If an argument has a bad value or shape; the message names it.
+
 
     Examples
     --------
@@ -144,8 +171,25 @@ def _merge2(a, b):
 
 
 def merge(*stats):
-    """Merge the statistics of class blocks of the same rows (in any order and grouping:
-    the merge is associative and commutative up to rounding)."""
+    """Merge the statistics of class blocks of the same rows.
+
+    The merge is associative and commutative up to rounding: any order and grouping.
+
+    Parameters
+    ----------
+    *stats : PartialStats
+        The statistics of class blocks of the same rows (at least one).
+
+    Returns
+    -------
+    PartialStats
+        The statistics of the classes all of them cover.
+
+    Raises
+    ------
+    ValueError
+        If no statistics are given, or they describe different numbers of rows.
+    """
     if not stats:
         raise ValueError("merge needs at least one PartialStats")
     out = stats[0]
@@ -155,7 +199,23 @@ def merge(*stats):
 
 
 def concat_rows(stats):
-    """Stack the statistics of consecutive row blocks (each covering the same classes)."""
+    """Stack the statistics of consecutive row blocks (each covering the same classes).
+
+    Parameters
+    ----------
+    stats : iterable of PartialStats
+        The row blocks' statistics, in row order.
+
+    Returns
+    -------
+    PartialStats
+        The statistics of all their rows.
+
+    Raises
+    ------
+    ValueError
+        If the blocks do not cover the same classes.
+    """
     stats = list(stats)
     if len({(s.classes, s.wsum) for s in stats}) != 1:
         raise ValueError("concat_rows needs row blocks that cover the same classes")
@@ -189,16 +249,39 @@ def _problem(targets, num_classes, kw):
     return p
 
 
-# cross_entropy's keywords and their defaults
-_KW = dict(label_smoothing=0.0, axis=-1, reduction="mean", smoothing="uniform",
-           class_weight=None, sample_weight=None, ignore_index=-100, z_loss=0.0, kl=False)
-
-
 def divisor(targets, num_classes, *, class_weight=None, sample_weight=None,
             ignore_index=-100):
-    """D of ``reduction="mean"``: the sum over non-ignored rows of sample weight times the
-    target's class weight. It needs no logits, so a stream can know it before it starts."""
-    p = _problem(targets, num_classes, dict(_KW, class_weight=class_weight,
+    """The divisor ``D`` of ``reduction="mean"``, from the targets and weights alone.
+
+    ``D`` is the sum over the non-ignored rows of the sample weight times the target's
+    class weight. It needs no logits, so a stream can know it before it starts.
+
+    Parameters
+    ----------
+    targets : array_like of int
+        Class indices, one per row.
+    num_classes : int
+        ``K``, the number of classes.
+    class_weight : array_like of shape (K,), optional
+        Per-class weights.
+    sample_weight : array_like shaped like ``targets``, optional
+        Per-row weights.
+    ignore_index : int or None, default=-100
+        The target value of rows that count for nothing.
+
+    Returns
+    -------
+    float
+        ``D``.
+
+    Raises
+    ------
+    TypeError
+        If an argument has the wrong type; the message names it.
+    ValueError
+        If an argument has a bad value or shape; the message names it.
+    """
+    p = _problem(targets, num_classes, dict(class_weight=class_weight,
                                             sample_weight=sample_weight,
                                             ignore_index=ignore_index))
     return _divisor(p)[0]
@@ -213,11 +296,37 @@ def _divisor(p):
 
 
 def finish(stats, targets, num_classes, **kw):
-    """The loss from merged statistics (every class covered), and the per-row terms that
-    :func:`block_gradient` needs. Takes the keywords of :func:`lsref.cross_entropy`.
+    """The loss from merged statistics, and the per-row terms of every block's gradient.
 
-    The row algebra is the in-memory kernel's (``_kernel.finish_index``)."""
-    kw = {**_KW, **kw}
+    Parameters
+    ----------
+    stats : PartialStats
+        The merged statistics of every class.
+    targets : array_like of int
+        Class indices, one per row.
+    num_classes : int
+        ``K``, the number of classes.
+    **kw
+        The keywords of :func:`lsref.cross_entropy` (``label_smoothing``, ``reduction``,
+        ``class_weight``, ...), with its defaults.
+
+    Returns
+    -------
+    RowTerms
+        The loss (``RowTerms.loss``) and what :func:`block_gradient` needs per row.
+
+    Raises
+    ------
+    TypeError
+        If a keyword has the wrong type; the message names it.
+    ValueError
+        If a keyword has a bad value, or ``stats`` do not cover every class of every row.
+
+    Notes
+    -----
+    The row algebra is the in-memory kernel's (``_kernel.finish_index``, ``_rowterms.h``).
+    """
+    kw = {**CROSS_ENTROPY_OPTIONS, **kw}
     p = _problem(targets, num_classes, kw)
     K = p.n_classes
     if stats.classes != K or stats.n_rows != p.n_rows:
@@ -251,8 +360,37 @@ def finish(stats, targets, num_classes, **kw):
 
 def block_gradient(z_block, targets, terms, *, class_offset=0, rows=slice(None), out=None,
                    n_threads=None):
-    """The gradient of one block of logits, from the finished :class:`RowTerms` of all rows
-    (``rows`` selects this block's rows in them). Written to ``out`` when given."""
+    """The gradient of one block of logits, from the finished terms of all rows.
+
+    Parameters
+    ----------
+    z_block : array_like of float, shape (n, kb)
+        The block's logits, as given to :func:`partial_stats`.
+    targets : array_like of int, shape (n,)
+        The block's rows' global class indices.
+    terms : RowTerms
+        What :func:`finish` returned for all rows.
+    class_offset : int >= 0, default=0
+        The global index of the block's first class.
+    rows : slice or array of int, default=slice(None)
+        This block's rows among the rows of ``terms``.
+    out : ndarray, optional
+        A C-contiguous buffer of the block's shape and dtype to write the gradient to.
+    n_threads : int in [1, lsref.MAX_THREADS], optional
+        Threads for the kernel, as :func:`lsref.cross_entropy`.
+
+    Returns
+    -------
+    ndarray
+        The block's gradient (``out`` when given).
+
+    Raises
+    ------
+    TypeError
+        If an argument has the wrong type; the message names it.
+    ValueError
+        If an argument has a bad value or shape; the message names it.
+    """
     z = _as_rows("z_block", z_block)
     n, kb = z.shape
     t = _targets(targets, n)
@@ -279,10 +417,33 @@ def _offsets(shards):
 
 
 def vocab_parallel_value_and_grad(shards, targets, **kw):
-    """The exact loss and gradient of logits split along the vocabulary, one array per rank
-    (as a tensor-parallel run holds them): ``shards[r]`` is ``(N, K_r)``, classes in rank
-    order. Returns ``(loss, [grad_r])``. Takes the keywords of :func:`lsref.cross_entropy`
-    (2-D logits, class axis last)."""
+    """The exact loss and gradient of logits split along the vocabulary, one array per rank.
+
+    This is how a tensor-parallel run holds them.
+
+    Parameters
+    ----------
+    shards : sequence of array_like of float
+        ``shards[r]`` is ``(N, K_r)``: rank ``r``'s classes, in rank order.
+    targets : array_like of int, shape (N,)
+        The global class indices.
+    **kw
+        The keywords of :func:`lsref.cross_entropy` (2-D logits, class axis last).
+
+    Returns
+    -------
+    loss : numpy.float64 or ndarray
+        The loss, as :func:`lsref.cross_entropy` gives it for the whole logits.
+    grads : list of ndarray
+        The gradient of each shard.
+
+    Raises
+    ------
+    TypeError
+        If an argument has the wrong type; the message names it.
+    ValueError
+        If an argument has a bad value or shape; the message names it.
+    """
     if not shards:
         raise ValueError("shards must hold at least one (N, K_r) array")
     offsets, K = _offsets(shards)
@@ -296,8 +457,9 @@ def vocab_parallel_value_and_grad(shards, targets, **kw):
 
 
 def megatron_vocab_parallel(shards, targets, label_smoothing):
-    """What Megatron-LM's ``vocab_parallel_cross_entropy`` computes on each rank: the
-    per-token losses and the logits' gradients, one per rank.
+    """What Megatron-LM's ``vocab_parallel_cross_entropy`` computes on each rank.
+
+    It returns the per-token losses and the logits' gradients, one per rank.
 
     Megatron merges the max, the sum of exps and the target logit across ranks exactly, but
     its smoothing term is local: with ``Vp`` the rank's own vocabulary size,
@@ -308,7 +470,29 @@ def megatron_vocab_parallel(shards, targets, label_smoothing):
     Megatron also takes ``log`` of the exps after computing them, so in float32 a logit
     about 104 below the row max gives ``log 0``; this function computes in double and does
     not reproduce that. Requires ``0 < eps < 1`` as Megatron asserts (and ``eps = 0``, where
-    there is no smoothing term)."""
+    there is no smoothing term).
+
+    Parameters
+    ----------
+    shards : sequence of array_like of float
+        ``shards[r]`` is ``(N, K_r)``: rank ``r``'s classes, in rank order.
+    targets : array_like of int, shape (N,)
+        The global class indices (Megatron has no ignore index).
+    label_smoothing : float in [0, 1)
+        ``eps``.
+
+    Returns
+    -------
+    losses : list of ndarray
+        Each rank's per-token losses, shape ``(N,)``.
+    grads : list of ndarray
+        Each rank's gradient of the sum of its per-token losses, shaped like its shard.
+
+    Raises
+    ------
+    ValueError
+        If ``label_smoothing`` is outside [0, 1) or a target is outside ``[0, K)``.
+    """
     eps = float(label_smoothing)
     if not 0.0 <= eps < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1) (Megatron asserts 0 < eps < 1), "
@@ -344,24 +528,51 @@ def megatron_vocab_parallel(shards, targets, label_smoothing):
 
 def stream_value_and_grad(logits, targets, *, grad=None, memory=256 << 20, progress=True,
                           n_threads=None, **kw):
-    """The loss (and, with ``grad=``, the gradient) of logits in an ``.npy`` file larger than
-    memory, reading it in row windows of about ``memory`` bytes.
+    """The loss (and the gradient) of logits in an ``.npy`` file larger than memory.
 
-    ``logits`` is the path of a 2-D C-order float32/float64 ``.npy``; ``targets`` (and a
-    ``sample_weight``) are arrays or ``.npy`` paths, read whole (8 bytes per row).
-    ``grad`` is the path of an ``.npy`` to write the gradient to (created, or overwritten).
-    The "mean" divisor depends only on the targets and weights, so it is known before the
+    The file is read in row windows of about ``memory`` bytes. The "mean" divisor depends only on the targets and weights, so it is known before the
     first window; each window then goes through the kernel with ``reduction="sum"`` and
     row weights ``s / D``. Only windows are ever mapped: the address space needed is
     ``memory`` plus the targets, whatever the file's size; the gradient is written from a
     reused buffer.
+
+    Parameters
+    ----------
+    logits : str or os.PathLike
+        The path of a 2-D C-order float32/float64 ``.npy`` (rows of classes).
+    targets : array_like of int or str or os.PathLike
+        Class indices, one per row, or the path of an ``.npy`` holding them (read whole,
+        8 bytes per row).
+    grad : str or os.PathLike, optional
+        The path of an ``.npy`` to write the gradient to (created, or overwritten).
+    memory : int, default=256 MiB
+        About how many bytes of logits (and gradient) one window holds.
+    progress : bool, default=True
+        Print the progress to stderr.
+    n_threads : int in [1, lsref.MAX_THREADS], optional
+        Threads for the kernel, as :func:`lsref.cross_entropy`.
+    **kw
+        The keywords of :func:`lsref.cross_entropy` (``axis`` only -1); ``sample_weight``
+        may also be the path of an ``.npy``.
+
+    Returns
+    -------
+    loss : numpy.float64 or ndarray
+        The loss, as :func:`lsref.cross_entropy` gives it for the whole file.
+
+    Raises
+    ------
+    TypeError
+        If an argument has the wrong type; the message names it.
+    ValueError
+        If an argument has a bad value or shape; the message names it.
     """
     shape, fortran, dtype, offset = npy_header(logits)
     if len(shape) != 2 or fortran or dtype not in (np.float32, np.float64):
         raise ValueError(f"{logits}: need a 2-D C-order float32/float64 .npy, got shape "
                          f"{shape}, fortran_order={fortran}, dtype {dtype}")
     N, K = shape
-    kw = {**_KW, **kw}
+    kw = {**CROSS_ENTROPY_OPTIONS, **kw}
     if kw["axis"] not in (-1, 1):
         raise ValueError("streamed logits are rows of classes: axis must be -1")
     t = np.load(targets, mmap_mode=None) if isinstance(targets, (str, os.PathLike)) \

@@ -19,8 +19,43 @@ __all__ = ["assert_matches_reference", "check_loss_function", "LossFunctionRepor
 
 def assert_matches_reference(logits, targets, loss=None, grad=None, *, convention="lsref",
                              rtol=None, atol=None, **params):
-    """Raise ``AssertionError`` with the verification report unless the framework's loss
-    and/or gradient match lsref's float64 reference (arguments as :func:`lsref.verify`).
+    """Raise ``AssertionError`` unless a framework's loss and gradient match the reference.
+
+    The reference is lsref's float64 oracle; the arguments are those of
+    :func:`lsref.verify`, and the error message is its report.
+
+    Parameters
+    ----------
+    logits : array_like
+        Exactly what was given to the framework.
+    targets : array_like
+        Exactly what was given to the framework.
+    loss : array_like, optional
+        The framework's loss (scalar, or per row).
+    grad : array_like, optional
+        The framework's gradient with respect to ``logits``.
+    convention : str, default="lsref"
+        Whose semantics (see ``lsref.conventions.CONVENTIONS``).
+    rtol : float, optional
+        With ``atol``, replaces the tolerance model by ``atol + rtol * |reference|``.
+    atol : float, optional
+        See ``rtol``.
+    **params
+        The keyword arguments exactly as passed to the framework.
+
+    Returns
+    -------
+    VerificationReport
+        The report of a passing verification.
+
+    Raises
+    ------
+    AssertionError
+        If the loss or the gradient does not match; the message is the report.
+    TypeError
+        If an argument does not fit the convention (as :func:`lsref.verify`).
+    ValueError
+        If neither ``loss`` nor ``grad`` is given, or an argument has a bad value.
 
     Examples
     --------
@@ -76,9 +111,12 @@ def _matrix(quick):
 
 @dataclass
 class CaseResult:
-    """One case of :func:`check_loss_function`: its verdict ("pass", "FAIL", "error"), the
-    diagnoses, the :class:`lsref.VerificationReport`, the finite-difference witness and, for
-    a failure, a small reproducer (a Python snippet)."""
+    """One case of :func:`check_loss_function`.
+
+    Its verdict ("pass", "FAIL", "error"), the diagnoses, the
+    :class:`lsref.VerificationReport`, the finite-difference witness and, for a failure, a
+    small reproducer (a Python snippet).
+    """
 
     name: str
     verdict: str
@@ -94,13 +132,17 @@ class CaseResult:
 
     @property
     def passed(self):
+        """The case's verdict is "pass"."""
         return self.verdict == "pass"
 
 
 @dataclass
 class LossFunctionReport:
-    """What :func:`check_loss_function` found: ``passed`` (every case that ran passed, and
-    at least one ran), the ``cases``, the ``skipped`` ones with the reason, ``failures``."""
+    """What :func:`check_loss_function` found.
+
+    ``passed`` (every case that ran passed, and at least one ran), the ``cases``, the
+    ``skipped`` ones with the reason, ``failures``.
+    """
 
     function: str
     kind: str
@@ -111,17 +153,28 @@ class LossFunctionReport:
 
     @property
     def n_run(self):
+        """The number of cases that ran."""
         return len(self.cases)
 
     @property
     def failures(self):
+        """The cases that ran and did not pass."""
         return [c for c in self.cases if not c.passed]
 
     @property
     def passed(self):
+        """Every case that ran passed, and at least one ran."""
         return self.n_run > 0 and not self.failures
 
     def to_dict(self):
+        """The report as plain JSON types.
+
+        Returns
+        -------
+        dict
+            The function, its kind and convention, the parameters, the verdict, the
+            skipped cases and every case with its report.
+        """
         return dict(function=self.function, kind=self.kind, convention=self.convention,
                     params={k: _literal(v) for k, v in self.params.items()},
                     passed=self.passed, skipped=[list(s) for s in self.skipped],
@@ -132,6 +185,18 @@ class LossFunctionReport:
                                 reproducer=c.reproducer) for c in self.cases])
 
     def table(self, markdown=False):
+        """The cases as a table, one line each.
+
+        Parameters
+        ----------
+        markdown : bool, default=False
+            A Markdown table instead of aligned plain text.
+
+        Returns
+        -------
+        str
+            The table.
+        """
         head = ["case", "loss", "verdict", "gradient witness", "diagnosis"]
         body = [[c.name, c.loss, c.verdict, c.witness.get("verdict", ""),
                  (c.diagnosis[0].split(":")[0] if c.diagnosis else "")] for c in self.cases]
@@ -544,8 +609,9 @@ def _reproducer(fn, kind, conv, z, t, params):
 
 def check_loss_function(fn, *, convention, kind=None, quick=False, inputs=None, shrink=True,
                         seed=0, **params):
-    """Run the user's own label-smoothed loss function over a matrix of cases and judge each
-    result against lsref's float64 reference under ``convention``.
+    """Run a user's own label-smoothed loss function over a matrix of cases, and judge it.
+
+    Each result is judged against lsref's float64 reference under ``convention``.
 
     Parameters
     ----------
@@ -567,7 +633,8 @@ def check_loss_function(fn, *, convention, kind=None, quick=False, inputs=None, 
         Check these arrays only (NumPy, in the dtype to test) instead of the matrix.
     shrink : bool
         Shrink each failing case to a small reproducer (one row, few classes).
-    seed : int
+    seed : int, default=0
+        The seed of the random inputs.
     **params
         The convention's keyword arguments (``label_smoothing=0.1``, ``reduction="none"``,
         ...). Those ``fn`` accepts are passed to it; the others only describe what it does

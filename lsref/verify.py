@@ -61,11 +61,19 @@ class Comparison:
 
     @property
     def passed(self):
+        """Every element inside its tolerance, and no non-finite disagreement."""
         return self.n_failed == 0 and self.n_nonfinite == 0
 
 
 @dataclass
 class VerificationReport:
+    """What :func:`verify` found: the verdict, and the comparisons behind it.
+
+    ``passed`` is the verdict; ``loss`` and ``grad`` are the :class:`Comparison` of each
+    candidate given (None otherwise); ``diagnosis`` names a known mistake that fits a
+    failure, in words. ``print(report)`` for a terminal, :meth:`to_dict` for JSON.
+    """
+
     passed: bool
     convention: str
     call: str
@@ -78,7 +86,14 @@ class VerificationReport:
     tolerance: str = ""
 
     def to_dict(self):
-        """The report as plain JSON types (non-finite numbers as the strings "inf", "nan")."""
+        """The report as plain JSON types (non-finite numbers as the strings "inf", "nan").
+
+        Returns
+        -------
+        dict
+            The report's fields, nested comparisons included, as ``json.dumps`` writes
+            them in strict JSON.
+        """
         d = asdict(self)
         d["params"] = {k: _jsonable(v) for k, v in self.params.items()}
         return json.loads(json.dumps(_finite(d), default=_jsonable, allow_nan=False))
