@@ -156,3 +156,27 @@ def test_stub_fused_types_match_the_built_specialisations():
         expected = {"|".join(c_name[t] for t in combo)
                     for combo in itertools.product(*(tv.__constraints__ for tv in typevars))}
         assert set(built) == expected, fname
+
+
+# --- 16-bit dtype properties: read from finfo, ml_dtypes optional ------------------------------
+
+def test_16_bit_bounds_come_from_finfo():
+    """The bounds derived from finfo are the ones _tolerances.py states."""
+    from lsref._tolerances import kernel_accuracy, verify_eps
+    assert tuple(kernel_accuracy(np.float16)) == (2.0**-11 + 1e-6, 2.0**-11 + 1e-6)
+    assert verify_eps(np.float16) == (2.0**-10, 2.0**-24)
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    assert tuple(kernel_accuracy(ml_dtypes.bfloat16)) == (2.0**-8 + 1e-6, 2.0**-8 + 1e-6)
+    assert verify_eps(ml_dtypes.bfloat16) == (2.0**-7, 4.0 * 2.0**-126)
+
+
+def test_lsref_works_without_ml_dtypes():
+    """ml_dtypes is optional: only a bfloat16 dtype (which needs it to exist) reads its finfo."""
+    code = ("import sys; sys.modules['ml_dtypes'] = None\n"     # import ml_dtypes now fails
+            "import numpy as np, lsref\n"
+            "from lsref._tolerances import kernel_accuracy, verify_eps\n"
+            "kernel_accuracy(np.float16), verify_eps(np.float32), verify_eps(np.float16)\n"
+            "lsref.cross_entropy(np.zeros((2, 3), np.float16), np.array([0, 2]))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(PKG),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
