@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 
 from . import reference as R
+from ._tolerances import finfo
 from ._validation import targets_are_probabilities
 
 _HALF = ("float16", "bfloat16")
@@ -50,7 +51,7 @@ def diagnose(z, t, plan, loss, grad, lc, gc, dtype, eps, tiny, ref_loss, ref_gra
                 f"half-precision overflow: the candidate loss is infinite where the value is "
                 f"finite. In {dtype.name} a sum over K = {K} classes (e.g. of -log p for "
                 f"the smoothing term) exceeds the largest finite {dtype.name} "
-                f"({float(np.finfo(np.float16).max) if dtype.name == 'float16' else 3.39e38:g}"
+                f"({float(finfo(dtype).max):g}"
                 f"); accumulate in float32 (or upcast the logits) before reducing.")
         if nan_any and _rows_with_minus_inf(z, axis_n).any():
             found.append(

@@ -1,39 +1,72 @@
-# Type stub for the compiled kernel (lsref/_kernel.pyx). Called by lsref.loss only; the
-# arguments are trusted (validated and laid out as C-contiguous rows by the front door).
+# Type stub for the compiled kernel (lsref/_kernel.pyx). Called by lsref.loss and
+# lsref.sharded only; the arguments are trusted (validated and laid out as C-contiguous rows
+# by the front door). tests/test_stub.py checks this file against the built module with mypy's
+# stubtest (names, parameter names and defaults) and checks the fused dtypes below against the
+# module's specialisations.
+#
+# Each fused type of the .pyx is a constrained TypeVar here: a call takes one specialisation,
+# so two arguments of the same fused type (block_grad's z and grad_out) share one dtype, and
+# two of different fused types (the logits' storage and the gradient's) vary independently.
+# float16 arrives viewed as uint16 and bfloat16 as int16 (their bits; the integer type only
+# selects the decoder).
+from typing import TypeVar
+
 import numpy as np
 from numpy.typing import NDArray
+
+from lsref._params import KernelParams
+
+_StoredIn = TypeVar("_StoredIn", np.float32, np.float64, np.uint16, np.int16)
+_StoredOut = TypeVar("_StoredOut", np.float32, np.float64, np.uint16, np.int16)
+_Real = TypeVar("_Real", np.float32, np.float64)      # probability and binary targets
+_Flt = TypeVar("_Flt", np.float32, np.float64)        # lsref.sharded's class blocks
 
 OPENMP_ENABLED: bool
 BUILD_FLAGS: str
 OPENMP_NOTE: str
 COMPILER: str
+SIMD_PATH: str
 
 def omp_max_threads() -> int: ...
-def ce_index(logits: NDArray, targets: NDArray[np.int64], q_t: float, beta: float,
-             class_weight: NDArray[np.float64] | None, W: float,
-             row_scale: NDArray[np.float64] | None, scale: float, z_loss: float, kl: bool,
-             ignore_index: int, has_ignore: bool, loss_out: NDArray[np.float64],
-             grad_out: NDArray | None, n_threads: int) -> None: ...
-def ce_prob(logits: NDArray, probs: NDArray, a: float, beta: float,
-            class_weight: NDArray[np.float64] | None, W: float,
-            row_scale: NDArray[np.float64] | None, scale: float, z_loss: float, kl: bool,
-            loss_out: NDArray[np.float64], grad_out: NDArray | None, n_threads: int) -> None: ...
-def bce(logits: NDArray, labels: NDArray, targets: NDArray[np.int64] | None, a: float,
-        b: float, class_weight: NDArray[np.float64] | None,
-        row_scale: NDArray[np.float64] | None, scale: float, ignore_index: int,
-        has_ignore: bool, loss_out: NDArray[np.float64],
-        elem_out: NDArray[np.float64] | None, grad_out: NDArray | None,
-        n_threads: int) -> None: ...
-def logsumexp_rows(x: NDArray, out: NDArray[np.float64], n_threads: int) -> None: ...
-def softmax_rows(x: NDArray, out: NDArray, log_space: bool, n_threads: int) -> None: ...
-def f16_from_double(x: NDArray[np.float64], out: NDArray[np.uint16]) -> None: ...
-def bf16_from_double(x: NDArray[np.float64], out: NDArray[np.int16]) -> None: ...
-def block_stats(z: NDArray, class_weight: NDArray[np.float64] | None,
+def single_threaded_after_fork() -> bool: ...
+
+# --- the entry points of lsref.loss (one KernelParams record each: lsref/_params.py) ---------------------------------------------------------
+
+def ce_index(logits: NDArray[_StoredIn], targets: NDArray[np.int64], params: KernelParams,
+             loss_out: NDArray[np.float64], grad_out: NDArray[_StoredOut] | None,
+             n_threads: int, small_k_scratch: NDArray[np.uint8] | None = None) -> None: ...
+def ce_prob(logits: NDArray[_StoredIn], probs: NDArray[_Real], params: KernelParams,
+            loss_out: NDArray[np.float64], grad_out: NDArray[_StoredOut] | None,
+            n_threads: int) -> None: ...
+def bce(logits: NDArray[_StoredIn], labels: NDArray[_Real] | None,
+        targets: NDArray[np.int64] | None, params: KernelParams,
+        loss_out: NDArray[np.float64], elem_out: NDArray[np.float64] | None,
+        grad_out: NDArray[_StoredOut] | None, n_threads: int) -> None: ...
+def small_k_available() -> bool: ...
+def logsumexp_rows(x: NDArray[_StoredIn], out: NDArray[np.float64], n_threads: int) -> None: ...
+def softmax_rows(x: NDArray[_StoredIn], out: NDArray[_StoredOut], log_space: bool,
+                 n_threads: int) -> None: ...
+
+# --- the entry points of lsref.sharded ------------------------------------------------------
+
+def block_stats(z: NDArray[_Flt], class_weight: NDArray[np.float64] | None,
                 targets: NDArray[np.int64], offset: int, m_out: NDArray[np.float64],
                 rest_out: NDArray[np.float64], u_out: NDArray[np.float64],
                 zt_out: NDArray[np.float64], has_t: NDArray[np.uint8], bad: NDArray[np.uint8],
                 n_threads: int) -> None: ...
-def block_grad(z: NDArray, class_weight: NDArray[np.float64] | None,
+def block_grad(z: NDArray[_Flt], class_weight: NDArray[np.float64] | None,
                targets: NDArray[np.int64], offset: int, m: NDArray[np.float64],
                coef_e: NDArray[np.float64], coef_q: NDArray[np.float64], q_t: float,
-               beta: float, grad_out: NDArray, n_threads: int) -> None: ...
+               beta: float, grad_out: NDArray[_Flt], n_threads: int) -> None: ...
+def finish_index(m: NDArray[np.float64], rest: NDArray[np.float64], u: NDArray[np.float64],
+                 zt: NDArray[np.float64], bad: NDArray[np.uint8], targets: NDArray[np.int64],
+                 params: KernelParams, loss_out: NDArray[np.float64],
+                 coef_out: NDArray[np.float64], n_threads: int) -> None: ...
+
+# --- exposed for the tests: the 16-bit encoders and the exponentials ------------------------
+
+def f16_from_double(x: NDArray[np.float64], out: NDArray[np.uint16]) -> None: ...
+def bf16_from_double(x: NDArray[np.float64], out: NDArray[np.int16]) -> None: ...
+def exp_neg(x: NDArray[np.float64], out64: NDArray[np.float64],
+            out32: NDArray[np.float32]) -> None: ...
+def exp_neg_f32_sweep(x: NDArray[np.float32], out: NDArray[np.float32]) -> None: ...

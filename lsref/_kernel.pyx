@@ -45,8 +45,10 @@
 # - This module never validates and never allocates: lsref/loss.py does both.
 # - Ctrl-C stops a long call: in every parallel loop, thread 0 (the caller) asks Python for
 #   pending signals every 50 ms (lsref_tick: a clock read every ~2**16 logits, the GIL only
-#   then), and a KeyboardInterrupt ends the loop. One parallel region per call: row blocks
-#   with a region each cost 4x on a loaded machine (a barrier per block).
+#   then), and a KeyboardInterrupt ends the loop. One parallel region per call, not one per
+#   block of rows: every region ends in a barrier where all threads wait for the slowest, and
+#   on a loaded machine (threads descheduled) those waits dominate (asv: bench_loss.
+#   LossGradient at n_threads > 1 measures it).
 # - A process forked after the kernel ran threads (multiprocessing's "fork" start method,
 #   PyTorch's DataLoader workers) cannot use the parent's OpenMP thread pool: GNU libgomp's
 #   workers do not exist in the child and its first parallel region would wait for them

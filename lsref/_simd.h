@@ -12,7 +12,8 @@
  * Sums are accumulated in double. For float32 rows each block of 64 terms is first summed in
  * float, each vector lane over its own 8 (AVX2) or 16 terms, then added to the double sum:
  * that keeps the float32 sum's relative error near 1e-7 while the float -> double
- * conversions, which doubled the sweep's cost on the 2-GHz test machine, happen once a block.
+ * conversions, which per term would be a large share of the sweep's work, happen once a block
+ * (asv: bench_loss.LossGradient.time_loss at float32 measures the sweep).
  * `omp simd reduction` allows the lanes their own partial sums (no -fassociative-math
  * needed), so the order of the additions, and with it the last bits of a result, depends on
  * the vector width: the paths agree to the documented accuracy, and a given machine always
@@ -54,8 +55,9 @@ static inline float lsref_exp_neg_f32(float x)
     /* exp(r) on |r| <= ln2/2 as 1 + r q(r), q of degree 4 Chebyshev-interpolated (near
        minimax) in float32: exp(0) is exactly 1 (the max term of a row's sum, which the
        kernel relies on), max relative error of the whole function ~2.5e-7 over [-87, 0],
-       a quarter of the float32 accuracy bound, for 30% less work than Cephes' degree 7
-       on a CPU where this loop is the bottleneck. */
+       a quarter of the float32 accuracy bound, with fewer multiply-adds per term than
+       Cephes' degree 7: this polynomial (the AVX2 sweeps' too) is the float32 sweeps' hot
+       spot (asv: bench_loss.LossGradient at float32 measures them). */
     p = 0.008363173343241215f;
     p = p * r + 0.04187564551830292f;
     p = p * r + 0.16666577756404877f;
@@ -263,10 +265,10 @@ typedef struct {
 #include <immintrin.h>
 
 /* ---- AVX2 float32 sweeps, written with intrinsics ------------------------------------------
- * On the 2-GHz test machine the compiled C loop above ran at ~30 cycles per 8 floats in cache,
- * far from the FMA units' throughput: the exponential's dependency chain (~50 cycles) is
- * longer than the out-of-order window can hide. This version shortens the chain and the
- * bookkeeping (18 cycles per 8 floats, same machine):
+ * The compiled C loop above is bound by latency, far from the FMA units' throughput: the
+ * exponential's chain of dependent operations is longer than the out-of-order window can
+ * hide. This version shortens the chain and the bookkeeping (`lsref bench` against
+ * `LSREF_SIMD=generic lsref bench`, float32 workloads, measures the gain on a given CPU):
  *   - one-step reduction r = x - n ln2f in one FMA (the product is exact inside it); the
  *     error of ln2f, n (ln2f - ln2), is added back off the critical path, in the linear term;
  *   - q(r) by Estrin's scheme, not Horner's, and 2^n folded into the last FMA:
@@ -377,8 +379,10 @@ static void lsref_expsum_f32_avx2i(const float *z, Py_ssize_t n, float m, float 
  * partial sums: a dominated row's rest keeps its relative accuracy, which up to 10 float
  * roundings of 1 + small terms in lsref_expsum_f32_avx2i would lose (a dominated row's loss
  * is about c rest, far below the target mass c with small smoothing: K = 300, eps = 0.02
- * lost 1.2e-6 of it). The row path's refinement where that matters (_float_se_too_coarse):
- * counting in every sweep cost 5-11% at large K. */
+ * lost 1.2e-6 of it). Only the row path's refinement calls it, where that matters
+ * (_float_se_too_coarse): counting the max terms in every sweep would add a compare and an
+ * add per term to every row for the few that need it (asv: bench_loss.LossGradient times the
+ * common sweep at large K, bench_loss.AtOptimum the dominated rows that take this one). */
 __attribute__((target("avx2,fma")))
 static double lsref_rest_sum_f32_avx2i(const float *z, Py_ssize_t n, double m)
 {

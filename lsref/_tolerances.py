@@ -23,8 +23,8 @@ digits, and the bound for the KL form is stated against the cross-entropy it com
 |KL - KL_ref| <= loss_rtol * CE_ref (tests/test_simd.py measures it on rows at the optimum).
 
 float16 / bfloat16: computed as float32 (the inputs decode exactly), then rounded once to the
-16-bit type: half an ulp is 2**-11 = 4.9e-4 (float16) and 2**-8 = 3.9e-3 (bfloat16) of the
-value, plus the float32 computation's 1e-6. Where a 16-bit result is subnormal its relative
+16-bit type: half an ulp (``finfo(dtype).eps / 2``: 2**-11 = 4.9e-4 for float16, 2**-8 = 3.9e-3
+for bfloat16) of the value, plus the float32 computation's bound. Where a 16-bit result is subnormal its relative
 precision is gone; the tests compare such values absolutely (half the smallest subnormal).
 """
 import math
@@ -34,22 +34,34 @@ import numpy as np
 
 Accuracy = namedtuple("Accuracy", "loss_rtol grad_rtol")
 
+
+def finfo(dtype):
+    """``np.finfo(dtype)``, also for ml_dtypes' bfloat16, which np.finfo does not know (a
+    bfloat16 dtype exists only where ml_dtypes is installed, so no fallback is needed)."""
+    dtype = np.dtype(dtype)
+    if dtype.name == "bfloat16":
+        import ml_dtypes
+        return ml_dtypes.finfo(dtype)
+    return np.finfo(dtype)
+
+
 _BY_NAME = {
     "float64": Accuracy(loss_rtol=1e-12, grad_rtol=1e-13),
     "float32": Accuracy(loss_rtol=1e-6, grad_rtol=1e-6),
-    "float16": Accuracy(loss_rtol=2.0**-11 + 1e-6, grad_rtol=2.0**-11 + 1e-6),
-    "bfloat16": Accuracy(loss_rtol=2.0**-8 + 1e-6, grad_rtol=2.0**-8 + 1e-6),
 }
 
 
 def kernel_accuracy(dtype):
     """The kernel's accuracy bound for results stored in ``dtype``."""
-    return _BY_NAME[np.dtype(dtype).name]
+    dtype = np.dtype(dtype)
+    if dtype.name in ("float16", "bfloat16"):
+        # computed as float32, then rounded once to the 16-bit type (half an ulp)
+        half_ulp, f32 = float(finfo(dtype).eps) / 2, _BY_NAME["float32"]
+        return Accuracy(loss_rtol=half_ulp + f32.loss_rtol, grad_rtol=half_ulp + f32.grad_rtol)
+    return _BY_NAME[dtype.name]
 
 
-KERNEL_ACCURACY = {np.dtype(np.float64): _BY_NAME["float64"],
-                   np.dtype(np.float32): _BY_NAME["float32"],
-                   np.dtype(np.float16): _BY_NAME["float16"]}
+KERNEL_ACCURACY = {np.dtype(t): kernel_accuracy(t) for t in (np.float64, np.float32, np.float16)}
 
 # Finite-difference checks of the float64 oracle and kernel (tests): a 4th-order central
 # difference with step h has truncation error O(h^4 f^(5)) ~ 1e-20 and rounding error
@@ -147,11 +159,9 @@ def verify_eps(dtype):
     precision to judge anyway. float16 is computed in float32 and rounded by the frameworks,
     subnormals included: its floor is its smallest subnormal."""
     dtype = np.dtype(dtype)
-    if dtype.name == "bfloat16":
-        return 2.0 ** -7, 4.0 * 2.0 ** -126
-    if dtype.kind != "f":
+    if dtype.kind != "f" and dtype.name != "bfloat16":
         dtype = np.dtype(np.float64)
-    fi = np.finfo(dtype)
+    fi = finfo(dtype)
     if dtype == np.float16:
         return float(fi.eps), float(fi.smallest_subnormal)
     return float(fi.eps), 4.0 * float(fi.smallest_normal)

@@ -223,7 +223,7 @@ def evaluate(model, theta, X_train, y_train, X_test, y_test, *, n_bins=15):
 def _one_blas_thread():
     """NumPy's BLAS on one thread while training, where threadpoolctl (a scikit-learn
     dependency) is installed. The matrices are small, so threads only add contention (the
-    demo ran 2.3x faster on 2 cores), and 400 L-BFGS iterations amplify the last-bit
+    progress line prints the training time), and 400 L-BFGS iterations amplify the last-bit
     differences of a threaded BLAS's summation order into different third digits."""
     try:
         from threadpoolctl import threadpool_limits

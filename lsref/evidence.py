@@ -45,6 +45,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ._tolerances import finfo
 from .conformance import Runner as _ConformanceRunner
 from .verify import to_numpy, verify
 
@@ -183,10 +184,7 @@ def _np_dtype(name):
 
 
 def _eps_of(dtype):
-    dtype = _np_dtype(dtype) if isinstance(dtype, str) else np.dtype(dtype)
-    if dtype.name == "bfloat16":
-        return 2.0 ** -7
-    return float(np.finfo(dtype).eps)
+    return float(finfo(_np_dtype(dtype) if isinstance(dtype, str) else dtype).eps)
 
 
 def dominated_delta(dtype):
