@@ -17,9 +17,9 @@ import zlib
 
 import numpy as np
 
-from .calibration import optimal_logit_gap, reliability_diagram
-from .criterion import LabelSmoothingLoss
-from .loss import log_softmax, softmax
+from lsref.calibration import optimal_logit_gap, reliability_diagram
+from lsref.criterion import LabelSmoothingLoss
+from lsref.loss import log_softmax, softmax
 
 __all__ = ["load_dataset", "MLP", "train", "evaluate", "run"]
 
@@ -255,7 +255,7 @@ def _table(rows, K, markdown):
 
 
 def _figure(rows, path, title):
-    from .calibration import _pyplot, plot_reliability
+    from lsref.calibration import _pyplot, plot_reliability
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 4.6), squeeze=False)
     for ax, (eps, r) in zip(axes[0], rows):

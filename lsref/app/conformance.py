@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .verify import _to_numpy, verify
+from lsref.verify import _to_numpy, verify
 
 __all__ = ["Case", "cases", "RUNNERS", "run"]
 

@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 
-from . import __version__, _kernel
-from .loss import _default_threads, cross_entropy, logsumexp, value_and_grad
+from lsref import __version__, _kernel
+from lsref.loss import _default_threads, cross_entropy, logsumexp, value_and_grad
 
 EPS = 0.1
 

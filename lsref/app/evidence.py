@@ -25,7 +25,7 @@ framework's cases are skipped, and the table says so.
 
 Examples
 --------
->>> from lsref import evidence
+>>> from lsref.app import evidence
 >>> full = evidence.cases()
 >>> len(full) > 300 and max(c.k for c in full)
 256000
@@ -46,7 +46,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .conformance import Runner as _ConformanceRunner
-from .verify import _to_numpy, verify
+from lsref.verify import _to_numpy, verify
 
 __all__ = ["Case", "cases", "make_inputs", "RUNNERS", "MISTAKES", "evaluate", "run",
            "format_markdown", "main"]
@@ -440,8 +440,8 @@ class Context:
         |l_i| + T_i (1 + |lse_i|), the sizes of the loss's, from the float64 oracle under the
         framework's convention, scaled as the framework reduces (1/|D| for a mean)."""
         if self._terms is None:
-            from . import reference as R
-            from .conventions import get_convention
+            from lsref import reference as R
+            from lsref.conventions import get_convention
             z, t = self.inp.z, self.right.targets
             plan = get_convention(self.right.convention).make_plan(z, t, self.right.params)
             g = R.gradient_terms(z, t, **plan.kwargs)

@@ -17,9 +17,9 @@ import zlib
 
 import numpy as np
 
-from . import __version__, _kernel, reference
-from .loss import _default_threads, value_and_grad
-from ._tolerances import kernel_accuracy
+from lsref import __version__, _kernel, reference
+from lsref.loss import _default_threads, value_and_grad
+from lsref._tolerances import kernel_accuracy
 
 
 def _info(args):
@@ -173,7 +173,7 @@ def _load_npy(option, path):
 
 def _check_npy(option, path):
     """The header of an .npy read in windows (logits, gradient), and its length against it."""
-    from .sharded import _npy_header
+    from lsref.sharded import _npy_header
     if _file_kind(path, f"{option}: ") != "npy":
         raise _UsageError(f"{option}: {path} is an .npz archive, not an .npy array")
     try:
@@ -220,7 +220,7 @@ def _blame(exc, args, conv):
 
 
 def _verify_files(args, conv):
-    from .verify import verify_files
+    from lsref.verify import verify_files
     if args.file is not None or args.targets is None:
         raise _UsageError("with --logits give --targets (and --grad and/or --loss), and no "
                           ".npz file")
@@ -248,8 +248,8 @@ def _verify_files(args, conv):
 
 
 def _verify(args):
-    from .conventions import get_convention
-    from .verify import verify
+    from lsref.conventions import get_convention
+    from lsref.verify import verify
     conv = get_convention(args.convention)      # checked by the parser
     try:
         if args.logits is not None:
@@ -335,7 +335,7 @@ def _load_callable(spec):
 
 
 def _conformance_callable(args):
-    from .testing import check_loss_function
+    from lsref.testing import check_loss_function
     try:
         fn = _load_callable(args.callable)
         params = {}
@@ -421,7 +421,7 @@ def _positive(cast):
 
 
 def _convention(text):
-    from .conventions import CONVENTIONS
+    from lsref.conventions import CONVENTIONS
     if text not in CONVENTIONS:
         raise argparse.ArgumentTypeError(f"unknown convention {text!r}; known: "
                                          f"{', '.join(CONVENTIONS)}")
@@ -448,7 +448,7 @@ _EXIT_CODES = ("exit status: 0 = passed, 1 = verified wrong, 2 = could not run (
 
 
 def _parser():
-    from .conventions import CONVENTIONS
+    from lsref.conventions import CONVENTIONS
     parser = _Parser(
         prog="lsref", description="Label-smoothed softmax cross-entropy: reference and kernel.",
         epilog=_EXIT_CODES)
