@@ -5,7 +5,7 @@ Same as `lsref bench`; run from anywhere with lsref installed:
 """
 import sys
 
-from lsref.bench import main
+from lsref.app.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

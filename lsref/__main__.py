@@ -1,7 +1,7 @@
-"""``python -m lsref``: the ``lsref`` command (same arguments, same exit status)."""
+"""``python -m lsref``: the ``lsref`` command, which lives in :mod:`lsref.app.cli`."""
 import sys
 
-from .cli import main
+from lsref.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

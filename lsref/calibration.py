@@ -349,7 +349,9 @@ def maximum_calibration_error(probs, labels, *, n_bins=15, strategy="uniform"):
     return reliability_diagram(probs, labels, n_bins=n_bins, strategy=strategy).mce
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot, or an ImportError that says how to install it (an optional
+    dependency)."""
     try:
         import matplotlib.pyplot as plt     # headless, matplotlib picks its Agg backend itself
     except ImportError:
@@ -400,7 +402,7 @@ def plot_reliability(probs=None, labels=None, *, diagram=None, n_bins=15, strate
         if probs is None or labels is None:
             raise TypeError("plot_reliability needs probs and labels, or diagram=")
         diagram = reliability_diagram(probs, labels, n_bins=n_bins, strategy=strategy)
-    plt = _pyplot()
+    plt = pyplot()
     if ax is None:
         _, ax = plt.subplots(figsize=(4.5, 4.5))
     d = diagram

@@ -61,7 +61,7 @@ def forced_simd_problem(forced, taken):
 
 
 def kernel_summary():
-    from lsref.cli import openmp_status
+    from lsref.app.cli import openmp_status
     return (f"lsref kernel: {_kernel.COMPILER.strip()}, OpenMP {openmp_status()}, vector path "
             f"{_kernel.SIMD_PATH}; hypothesis profile {HYPOTHESIS_PROFILE!r}")
 

@@ -220,7 +220,7 @@ def test_omp_simd_only_for_compilers_that_have_it(defines, has_simd):
 
 
 def test_lsref_info_and_the_kernel_agree_on_openmp():
-    from lsref.cli import openmp_status
+    from lsref.app.cli import openmp_status
     status = openmp_status()
     if _kernel.OPENMP_ENABLED:
         assert status == "on (multi-threaded)" and _kernel.OPENMP_NOTE == ""

@@ -55,7 +55,8 @@ import numpy as np
 import pytest
 
 import lsref
-from lsref import bench, cli, conventions, reference
+from lsref import conventions, reference
+from lsref.app import bench, cli
 
 
 def run_module(*args, **kw):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import require
-from lsref import conformance as C
 from lsref import verify
+from lsref.app import conformance as C
 
 FRAMEWORK_MODULE = {"torch": "torch", "jax": "optax", "keras": "keras"}
 

@@ -8,7 +8,7 @@ import lsref
 from lsref import criterion, reference as R
 from lsref._tolerances import (CHECK_GRAD_RTOL, FD_GRAD_RTOL, FIT_GAP_ATOL, KERNEL_ACCURACY)
 from lsref.calibration import optimal_logit_gap
-from lsref.demo import MLP, logit_gap
+from lsref.app.demo import MLP, logit_gap
 from test_gradients import fd_gradient
 
 F64 = KERNEL_ACCURACY[np.dtype(np.float64)]

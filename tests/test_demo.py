@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from lsref import cli, demo
+from lsref.app import cli, demo
 from lsref.calibration import optimal_logit_gap
 from conftest import hide_module, require
 

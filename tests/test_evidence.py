@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import require
-from lsref import evidence as E
 from lsref import reference as R
+from lsref.app import evidence as E
 
 QUICK = E.cases(quick=True)
 

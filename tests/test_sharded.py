@@ -383,7 +383,7 @@ def test_verify_files_agrees_with_verify_in_memory(tmp_path, reduction):
 
 
 def test_lsref_verify_command_on_npy_files(tmp_path, capsys):
-    from lsref import cli
+    from lsref.app import cli
     rng = np.random.default_rng(7)
     z = (rng.standard_normal((200, 40)) * 2).astype(np.float32)
     t = rng.integers(0, 40, 200)
