@@ -26,7 +26,7 @@ import re
 from types import MappingProxyType
 
 __all__ = ["CROSS_ENTROPY_OPTIONS", "BINARY_OPTIONS", "EXECUTION_OPTIONS", "N_THREADS",
-           "PARAMETERS", "fill_doc", "check_signature"]
+           "PARAMETERS", "fill_doc", "check_signature", "given"]
 
 
 def _subset(options, *names):
@@ -293,3 +293,14 @@ def check_signature(func, *option_sets):
 
 def _format(pairs):
     return "(" + ", ".join(f"{n}={d!r}" for n, d in pairs) + ")"
+
+
+def given(arguments, *option_sets):
+    """``{name: arguments[name]}`` for every option of ``option_sets``, in their order.
+
+    A public function passes its own options on with ``given(locals(), OPTIONS)`` as its
+    first statement (``locals()`` then holds exactly its arguments), instead of writing the
+    list of names a second time in the call: a new option added to the registry and the
+    signature (check_signature) then reaches the computation, never a silent default.
+    """
+    return {name: arguments[name] for options in option_sets for name in options}

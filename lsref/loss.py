@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _kernel, _params
 from ._keywords import (BINARY_OPTIONS, CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS, N_THREADS,
-                        fill_doc)
+                        fill_doc, given)
 from ._validation import (as_array, check_axis, check_binary_problem, check_float_array,
                           check_n_threads, check_problem, is_bfloat16)
 
@@ -272,9 +272,7 @@ def cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="m
     0.3365
     """
     return _run(logits, targets, want_grad=False, out=None, n_threads=n_threads,
-                label_smoothing=label_smoothing, axis=axis, reduction=reduction,
-                smoothing=smoothing, class_weight=class_weight, sample_weight=sample_weight,
-                ignore_index=ignore_index, z_loss=z_loss, kl=kl)[0]
+                **given(locals(), CROSS_ENTROPY_OPTIONS))[0]
 
 
 @fill_doc(CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS)
@@ -332,9 +330,7 @@ def value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="
     True
     """
     return _run(logits, targets, want_grad=True, out=out, n_threads=n_threads,
-                label_smoothing=label_smoothing, axis=axis, reduction=reduction,
-                smoothing=smoothing, class_weight=class_weight, sample_weight=sample_weight,
-                ignore_index=ignore_index, z_loss=z_loss, kl=kl)
+                **given(locals(), CROSS_ENTROPY_OPTIONS))
 
 
 @fill_doc(CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS)
@@ -381,10 +377,8 @@ def cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reducti
     >>> g[0]                                  # (softmax - q) / 2 rows
     array([ 0.1125, -0.3375,  0.1125,  0.1125])
     """
-    return value_and_grad(logits, targets, label_smoothing=label_smoothing, axis=axis,
-                          reduction=reduction, smoothing=smoothing, class_weight=class_weight,
-                          sample_weight=sample_weight, ignore_index=ignore_index,
-                          z_loss=z_loss, kl=kl, n_threads=n_threads, out=out)[1]
+    return value_and_grad(logits, targets,
+                          **given(locals(), CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS))[1]
 
 
 # --- log-sum-exp and softmax ---------------------------------------------------------------
@@ -635,10 +629,8 @@ def binary_value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, redu
     >>> float(lsref.binary_cross_entropy(np.array([800.0]), [1.0]))   # no overflow
     0.0
     """
-    return _run_binary(logits, targets, want_grad=True, out=out, n_threads=n_threads,
-                       label_smoothing=label_smoothing, axis=axis, reduction=reduction,
-                       class_weight=class_weight, sample_weight=sample_weight,
-                       ignore_index=ignore_index)
+    return _run_binary(logits, targets, want_grad=True, out=out,
+                       n_threads=n_threads, **given(locals(), BINARY_OPTIONS))
 
 
 @fill_doc(BINARY_OPTIONS, N_THREADS)
@@ -680,10 +672,8 @@ def binary_cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduc
     >>> round(float(lsref.binary_cross_entropy(np.array([0.0, 0.0]), [1.0, 0.0])), 6)
     0.693147
     """
-    return _run_binary(logits, targets, want_grad=False, out=None, n_threads=n_threads,
-                       label_smoothing=label_smoothing, axis=axis, reduction=reduction,
-                       class_weight=class_weight, sample_weight=sample_weight,
-                       ignore_index=ignore_index)[0]
+    return _run_binary(logits, targets, want_grad=False, out=None,
+                       n_threads=n_threads, **given(locals(), BINARY_OPTIONS))[0]
 
 
 @fill_doc(BINARY_OPTIONS, EXECUTION_OPTIONS)
@@ -726,7 +716,5 @@ def binary_cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1,
     >>> lsref.binary_cross_entropy_grad(np.array([0.0, 0.0]), [1.0, 0.0])   # / 2 elements
     array([-0.25,  0.25])
     """
-    return binary_value_and_grad(logits, targets, label_smoothing=label_smoothing, axis=axis,
-                                 reduction=reduction, class_weight=class_weight,
-                                 sample_weight=sample_weight, ignore_index=ignore_index,
-                                 n_threads=n_threads, out=out)[1]
+    return binary_value_and_grad(logits, targets,
+                                 **given(locals(), BINARY_OPTIONS, EXECUTION_OPTIONS))[1]

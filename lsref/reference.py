@@ -37,7 +37,8 @@ log-sum-exp and softmax functions", IMA J. Numer. Anal. 41 (2021).
 """
 import numpy as np
 
-from ._keywords import BINARY_OPTIONS, CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS, fill_doc
+from ._keywords import (BINARY_OPTIONS, CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS, fill_doc,
+                        given)
 from ._validation import (SMOOTHINGS, check_axis, check_binary_problem, check_choice,
                           check_float_array, check_num_classes, check_problem,
                           check_problem_shape)
@@ -513,10 +514,7 @@ def value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="
     >>> np.round(grad, 4)                     # softmax - q
     array([[-0.0895,  0.0809,  0.0087]])
     """
-    kw = _strip(dict(label_smoothing=label_smoothing, axis=axis, reduction=reduction,
-                     smoothing=smoothing, class_weight=class_weight,
-                     sample_weight=sample_weight, ignore_index=ignore_index, z_loss=z_loss,
-                     kl=kl, n_threads=n_threads, out=out))
+    kw = _strip(given(locals(), CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS))
     return _reduce(*_rows(logits, targets, kw)[:4])
 
 
@@ -564,10 +562,8 @@ def cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="m
     >>> round(float(reference.cross_entropy([[3.0, 1.0, 0.0]], [0])), 4)   # -log(0.8438)
     0.1698
     """
-    return value_and_grad(logits, targets, label_smoothing=label_smoothing, axis=axis,
-                          reduction=reduction, smoothing=smoothing, class_weight=class_weight,
-                          sample_weight=sample_weight, ignore_index=ignore_index,
-                          z_loss=z_loss, kl=kl, n_threads=n_threads, out=out)[0]
+    return value_and_grad(logits, targets,
+                          **given(locals(), CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS))[0]
 
 
 @fill_doc(CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS)
@@ -612,10 +608,8 @@ def cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reducti
     >>> reference.cross_entropy_grad(np.zeros((2, 4)), [1, 3], label_smoothing=0.1)[0]
     array([ 0.1125, -0.3375,  0.1125,  0.1125])
     """
-    return value_and_grad(logits, targets, label_smoothing=label_smoothing, axis=axis,
-                          reduction=reduction, smoothing=smoothing, class_weight=class_weight,
-                          sample_weight=sample_weight, ignore_index=ignore_index,
-                          z_loss=z_loss, kl=kl, n_threads=n_threads, out=out)[1]
+    return value_and_grad(logits, targets,
+                          **given(locals(), CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS))[1]
 
 
 def _strip(kw, defaults=CROSS_ENTROPY_OPTIONS):
@@ -684,10 +678,7 @@ def binary_value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, redu
     >>> round(float(loss), 6), float(grad[0, 0])           # log 2, sigmoid(0) - 1
     (0.693147, -0.5)
     """
-    kw = _strip(dict(label_smoothing=label_smoothing, axis=axis, reduction=reduction,
-                     class_weight=class_weight, sample_weight=sample_weight,
-                     ignore_index=ignore_index, n_threads=n_threads, out=out),
-                BINARY_OPTIONS)
+    kw = _strip(given(locals(), BINARY_OPTIONS, EXECUTION_OPTIONS), BINARY_OPTIONS)
     p = check_binary_problem(logits, targets, **kw)
     K, N = p.n_classes, p.n_rows
     x = p.logits.reshape(N, K).astype(np.float64)
@@ -762,10 +753,8 @@ def binary_cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduc
     >>> round(float(reference.binary_cross_entropy([0.0, 0.0], [1.0, 0.0])), 6)   # log 2
     0.693147
     """
-    return binary_value_and_grad(logits, targets, label_smoothing=label_smoothing, axis=axis,
-                                 reduction=reduction, class_weight=class_weight,
-                                 sample_weight=sample_weight, ignore_index=ignore_index,
-                                 n_threads=n_threads, out=out)[0]
+    return binary_value_and_grad(logits, targets,
+                                 **given(locals(), BINARY_OPTIONS, EXECUTION_OPTIONS))[0]
 
 
 @fill_doc(BINARY_OPTIONS, EXECUTION_OPTIONS)
@@ -806,7 +795,5 @@ def binary_cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1,
     >>> reference.binary_cross_entropy_grad([0.0, 0.0], [1.0, 0.0])   # / 2 elements
     array([-0.25,  0.25])
     """
-    return binary_value_and_grad(logits, targets, label_smoothing=label_smoothing, axis=axis,
-                                 reduction=reduction, class_weight=class_weight,
-                                 sample_weight=sample_weight, ignore_index=ignore_index,
-                                 n_threads=n_threads, out=out)[1]
+    return binary_value_and_grad(logits, targets,
+                                 **given(locals(), BINARY_OPTIONS, EXECUTION_OPTIONS))[1]
