@@ -22,6 +22,7 @@ except ImportError:                                  # pragma: no cover - exerci
         from None
 
 from . import _params, sharded
+from ._keywords import CROSS_ENTROPY_OPTIONS, fill_doc, given
 from ._validation import check_problem_shape
 from .loss import loss_dtype as _storage_loss_dtype
 
@@ -136,7 +137,11 @@ def _terms(logits, t, sw, kw, K, split_every):
                          meta=np.empty((0, 0)))
 
 
-def value_and_grad(logits, targets, *, split_every=None, **kw):
+@fill_doc(CROSS_ENTROPY_OPTIONS, dict(split_every=None))
+def value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
+                   smoothing="uniform", class_weight=None, sample_weight=None,
+                   ignore_index=-100, z_loss=0.0, kl=False,
+                   split_every=None):
     """The loss and its gradient of dask logits, both lazy.
 
     Parameters
@@ -145,11 +150,19 @@ def value_and_grad(logits, targets, *, split_every=None, **kw):
         Logits chunked along rows and classes.
     targets : array_like of int, shape (N,)
         Class indices, NumPy or dask.
+    %(label_smoothing)s
+    axis : int, default=-1
+        Only -1: rows of classes.
+    %(reduction)s
+    %(smoothing)s
+    %(class_weight)s
+    sample_weight : array_like of shape (N,), optional
+        Per-row weights, NumPy or dask.
+    %(ignore_index)s
+    %(z_loss)s
+    %(kl)s
     split_every : int, optional
         The fan-in of the merge tree over class chunks (dask's default otherwise).
-    **kw
-        The keywords of :func:`lsref.cross_entropy` (``axis=-1``; ``sample_weight`` one
-        per row, NumPy or dask).
 
     Returns
     -------
@@ -176,6 +189,7 @@ def value_and_grad(logits, targets, *, split_every=None, **kw):
     >>> bool(np.isclose(loss.compute(), ref_loss)), bool(np.allclose(grad.compute(), ref_grad))
     (True, True)
     """
+    kw = given(locals(), CROSS_ENTROPY_OPTIONS)
     logits, t, sw, kw, K, (q_t, beta) = _prepare(logits, targets, kw)
     reduction = kw.get("reduction", "mean")
     # the dtypes of the in-memory functions (SEMANTICS.md, "Storage"), declared here and
@@ -199,7 +213,11 @@ def value_and_grad(logits, targets, *, split_every=None, **kw):
     return loss.astype(loss_dtype), grad
 
 
-def cross_entropy(logits, targets, **kw):
+@fill_doc(CROSS_ENTROPY_OPTIONS, dict(split_every=None))
+def cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
+                  smoothing="uniform", class_weight=None, sample_weight=None,
+                  ignore_index=-100, z_loss=0.0, kl=False,
+                  split_every=None):
     """The loss alone (lazy).
 
     Parameters
@@ -208,8 +226,19 @@ def cross_entropy(logits, targets, **kw):
         Logits chunked along rows and classes.
     targets : array_like of int, shape (N,)
         Class indices, NumPy or dask.
-    **kw
-        The keywords of :func:`value_and_grad`.
+    %(label_smoothing)s
+    axis : int, default=-1
+        Only -1: rows of classes.
+    %(reduction)s
+    %(smoothing)s
+    %(class_weight)s
+    sample_weight : array_like of shape (N,), optional
+        Per-row weights, NumPy or dask.
+    %(ignore_index)s
+    %(z_loss)s
+    %(kl)s
+    split_every : int, optional
+        The fan-in of the merge tree over class chunks (dask's default otherwise).
 
     Returns
     -------
@@ -223,10 +252,15 @@ def cross_entropy(logits, targets, **kw):
     ValueError
         If an argument has a bad value or shape; the message names it.
     """
-    return value_and_grad(logits, targets, **kw)[0]
+    return value_and_grad(logits, targets, split_every=split_every,
+                          **given(locals(), CROSS_ENTROPY_OPTIONS))[0]
 
 
-def cross_entropy_grad(logits, targets, **kw):
+@fill_doc(CROSS_ENTROPY_OPTIONS, dict(split_every=None))
+def cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
+                       smoothing="uniform", class_weight=None, sample_weight=None,
+                       ignore_index=-100, z_loss=0.0, kl=False,
+                       split_every=None):
     """The gradient alone (lazy).
 
     Parameters
@@ -235,8 +269,19 @@ def cross_entropy_grad(logits, targets, **kw):
         Logits chunked along rows and classes.
     targets : array_like of int, shape (N,)
         Class indices, NumPy or dask.
-    **kw
-        The keywords of :func:`value_and_grad`.
+    %(label_smoothing)s
+    axis : int, default=-1
+        Only -1: rows of classes.
+    %(reduction)s
+    %(smoothing)s
+    %(class_weight)s
+    sample_weight : array_like of shape (N,), optional
+        Per-row weights, NumPy or dask.
+    %(ignore_index)s
+    %(z_loss)s
+    %(kl)s
+    split_every : int, optional
+        The fan-in of the merge tree over class chunks (dask's default otherwise).
 
     Returns
     -------
@@ -250,4 +295,5 @@ def cross_entropy_grad(logits, targets, **kw):
     ValueError
         If an argument has a bad value or shape; the message names it.
     """
-    return value_and_grad(logits, targets, **kw)[1]
+    return value_and_grad(logits, targets, split_every=split_every,
+                          **given(locals(), CROSS_ENTROPY_OPTIONS))[1]

@@ -31,7 +31,7 @@ import numpy as np
 
 from . import _kernel, _params
 from ._validation import as_array, check_problem_shape
-from ._keywords import CROSS_ENTROPY_OPTIONS
+from ._keywords import CROSS_ENTROPY_OPTIONS, N_THREADS, fill_doc, given
 from ._npy import new_npy, npy_header
 from .loss import cross_entropy, resolve_threads, value_and_grad
 
@@ -295,7 +295,10 @@ def _divisor(p):
     return _params.mean_divisor(t, active, p.class_weight, sw), t, ignore, active, sw
 
 
-def finish(stats, targets, num_classes, **kw):
+@fill_doc(CROSS_ENTROPY_OPTIONS)
+def finish(stats, targets, num_classes, *, label_smoothing=0.0, axis=-1, reduction="mean",
+           smoothing="uniform", class_weight=None, sample_weight=None,
+           ignore_index=-100, z_loss=0.0, kl=False):
     """The loss from merged statistics, and the per-row terms of every block's gradient.
 
     Parameters
@@ -306,9 +309,15 @@ def finish(stats, targets, num_classes, **kw):
         Class indices, one per row.
     num_classes : int
         ``K``, the number of classes.
-    **kw
-        The keywords of :func:`lsref.cross_entropy` (``label_smoothing``, ``reduction``,
-        ``class_weight``, ...), with its defaults.
+    %(label_smoothing)s
+    %(axis)s
+    %(reduction)s
+    %(smoothing)s
+    %(class_weight)s
+    %(sample_weight)s
+    %(ignore_index)s
+    %(z_loss)s
+    %(kl)s
 
     Returns
     -------
@@ -326,7 +335,7 @@ def finish(stats, targets, num_classes, **kw):
     -----
     The row algebra is the in-memory kernel's (``_kernel.finish_index``, ``_rowterms.h``).
     """
-    kw = {**CROSS_ENTROPY_OPTIONS, **kw}
+    kw = given(locals(), CROSS_ENTROPY_OPTIONS)
     p = _problem(targets, num_classes, kw)
     K = p.n_classes
     if stats.classes != K or stats.n_rows != p.n_rows:
@@ -416,7 +425,10 @@ def _offsets(shards):
     return np.concatenate([[0], np.cumsum(sizes)]).astype(int), int(sum(sizes))
 
 
-def vocab_parallel_value_and_grad(shards, targets, **kw):
+@fill_doc(CROSS_ENTROPY_OPTIONS)
+def vocab_parallel_value_and_grad(shards, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
+                                  smoothing="uniform", class_weight=None, sample_weight=None,
+                                  ignore_index=-100, z_loss=0.0, kl=False):
     """The exact loss and gradient of logits split along the vocabulary, one array per rank.
 
     This is how a tensor-parallel run holds them.
@@ -427,8 +439,15 @@ def vocab_parallel_value_and_grad(shards, targets, **kw):
         ``shards[r]`` is ``(N, K_r)``: rank ``r``'s classes, in rank order.
     targets : array_like of int, shape (N,)
         The global class indices.
-    **kw
-        The keywords of :func:`lsref.cross_entropy` (2-D logits, class axis last).
+    %(label_smoothing)s
+    %(axis)s
+    %(reduction)s
+    %(smoothing)s
+    %(class_weight)s
+    %(sample_weight)s
+    %(ignore_index)s
+    %(z_loss)s
+    %(kl)s
 
     Returns
     -------
@@ -444,6 +463,7 @@ def vocab_parallel_value_and_grad(shards, targets, **kw):
     ValueError
         If an argument has a bad value or shape; the message names it.
     """
+    kw = given(locals(), CROSS_ENTROPY_OPTIONS)
     if not shards:
         raise ValueError("shards must hold at least one (N, K_r) array")
     offsets, K = _offsets(shards)
@@ -526,15 +546,18 @@ def megatron_vocab_parallel(shards, targets, label_smoothing):
 
 # --- streaming over memory-mapped .npy files -----------------------------------------------
 
-def stream_value_and_grad(logits, targets, *, grad=None, memory=256 << 20, progress=True,
-                          n_threads=None, **kw):
+@fill_doc(CROSS_ENTROPY_OPTIONS, dict(grad=None, memory=256 << 20, progress=True), N_THREADS)
+def stream_value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
+                          smoothing="uniform", class_weight=None, sample_weight=None,
+                          ignore_index=-100, z_loss=0.0, kl=False,
+                          grad=None, memory=256 << 20, progress=True, n_threads=None):
     """The loss (and the gradient) of logits in an ``.npy`` file larger than memory.
 
-    The file is read in row windows of about ``memory`` bytes. The "mean" divisor depends only on the targets and weights, so it is known before the
-    first window; each window then goes through the kernel with ``reduction="sum"`` and
-    row weights ``s / D``. Only windows are ever mapped: the address space needed is
-    ``memory`` plus the targets, whatever the file's size; the gradient is written from a
-    reused buffer.
+    The file is read in row windows of about ``memory`` bytes. The "mean" divisor depends
+    only on the targets and weights, so it is known before the first window; each window
+    then goes through the kernel with row weights ``s * (1/D)``, as in memory. Only windows
+    are ever mapped: the address space needed is ``memory`` plus the targets, whatever the
+    file's size; the gradient is written from a reused buffer.
 
     Parameters
     ----------
@@ -543,6 +566,17 @@ def stream_value_and_grad(logits, targets, *, grad=None, memory=256 << 20, progr
     targets : array_like of int or str or os.PathLike
         Class indices, one per row, or the path of an ``.npy`` holding them (read whole,
         8 bytes per row).
+    %(label_smoothing)s
+    axis : int, default=-1
+        Only -1: the file holds rows of classes.
+    %(reduction)s
+    %(smoothing)s
+    %(class_weight)s
+    sample_weight : array_like or str or os.PathLike, optional
+        Per-row weights, or the path of an ``.npy`` holding them.
+    %(ignore_index)s
+    %(z_loss)s
+    %(kl)s
     grad : str or os.PathLike, optional
         The path of an ``.npy`` to write the gradient to (created, or overwritten).
     memory : int, default=256 MiB
@@ -551,9 +585,6 @@ def stream_value_and_grad(logits, targets, *, grad=None, memory=256 << 20, progr
         Print the progress to stderr.
     n_threads : int in [1, lsref.MAX_THREADS], optional
         Threads for the kernel, as :func:`lsref.cross_entropy`.
-    **kw
-        The keywords of :func:`lsref.cross_entropy` (``axis`` only -1); ``sample_weight``
-        may also be the path of an ``.npy``.
 
     Returns
     -------
@@ -572,7 +603,7 @@ def stream_value_and_grad(logits, targets, *, grad=None, memory=256 << 20, progr
         raise ValueError(f"{logits}: need a 2-D C-order float32/float64 .npy, got shape "
                          f"{shape}, fortran_order={fortran}, dtype {dtype}")
     N, K = shape
-    kw = {**CROSS_ENTROPY_OPTIONS, **kw}
+    kw = given(locals(), CROSS_ENTROPY_OPTIONS)
     if kw["axis"] not in (-1, 1):
         raise ValueError("streamed logits are rows of classes: axis must be -1")
     t = np.load(targets, mmap_mode=None) if isinstance(targets, (str, os.PathLike)) \

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ._tolerances import finfo
+from lsref._tolerances import finfo
 from .conformance import Runner as _ConformanceRunner
 from lsref.verify import to_numpy, verify
 
