@@ -5,7 +5,9 @@ compiler type, the platform and what small probe programs do; here it runs again
 compilers (gcc, clang without libomp, Apple clang with and without Homebrew's libomp, MSVC),
 so the logic for the compilers this machine lacks is tested too. Then: `omp simd` is emitted
 only for compilers that implement it, a changed build configuration recompiles, and the test
-set-up stays reproducible (timeouts, seeds, hypothesis, forced vector paths)."""
+set-up stays reproducible (timeouts, seeds, hypothesis, forced vector paths) and test
+modules share their helpers through support.py."""
+import ast
 import importlib.util
 import os
 import re
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-import conftest
+import support
 from lsref import _kernel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -247,24 +249,48 @@ def test_no_test_seeds_from_hash():
                     if re.search(r"(?<![\w.])hash\(", line):
                         offenders.append(f"{name}:{i}: {line.strip()}")
     assert not offenders, offenders
-    assert conftest.stable_seed("rows", "index", 1) == conftest.stable_seed("rows", "index", 1)
+    # a fixed value: the same in every process, whatever PYTHONHASHSEED
+    assert support.stable_seed("rows", "index", 1) == 1753017591
+
+
+def test_no_test_module_imports_conftest_or_another_test_module():
+    """Shared helpers live in support.py. conftest.py is pytest's (hooks and fixtures: pytest
+    imports it itself), and a test module imported by another is a second home for helpers."""
+    offenders = []
+    for name in sorted(os.listdir(HERE)):
+        if not name.endswith(".py"):
+            continue
+        with open(os.path.join(HERE, name), encoding="utf-8") as f:
+            tree = ast.parse(f.read(), name)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                modules = [node.module or ""]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top == "conftest" or top.startswith("test_"):
+                    offenders.append(f"{name}:{node.lineno}: imports {module}")
+    assert not offenders, offenders
 
 
 def test_hypothesis_is_reproducible_by_default():
     hypothesis = pytest.importorskip("hypothesis")
-    if conftest.HYPOTHESIS_PROFILE != "repro":
-        pytest.skip(f"LSREF_HYPOTHESIS_PROFILE={conftest.HYPOTHESIS_PROFILE}")
+    if support.HYPOTHESIS_PROFILE != "repro":
+        pytest.skip(f"LSREF_HYPOTHESIS_PROFILE={support.HYPOTHESIS_PROFILE}")
     current = hypothesis.settings()
     assert current.derandomize and current.database is None
 
 
 def test_a_forced_vector_path_the_kernel_did_not_take_stops_the_run():
-    assert conftest.forced_simd_problem("", "avx2+fma") is None
-    assert conftest.forced_simd_problem("avx2", "avx2+fma") is None
-    assert conftest.forced_simd_problem("generic", "generic") is None
-    assert "lacks avx512" in conftest.forced_simd_problem("avx512", "avx2+fma")
-    assert "lacks avx2" in conftest.forced_simd_problem("AVX2", "generic")
-    assert "not a vector path" in conftest.forced_simd_problem("sse9", "generic")
+    assert support.forced_simd_problem("", "avx2+fma") is None
+    assert support.forced_simd_problem("avx2", "avx2+fma") is None
+    assert support.forced_simd_problem("generic", "generic") is None
+    assert "lacks avx512" in support.forced_simd_problem("avx512", "avx2+fma")
+    assert "lacks avx2" in support.forced_simd_problem("AVX2", "generic")
+    assert "not a vector path" in support.forced_simd_problem("sse9", "generic")
     # the whole run stops (cwd: the tests folder, so that `import lsref` is the installed one)
     env = dict(os.environ, LSREF_SIMD="sse9")
     r = subprocess.run([sys.executable, "-c", "import sys, pytest; sys.exit(pytest.main())",

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import require
+from support import require
 from lsref import conformance as C
 from lsref import verify
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import lsref
-from conftest import require
+from support import require
 from lsref import reference as R
 from lsref.conventions import CONVENTIONS
 
