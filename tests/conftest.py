@@ -11,7 +11,7 @@ import pytest
 with warnings.catch_warnings():    # a forced LSREF_SIMD the CPU lacks: pytest_configure says so
     warnings.filterwarnings("ignore", "LSREF_SIMD=", RuntimeWarning)
     from lsref import _kernel
-from support import HYPOTHESIS_PROFILE, forced_simd_problem
+from support import HYPOTHESIS_PROFILE, forced_simd_problem, stable_seed
 
 try:
     from hypothesis import settings
@@ -57,3 +57,10 @@ def pytest_terminal_summary(terminalreporter):
 def dtype(request):
     return request.param
 
+
+@pytest.fixture
+def rng(request):
+    """A generator of the test's own, seeded from its module and name (parameters included):
+    its draws do not depend on which other tests ran before it, so running one test alone
+    (-k, --lf) replays what it drew in the full run."""
+    return np.random.default_rng(stable_seed(request.node.module.__name__, request.node.name))
