@@ -11,7 +11,7 @@ import pytest
 with warnings.catch_warnings():    # a forced LSREF_SIMD the CPU lacks: pytest_configure says so
     warnings.filterwarnings("ignore", "LSREF_SIMD=", RuntimeWarning)
     from lsref import _kernel
-from support import HYPOTHESIS_PROFILE, forced_simd_problem, stable_seed
+from support import HYPOTHESIS_PROFILE, forced_simd_problem, hypothesis_profile, stable_seed
 
 try:
     from hypothesis import settings
@@ -31,10 +31,10 @@ if settings is not None:
     settings.load_profile(HYPOTHESIS_PROFILE)
 
 
-def kernel_summary():
+def kernel_summary(config):
     from lsref.cli import openmp_status
     return (f"lsref kernel: {_kernel.COMPILER.strip()}, OpenMP {openmp_status()}, vector path "
-            f"{_kernel.SIMD_PATH}; hypothesis profile {HYPOTHESIS_PROFILE!r}")
+            f"{_kernel.SIMD_PATH}; hypothesis profile {hypothesis_profile(config)!r}")
 
 
 def pytest_configure(config):
@@ -44,7 +44,7 @@ def pytest_configure(config):
 
 
 def pytest_report_header(config):
-    return [kernel_summary()]
+    return [kernel_summary(config)]
 
 
 def pytest_terminal_summary(terminalreporter):

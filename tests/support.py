@@ -24,8 +24,14 @@ except ImportError:  # an optional dependency: the bfloat16 tests skip without i
 
 # --- reproducible random draws ---------------------------------------------------------------
 
-# The hypothesis profile the run loads (conftest.py registers "repro" and "explore").
+# The hypothesis profile conftest.py loads ("repro" or "explore", both registered there).
 HYPOTHESIS_PROFILE = os.environ.get("LSREF_HYPOTHESIS_PROFILE", "repro")
+
+
+def hypothesis_profile(config):
+    """The hypothesis profile in effect: pytest's --hypothesis-profile (hypothesis's plugin
+    loads it after conftest.py has loaded HYPOTHESIS_PROFILE), else HYPOTHESIS_PROFILE."""
+    return config.getoption("--hypothesis-profile", None) or HYPOTHESIS_PROFILE
 
 
 def stable_seed(*parts):

@@ -276,10 +276,11 @@ def test_no_test_module_imports_conftest_or_another_test_module():
     assert not offenders, offenders
 
 
-def test_hypothesis_is_reproducible_by_default():
+def test_hypothesis_is_reproducible_by_default(request):
     hypothesis = pytest.importorskip("hypothesis")
-    if support.HYPOTHESIS_PROFILE != "repro":
-        pytest.skip(f"LSREF_HYPOTHESIS_PROFILE={support.HYPOTHESIS_PROFILE}")
+    profile = support.hypothesis_profile(request.config)
+    if profile != "repro":
+        pytest.skip(f"the hypothesis profile {profile!r} was asked for")
     current = hypothesis.settings()
     assert current.derandomize and current.database is None
 
