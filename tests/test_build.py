@@ -276,6 +276,29 @@ def test_no_test_module_imports_conftest_or_another_test_module():
     assert not offenders, offenders
 
 
+def test_the_package_holds_no_test_only_tolerances():
+    """Every constant and function of lsref/_tolerances.py is used by the library; the
+    tolerances only the tests use live in support.py (a bound has one home)."""
+    package = os.path.join(ROOT, "lsref")
+    path = os.path.join(package, "_tolerances.py")
+    if not os.path.exists(path):
+        pytest.skip("lsref's sources are not beside the tests (not a source checkout)")
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    names = [node.name for node in tree.body if isinstance(node, ast.FunctionDef)]
+    names += [target.id for node in tree.body if isinstance(node, ast.Assign)
+              for target in node.targets
+              if isinstance(target, ast.Name) and target.id.isupper()]
+    library = ""
+    for name in sorted(os.listdir(package)):
+        if name.endswith((".py", ".pyx")) and name != "_tolerances.py":
+            with open(os.path.join(package, name), encoding="utf-8") as f:
+                library += f.read()
+    unused = [n for n in names if not n.startswith("_")
+              and not re.search(rf"\b{n}\b", library)]
+    assert not unused, unused
+
+
 def test_hypothesis_is_reproducible_by_default(request):
     hypothesis = pytest.importorskip("hypothesis")
     profile = support.hypothesis_profile(request.config)
