@@ -1,6 +1,8 @@
 """Every accuracy bound lsref states, in one place, each with its reason.
 
-``KERNEL_ACCURACY[dtype]`` bounds the kernel against the float64 oracle on the same inputs:
+(Tolerances that only the tests use live in tests/support.py.)
+
+``kernel_accuracy(dtype)`` bounds the kernel against the float64 oracle on the same inputs:
 
 - ``loss_rtol``: relative error of a reduced loss (or of each row loss).
 - ``grad_rtol``: ``max|g - g_ref|`` as a fraction of ``max|g_ref|``. An absolute bound scaled
@@ -59,31 +61,6 @@ def kernel_accuracy(dtype):
         half_ulp, f32 = float(finfo(dtype).eps) / 2, _BY_NAME["float32"]
         return Accuracy(loss_rtol=half_ulp + f32.loss_rtol, grad_rtol=half_ulp + f32.grad_rtol)
     return _BY_NAME[dtype.name]
-
-
-KERNEL_ACCURACY = {np.dtype(t): kernel_accuracy(t) for t in (np.float64, np.float32, np.float16)}
-
-# Finite-difference checks of the float64 oracle and kernel (tests): a 4th-order central
-# difference with step h has truncation error O(h^4 f^(5)) ~ 1e-20 and rounding error
-# ~ eps64 * |f| / h ~ 1e-16 * 10 / 1e-4 = 1e-11 for losses of order 10; 1e-8 relative to the
-# largest gradient entry is ~1000x above that and still catches a factor or sign error.
-FD_STEP = 1e-4
-FD_GRAD_RTOL = 1e-8
-
-# scipy.optimize.check_grad uses a forward difference (error ~ sqrt(eps64) * scale ~ 1e-8 of
-# the gradient's norm); 1e-6 of the norm is the bound with margin for curvature.
-CHECK_GRAD_RTOL = 1e-6
-
-# A scipy.optimize fit of softmax regression to K tight clusters (centres 4 apart, noise
-# sigma = 0.03) with eps = 0.1: the trained mean logit gap sits above the analytic optimum by
-# a bias that grows like sigma^2 (measured: 4.7e-2 at sigma 0.3, 5.3e-3 at 0.1, 5.1e-4 at
-# 0.03; about 0.5 sigma^2), because the mean of log-ratios over a noisy cluster is not the
-# log-ratio at its centre. 2e-3 is 4x that bias at sigma 0.03 and 20x below the gap
-# difference between the two smoothing forms (4.511 vs 4.394).
-FIT_GAP_ATOL = 2e-3
-
-# ECE/MCE of hand-built examples: sums of at most a few hundred float64 terms in [0, 1].
-CALIBRATION_ATOL = 1e-12
 
 
 # --- verification of a framework's results (lsref.verify) ----------------------------------

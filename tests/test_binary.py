@@ -5,9 +5,7 @@ from numpy.testing import assert_array_equal
 
 import lsref
 from lsref import reference as R
-from conftest import HALF_DTYPES, assert_close_to_oracle
-from test_gradients import fd_gradient
-from lsref._tolerances import FD_GRAD_RTOL
+from support import FD_GRAD_RTOL, HALF_DTYPES, assert_close_to_oracle, fd_gradient
 
 ALL_DTYPES = [np.float32, np.float64] + HALF_DTYPES
 

@@ -5,7 +5,9 @@ compiler type, the platform and what small probe programs do; here it runs again
 compilers (gcc, clang without libomp, Apple clang with and without Homebrew's libomp, MSVC),
 so the logic for the compilers this machine lacks is tested too. Then: `omp simd` is emitted
 only for compilers that implement it, a changed build configuration recompiles, and the test
-set-up stays reproducible (timeouts, seeds, hypothesis, forced vector paths)."""
+set-up stays reproducible (timeouts, seeds, hypothesis, forced vector paths) and test
+modules share their helpers through support.py."""
+import ast
 import importlib.util
 import os
 import re
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-import conftest
+import support
 from lsref import _kernel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -247,24 +249,72 @@ def test_no_test_seeds_from_hash():
                     if re.search(r"(?<![\w.])hash\(", line):
                         offenders.append(f"{name}:{i}: {line.strip()}")
     assert not offenders, offenders
-    assert conftest.stable_seed("rows", "index", 1) == conftest.stable_seed("rows", "index", 1)
+    # a fixed value: the same in every process, whatever PYTHONHASHSEED
+    assert support.stable_seed("rows", "index", 1) == 1753017591
 
 
-def test_hypothesis_is_reproducible_by_default():
+def test_no_test_module_imports_conftest_or_another_test_module():
+    """Shared helpers live in support.py. conftest.py is pytest's (hooks and fixtures: pytest
+    imports it itself), and a test module imported by another is a second home for helpers."""
+    offenders = []
+    for name in sorted(os.listdir(HERE)):
+        if not name.endswith(".py"):
+            continue
+        with open(os.path.join(HERE, name), encoding="utf-8") as f:
+            tree = ast.parse(f.read(), name)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                modules = [node.module or ""]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top == "conftest" or top.startswith("test_"):
+                    offenders.append(f"{name}:{node.lineno}: imports {module}")
+    assert not offenders, offenders
+
+
+def test_the_package_holds_no_test_only_tolerances():
+    """Every constant and function of lsref/_tolerances.py is used by the library; the
+    tolerances only the tests use live in support.py (a bound has one home)."""
+    package = os.path.join(ROOT, "lsref")
+    path = os.path.join(package, "_tolerances.py")
+    if not os.path.exists(path):
+        pytest.skip("lsref's sources are not beside the tests (not a source checkout)")
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    names = [node.name for node in tree.body if isinstance(node, ast.FunctionDef)]
+    names += [target.id for node in tree.body if isinstance(node, ast.Assign)
+              for target in node.targets
+              if isinstance(target, ast.Name) and target.id.isupper()]
+    library = ""
+    for name in sorted(os.listdir(package)):
+        if name.endswith((".py", ".pyx")) and name != "_tolerances.py":
+            with open(os.path.join(package, name), encoding="utf-8") as f:
+                library += f.read()
+    unused = [n for n in names if not n.startswith("_")
+              and not re.search(rf"\b{n}\b", library)]
+    assert not unused, unused
+
+
+def test_hypothesis_is_reproducible_by_default(request):
     hypothesis = pytest.importorskip("hypothesis")
-    if conftest.HYPOTHESIS_PROFILE != "repro":
-        pytest.skip(f"LSREF_HYPOTHESIS_PROFILE={conftest.HYPOTHESIS_PROFILE}")
+    profile = support.hypothesis_profile(request.config)
+    if profile != "repro":
+        pytest.skip(f"the hypothesis profile {profile!r} was asked for")
     current = hypothesis.settings()
     assert current.derandomize and current.database is None
 
 
 def test_a_forced_vector_path_the_kernel_did_not_take_stops_the_run():
-    assert conftest.forced_simd_problem("", "avx2+fma") is None
-    assert conftest.forced_simd_problem("avx2", "avx2+fma") is None
-    assert conftest.forced_simd_problem("generic", "generic") is None
-    assert "lacks avx512" in conftest.forced_simd_problem("avx512", "avx2+fma")
-    assert "lacks avx2" in conftest.forced_simd_problem("AVX2", "generic")
-    assert "not a vector path" in conftest.forced_simd_problem("sse9", "generic")
+    assert support.forced_simd_problem("", "avx2+fma") is None
+    assert support.forced_simd_problem("avx2", "avx2+fma") is None
+    assert support.forced_simd_problem("generic", "generic") is None
+    assert "lacks avx512" in support.forced_simd_problem("avx512", "avx2+fma")
+    assert "lacks avx2" in support.forced_simd_problem("AVX2", "generic")
+    assert "not a vector path" in support.forced_simd_problem("sse9", "generic")
     # the whole run stops (cwd: the tests folder, so that `import lsref` is the installed one)
     env = dict(os.environ, LSREF_SIMD="sse9")
     r = subprocess.run([sys.executable, "-c", "import sys, pytest; sys.exit(pytest.main())",

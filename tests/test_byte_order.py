@@ -11,7 +11,7 @@ from scipy import special
 
 import lsref
 from lsref import reference as R
-from conftest import assert_close_to_oracle
+from support import assert_close_to_oracle
 
 pytestmark = pytest.mark.skipif(sys.byteorder != "little",
                                 reason="the non-native byte order here is big-endian")

@@ -8,8 +8,7 @@ from lsref import reference as R
 from lsref.calibration import (expected_calibration_error, maximum_calibration_error,
                                optimal_logit_gap, optimal_probabilities, plot_reliability,
                                reliability_diagram)
-from lsref._tolerances import CALIBRATION_ATOL
-from conftest import hide_module, require
+from support import CALIBRATION_ATOL, hide_module, require
 
 
 def two_class(conf, correct):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import lsref
-from conftest import require
+from support import require
 from lsref.testing import check_loss_function
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"

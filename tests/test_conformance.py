@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import require
-from lsref import verify
+from support import require
 from lsref.app import conformance as C
+from lsref import verify
 
 FRAMEWORK_MODULE = {"torch": "torch", "jax": "optax", "keras": "keras"}
 

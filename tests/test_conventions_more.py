@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import lsref
-from conftest import require, stable_seed
+from support import require, stable_seed
 from lsref.conventions import CONVENTIONS
 
 

@@ -6,12 +6,12 @@ import pytest
 
 import lsref
 from lsref import criterion, reference as R
-from lsref._tolerances import (CHECK_GRAD_RTOL, FD_GRAD_RTOL, FIT_GAP_ATOL, KERNEL_ACCURACY)
+from lsref._tolerances import kernel_accuracy
 from lsref.calibration import optimal_logit_gap
 from lsref.app.demo import MLP, logit_gap
-from test_gradients import fd_gradient
+from support import CHECK_GRAD_RTOL, FD_GRAD_RTOL, FIT_GAP_ATOL, fd_gradient
 
-F64 = KERNEL_ACCURACY[np.dtype(np.float64)]
+F64 = kernel_accuracy(np.float64)
 
 CASES = [dict(), dict(reduction="sum"), dict(reduction="none"), dict(smoothing="others"),
          dict(class_weight=[1.0, 2.0, 0.5, 1.0, 3.0]), dict(z_loss=1e-3), dict(kl=True),

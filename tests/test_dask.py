@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 
 import lsref
-from lsref._tolerances import KERNEL_ACCURACY
-from conftest import require
+from lsref._tolerances import kernel_accuracy
+from support import require
 
 da = require("dask.array")
 ldask = pytest.importorskip("lsref.dask") if da is not None else None
 
-F64 = KERNEL_ACCURACY[np.dtype(np.float64)]
+F64 = kernel_accuracy(np.float64)
 
 
 def problem(dtype=np.float64, N=64, K=103, seed=0):
@@ -52,7 +52,7 @@ def test_float32_and_dask_targets_and_a_deep_merge_tree():
     loss, grad = ldask.value_and_grad(x, da.from_array(t, chunks=7), label_smoothing=0.1,
                                       split_every=2)
     ref_loss, ref_grad = lsref.value_and_grad(z, t, label_smoothing=0.1)
-    acc = KERNEL_ACCURACY[np.dtype(np.float32)]
+    acc = kernel_accuracy(np.float32)
     assert grad.dtype == np.float32
     np.testing.assert_allclose(loss.compute(), ref_loss, rtol=acc.loss_rtol)
     np.testing.assert_allclose(grad.compute(), ref_grad, rtol=0,

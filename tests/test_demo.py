@@ -10,7 +10,7 @@ import pytest
 
 from lsref.app import cli, demo
 from lsref.calibration import optimal_logit_gap
-from conftest import hide_module, require
+from support import hide_module, require
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,9 +10,9 @@ import math
 import numpy as np
 import pytest
 
-from conftest import require
-from lsref import reference as R
+from support import require
 from lsref.app import evidence as E
+from lsref import reference as R
 
 QUICK = E.cases(quick=True)
 
@@ -210,7 +210,7 @@ def test_effect_counts_roundings_of_the_terms():
 
 
 def test_missing_framework_is_skipped_and_said(monkeypatch):
-    from conftest import hide_module
+    from support import hide_module
     hide_module(monkeypatch, "optax")
     case = E.Case("optax", "float32", 2, 3, reduction="none")
     ev = E.run([case], frameworks=["optax"])

@@ -6,7 +6,7 @@ from scipy.optimize import check_grad
 
 import lsref
 from lsref import reference as R
-from lsref._tolerances import CHECK_GRAD_RTOL, FD_GRAD_RTOL, FD_STEP
+from support import CHECK_GRAD_RTOL, FD_GRAD_RTOL, fd_gradient
 
 CASES = [
     dict(label_smoothing=0.0),
@@ -16,18 +16,6 @@ CASES = [
     dict(label_smoothing=0.1, reduction="sum"),
     dict(label_smoothing=0.1, reduction="none"),   # the gradient of the sum of the rows
 ]
-
-
-def fd_gradient(f, z, h=FD_STEP):
-    """4th-order central differences of the scalar f, one logit at a time."""
-    g = np.empty_like(z)
-    for idx in np.ndindex(z.shape):
-        def at(delta):
-            zz = z.copy()
-            zz[idx] += delta
-            return f(zz)
-        g[idx] = (-at(2 * h) + 8 * at(h) - 8 * at(-h) + at(-2 * h)) / (12 * h)
-    return g
 
 
 @pytest.mark.parametrize("kind,kw", [(kind, kw) for kind in ("index", "probs") for kw in CASES

@@ -7,7 +7,7 @@ from scipy import special
 import lsref
 from lsref import reference as R
 from lsref._tolerances import kernel_accuracy
-from conftest import assert_close_to_oracle, stable_seed
+from support import assert_close_to_oracle, stable_seed
 
 K = 37
 

@@ -8,7 +8,7 @@ from hypothesis.extra import numpy as hynp                  # noqa: E402
 
 import lsref                                                # noqa: E402
 from lsref import reference as R                            # noqa: E402
-from conftest import assert_close_to_oracle                 # noqa: E402
+from support import assert_close_to_oracle                  # noqa: E402
 
 
 @st.composite

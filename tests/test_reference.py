@@ -6,13 +6,11 @@ from scipy import optimize, special
 
 from lsref import reference as R
 
-RNG = np.random.default_rng(20261124)
-
 
 @pytest.mark.parametrize("shape,axis", [((7,), -1), ((5, 11), -1), ((5, 11), 0),
                                         ((3, 4, 6), 1)])
-def test_logsumexp_and_log_softmax_match_scipy(shape, axis):
-    x = RNG.standard_normal(shape) * 30
+def test_logsumexp_and_log_softmax_match_scipy(shape, axis, rng):
+    x = rng.standard_normal(shape) * 30
     assert_allclose(R.logsumexp(x, axis=axis), special.logsumexp(x, axis=axis), rtol=1e-14)
     assert_allclose(R.log_softmax(x, axis=axis), special.log_softmax(x, axis=axis),
                     rtol=1e-13, atol=1e-13)
@@ -80,9 +78,9 @@ def test_optimum_logit_gap_is_log_91():
 
 
 @pytest.mark.parametrize("K", [2, 7, 100])
-def test_eps_zero_and_one_closed_forms(K):
-    z = RNG.standard_normal((9, K)) * 3
-    t = RNG.integers(0, K, 9)
+def test_eps_zero_and_one_closed_forms(K, rng):
+    z = rng.standard_normal((9, K)) * 3
+    t = rng.integers(0, K, 9)
     lse = special.logsumexp(z, axis=1)
     assert_allclose(R.cross_entropy(z, t, reduction="none"), lse - z[np.arange(9), t],
                     rtol=1e-13)
@@ -94,11 +92,11 @@ def test_eps_zero_and_one_closed_forms(K):
                     special.softmax(z, axis=1) - q, atol=1e-15)
 
 
-def test_uniform_and_others_convert_exactly():
+def test_uniform_and_others_convert_exactly(rng):
     """eps/(K-1) with eps_B equals eps/K with eps_A = eps_B K/(K-1) (SEMANTICS.md)."""
     K = 8
-    z = RNG.standard_normal((6, K))
-    t = RNG.integers(0, K, 6)
+    z = rng.standard_normal((6, K))
+    t = rng.integers(0, K, 6)
     a = R.cross_entropy(z, t, label_smoothing=0.2, smoothing="others")
     b = R.cross_entropy(z, t, label_smoothing=0.2 * K / (K - 1))
     assert a == pytest.approx(b, rel=1e-14)
@@ -111,8 +109,8 @@ def test_small_row_loss_is_accurate():
                     np.log1p(np.exp([-40.0, -700.0])), rtol=1e-15)
 
 
-def test_reductions_and_ignore_index():
-    z = RNG.standard_normal((6, 5))
+def test_reductions_and_ignore_index(rng):
+    z = rng.standard_normal((6, 5))
     t = np.array([0, 1, -100, 3, 4, -100])
     rows = R.cross_entropy(z, t, label_smoothing=0.1, reduction="none")
     assert_array_equal(rows[[2, 5]], 0.0)
@@ -129,17 +127,17 @@ def test_reductions_and_ignore_index():
     assert R.cross_entropy(z, all_ignored, reduction="sum") == 0.0
 
 
-def test_probability_target_mean_divides_by_rows():
-    z = RNG.standard_normal((4, 3))
-    P = special.softmax(RNG.standard_normal((4, 3)), axis=1)
+def test_probability_target_mean_divides_by_rows(rng):
+    z = rng.standard_normal((4, 3))
+    P = special.softmax(rng.standard_normal((4, 3)), axis=1)
     rows = R.cross_entropy(z, P, reduction="none")
     assert_allclose(rows, -(P * special.log_softmax(z, axis=1)).sum(axis=1), rtol=1e-14)
     assert R.cross_entropy(z, P) == pytest.approx(rows.mean(), rel=1e-15)
 
 
-def test_class_axis_equals_moving_it_last():
-    z = RNG.standard_normal((2, 5, 3, 4))
-    t = RNG.integers(0, 5, (2, 3, 4))
+def test_class_axis_equals_moving_it_last(rng):
+    z = rng.standard_normal((2, 5, 3, 4))
+    t = rng.integers(0, 5, (2, 3, 4))
     rows = R.cross_entropy(z, t, axis=1, label_smoothing=0.1, reduction="none")
     flat = R.cross_entropy(np.moveaxis(z, 1, -1).reshape(-1, 5), t.reshape(-1),
                            label_smoothing=0.1, reduction="none")

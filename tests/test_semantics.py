@@ -6,7 +6,7 @@ from numpy.testing import assert_array_equal
 
 import lsref
 from lsref import reference as R
-from conftest import HALF_DTYPES, assert_close_to_oracle, finfo, stable_seed
+from support import HALF_DTYPES, assert_close_to_oracle, finfo, stable_seed
 
 ALL_DTYPES = [np.float32, np.float64] + HALF_DTYPES
 DTYPE_IDS = [np.dtype(d).name for d in ALL_DTYPES]

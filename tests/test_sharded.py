@@ -6,13 +6,13 @@ import pytest
 
 import lsref
 from lsref import reference as R, sharded
-from lsref._tolerances import KERNEL_ACCURACY
+from lsref._tolerances import kernel_accuracy
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, strategies as st  # noqa: E402
 
-F64 = KERNEL_ACCURACY[np.dtype(np.float64)]
-F32 = KERNEL_ACCURACY[np.dtype(np.float32)]
+F64 = kernel_accuracy(np.float64)
+F32 = kernel_accuracy(np.float32)
 
 
 def blocks_value_and_grad(z, t, row_cuts, class_cuts, order, kw):
@@ -80,7 +80,8 @@ def test_merged_statistics_reproduce_the_in_memory_result(problem):
     o_loss, o_g = R.value_and_grad(z, t, **kw)
     # The gradient bound is relative to the size of the gradient's two terms (s C p_j and
     # s w_j q_j) when larger than max|g|: they can cancel to far below either (e.g. a target
-    # of class weight 0, where D = 0 and g is pure rounding), conftest's term_scale.
+    # of class weight 0, where D = 0 and g is pure rounding): the term_scale of
+    # support.assert_close_to_oracle.
     terms = R.gradient_terms(z, t, **kw)
     D = terms["divisor"] if kw.get("reduction", "mean") == "mean" and terms["divisor"] else 1
     scale = max(np.abs(o_g).max(), terms["prob"].max() / D, terms["target"].max() / D, 1e-300)
@@ -264,7 +265,7 @@ def test_streaming_matches_in_memory(tmp_path, dtype, kw):
                                          grad=str(tmp_path / "g.npy"), memory=100_000,
                                          progress=False, **kw)
     ref_loss, ref_g = lsref.value_and_grad(z, t, **ref_kw)
-    acc = KERNEL_ACCURACY[np.dtype(dtype)]
+    acc = kernel_accuracy(dtype)
     np.testing.assert_allclose(loss, ref_loss, rtol=acc.loss_rtol)
     g = np.load(tmp_path / "g.npy")
     assert g.dtype == dtype and g.shape == z.shape

@@ -12,7 +12,7 @@ from numpy.testing import assert_array_equal
 
 from lsref import _kernel
 from lsref._tolerances import kernel_accuracy
-from conftest import assert_close_to_oracle
+from support import assert_close_to_oracle
 
 
 def test_exp_accuracy_and_special_values():

@@ -6,7 +6,7 @@ import pytest
 import lsref
 from lsref import reference as R
 
-from conftest import require
+from support import require
 
 torch = require("torch")
 F = torch.nn.functional

@@ -5,19 +5,17 @@ import numpy as np
 import pytest
 
 import lsref
-from conftest import require
+from support import require
 from lsref import reference as R
 from lsref.conventions import CONVENTIONS
 
-RNG = np.random.default_rng(61)
 
-
-def problem(dtype=np.float32, n=48, k=10, ignore=True):
-    z = (RNG.standard_normal((n, k)) * 3).astype(dtype)
-    t = RNG.integers(0, k, n)
+def problem(rng, dtype=np.float32, n=48, k=10, ignore=True):
+    z = (rng.standard_normal((n, k)) * 3).astype(dtype)
+    t = rng.integers(0, k, n)
     if ignore:
         t[::7] = -100
-    w = (RNG.random(k) + 0.5).astype(dtype)
+    w = (rng.random(k) + 0.5).astype(dtype)
     return z, t, w
 
 
@@ -29,8 +27,8 @@ def exact(z, t, dtype, **kw):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
 @pytest.mark.parametrize("k", [10, 1000, 32000])
-def test_right_results_pass(dtype, k):
-    z, t, w = problem(dtype, n=16, k=k)
+def test_right_results_pass(dtype, k, rng):
+    z, t, w = problem(rng, dtype, n=16, k=k)
     loss, grad = exact(z, t, dtype, label_smoothing=0.1, class_weight=w)
     r = lsref.verify(z, t, loss, grad, convention="torch", label_smoothing=0.1, weight=w)
     assert r.passed, str(r)
@@ -41,16 +39,16 @@ def test_right_results_pass(dtype, k):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_injected_eps_over_k_minus_1_is_named(dtype):
-    z, t, w = problem(dtype)
+def test_injected_eps_over_k_minus_1_is_named(dtype, rng):
+    z, t, w = problem(rng, dtype)
     loss, grad = exact(z, t, dtype, label_smoothing=0.1, smoothing="others")
     r = lsref.verify(z, t, loss, grad, convention="torch", label_smoothing=0.1)
     assert not r.passed
     assert r.diagnosis[0].startswith("smoothing form: the candidate puts eps/(K-1)")
 
 
-def test_injected_eps_over_k_where_fairseq_expects_k_minus_1():
-    z, t, _ = problem(np.float32)
+def test_injected_eps_over_k_where_fairseq_expects_k_minus_1(rng):
+    z, t, _ = problem(rng, np.float32)
     loss, grad = exact(z, t, np.float32, label_smoothing=0.2, ignore_index=-100,
                        reduction="sum")
     r = lsref.verify(z, t, loss, grad, convention="fairseq", epsilon=0.2, ignore_index=-100)
@@ -63,8 +61,8 @@ def test_injected_eps_over_k_where_fairseq_expects_k_minus_1():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_injected_divisor_n_instead_of_sum_of_weights_and_reverse(dtype):
-    z, t, w = problem(dtype)
+def test_injected_divisor_n_instead_of_sum_of_weights_and_reverse(dtype, rng):
+    z, t, w = problem(rng, dtype)
     s, gs = R.value_and_grad(z, t, label_smoothing=0.1, class_weight=w, reduction="sum")
     n = np.sum(t != -100)
     r = lsref.verify(z, t, np.asarray(s / n).astype(dtype), (gs / n).astype(dtype),
@@ -73,7 +71,7 @@ def test_injected_divisor_n_instead_of_sum_of_weights_and_reverse(dtype):
     assert r.diagnosis[0].startswith("the mean's divisor: the candidate divides by the number "
                                      "of rows")
     # the reverse: a Keras-style mean (by the count) given the weighted divisor
-    sw = RNG.random(len(t)) + 0.5
+    sw = rng.random(len(t)) + 0.5
     s, gs = R.value_and_grad(z, t, sample_weight=sw, reduction="sum")
     D = np.sum(sw[t != -100])
     r = lsref.verify(z, t, np.asarray(s / D).astype(dtype), (gs / D).astype(dtype),
@@ -83,8 +81,8 @@ def test_injected_divisor_n_instead_of_sum_of_weights_and_reverse(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_injected_gradient_without_1_over_d(dtype):
-    z, t, w = problem(dtype)
+def test_injected_gradient_without_1_over_d(dtype, rng):
+    z, t, w = problem(rng, dtype)
     loss, _ = exact(z, t, dtype, label_smoothing=0.1)
     _, gs = exact(z, t, dtype, label_smoothing=0.1, reduction="sum")
     r = lsref.verify(z, t, loss, gs, convention="torch", label_smoothing=0.1)
@@ -92,10 +90,10 @@ def test_injected_gradient_without_1_over_d(dtype):
     assert r.diagnosis[0].startswith("the gradient misses the mean's 1/D factor")
 
 
-def test_one_float32_gradient_element_off_by_1e_3_is_caught():
+def test_one_float32_gradient_element_off_by_1e_3_is_caught(rng):
     """Acceptance: one element, one part in 1e-3, K from 10 to 32000."""
     for k in (10, 1000, 32000):
-        z, t, _ = problem(np.float32, n=16, k=k, ignore=False)
+        z, t, _ = problem(rng, np.float32, n=16, k=k, ignore=False)
         loss, grad = exact(z, t, np.float32, label_smoothing=0.1)
         p = R.softmax(z.astype(np.float64))
         i, j = np.unravel_index(np.argmin(np.abs(p - 1.0 / k)), p.shape)  # a typical element
@@ -105,8 +103,8 @@ def test_one_float32_gradient_element_off_by_1e_3_is_caught():
         assert not r.passed and r.grad.n_failed == 1 and r.grad.worst_index == (i, j), str(r)
 
 
-def test_half_precision_overflow_is_named():
-    z, t, _ = problem(np.float16, n=8, k=100, ignore=False)
+def test_half_precision_overflow_is_named(rng):
+    z, t, _ = problem(rng, np.float16, n=8, k=100, ignore=False)
     _, grad = exact(z, t, np.float16, label_smoothing=0.1)
     r = lsref.verify(z, t, np.float16(np.inf), grad, convention="torch", label_smoothing=0.1)
     assert not r.passed and r.loss.n_nonfinite == 1
@@ -121,9 +119,9 @@ def test_nan_from_zero_times_minus_inf_is_named():
     assert not r.passed and r.diagnosis[0].startswith("NaN from 0 * (-inf)")
 
 
-def test_keras_wrong_axis_smoothing_is_named():
-    z = (RNG.standard_normal((4, 7, 3)) * 2).astype(np.float32)
-    t = RNG.integers(0, 7, (4, 3))
+def test_keras_wrong_axis_smoothing_is_named(rng):
+    z = (rng.standard_normal((4, 7, 3)) * 2).astype(np.float32)
+    t = rng.integers(0, 7, (4, 3))
     P = np.moveaxis(np.eye(7)[t], -1, 1)
     q_wrong = 0.9 * P + 0.1 / 3                       # eps divided by the last axis (3)
     loss = np.float32(R.cross_entropy(z, q_wrong, axis=1, reduction="none").mean())
@@ -132,8 +130,8 @@ def test_keras_wrong_axis_smoothing_is_named():
     assert r.diagnosis[0].startswith("smoothing over the wrong axis")
 
 
-def test_report_text_json_and_nonfinite_listing():
-    z, t, _ = problem(np.float32, n=6, k=5, ignore=False)
+def test_report_text_json_and_nonfinite_listing(rng):
+    z, t, _ = problem(rng, np.float32, n=6, k=5, ignore=False)
     loss, grad = exact(z, t, np.float32, label_smoothing=0.1, reduction="none")
     grad[2, 3] = np.nan
     r = lsref.verify(z, t, loss, grad, convention="lsref", label_smoothing=0.1,
@@ -145,8 +143,8 @@ def test_report_text_json_and_nonfinite_listing():
     assert d["passed"] is False and d["grad"]["n_nonfinite"] == 1
 
 
-def test_explicit_tolerances_and_bad_arguments():
-    z, t, _ = problem(np.float64, n=4, k=5, ignore=False)
+def test_explicit_tolerances_and_bad_arguments(rng):
+    z, t, _ = problem(rng, np.float64, n=4, k=5, ignore=False)
     loss = R.cross_entropy(z, t)
     assert lsref.verify(z, t, loss * (1 + 1e-6), rtol=1e-5).passed
     assert not lsref.verify(z, t, loss * (1 + 1e-4), rtol=1e-5).passed
@@ -158,8 +156,8 @@ def test_explicit_tolerances_and_bad_arguments():
         lsref.verify(z, t)
 
 
-def test_testing_helper_raises_with_the_report():
-    z, t, _ = problem(np.float64, n=4, k=5, ignore=False)
+def test_testing_helper_raises_with_the_report(rng):
+    z, t, _ = problem(rng, np.float64, n=4, k=5, ignore=False)
     loss = R.cross_entropy(z, t)
     lsref.testing.assert_matches_reference(z, t, loss=loss)
     with pytest.raises(AssertionError, match="lsref.verify: FAILED"):
@@ -174,13 +172,13 @@ _SEQUENCE = ("espnet", "nemo")
 
 
 @pytest.mark.parametrize("name", sorted(CONVENTIONS))
-def test_every_convention_accepts_its_right_answer(name):
+def test_every_convention_accepts_its_right_answer(name, rng):
     """Each record's own reference, rounded to float32, passes under that record."""
     from lsref.verify import _reference
     conv = CONVENTIONS[name]
-    z = (RNG.standard_normal((12, 6)) * 2).astype(np.float32)
+    z = (rng.standard_normal((12, 6)) * 2).astype(np.float32)
     probs_only = name in ("optax", "keras", "tf1")
-    t = RNG.integers(0, 6, 12)
+    t = rng.integers(0, 6, 12)
     params = {conv.smoothing_param: 0.1} if name not in ("keras",) or probs_only else {}
     params.update(_EXTRA.get(name, {}))
     if probs_only:
@@ -388,10 +386,10 @@ def test_reduction_and_smoothing_mistakes_are_named(mistake, words):
     assert any(words in d for d in r.diagnosis), r.diagnosis
 
 
-def test_a_pass_reads_as_a_pass():
+def test_a_pass_reads_as_a_pass(rng):
     """The report's figure is the verdict's: the worst error as a fraction of its tolerance
     (below 1 on a pass), not a relative error of an element near 0."""
-    z, t, w = problem(np.float32, n=32, k=100, ignore=False)
+    z, t, w = problem(rng, np.float32, n=32, k=100, ignore=False)
     loss, grad = exact(z, t, np.float32, label_smoothing=0.1)
     r = lsref.verify(z, t, loss=loss, grad=grad, convention="torch", label_smoothing=0.1)
     assert r.passed and 0 <= r.grad.max_error_ratio <= 1
