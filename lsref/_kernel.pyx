@@ -554,8 +554,8 @@ cdef inline bint _float_rest_too_coarse(double rest, Py_ssize_t K, double s, dou
     Too coarse where either passes 0.9 of the 1e-6 bound (_tolerances.py; the rest is the
     result's own rounding to float) of |g_t| <= max|g|: the row's exps are then taken again
     in double. (Where max|g| is far below the terms a e_k and beta w_k, at the optimum, that
-    rounding alone can exceed it: no float32 result does better, tests/conftest.py's
-    term_scale.)"""
+    rounding alone can exceed it: no float32 result does better, the term_scale of
+    tests/support.py's assert_close_to_oracle.)"""
     cdef double se = 1.0 + rest
     cdef double g_t = fabs(s * (pull - qw_t * rest) / se), bound = 0.9e-6 * g_t
     cdef double far = log(1.0 / rest) if rest < 1.0 else 0.0
