@@ -216,6 +216,10 @@ Per element, with ``y'`` the smoothed label and ``c`` the product of its weights
 computed stably for any ``|x|`` (one ``exp(-|x|)`` and one ``log1p`` per element).""",
 }
 
+# Every option of a softmax cross-entropy call, in signature order, as one placeholder: the
+# functions that take them all unchanged write %(cross_entropy_options)s once.
+PARAMETERS["cross_entropy_options"] = "\n".join(PARAMETERS[name]
+                                                for name in CROSS_ENTROPY_OPTIONS)
 PARAMETERS = MappingProxyType(PARAMETERS)
 
 _PLACEHOLDER = re.compile(r"^([ \t]*)%\((\w+)\)s[ \t]*$", re.MULTILINE)

@@ -230,15 +230,7 @@ def cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="m
     ----------
     %(logits)s
     %(targets)s
-    %(label_smoothing)s
-    %(axis)s
-    %(reduction)s
-    %(smoothing)s
-    %(class_weight)s
-    %(sample_weight)s
-    %(ignore_index)s
-    %(z_loss)s
-    %(kl)s
+    %(cross_entropy_options)s
     %(n_threads)s
 
     Returns
@@ -285,15 +277,7 @@ def value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="
     ----------
     %(logits)s
     %(targets)s
-    %(label_smoothing)s
-    %(axis)s
-    %(reduction)s
-    %(smoothing)s
-    %(class_weight)s
-    %(sample_weight)s
-    %(ignore_index)s
-    %(z_loss)s
-    %(kl)s
+    %(cross_entropy_options)s
     %(n_threads)s
     %(out)s
 
@@ -345,15 +329,7 @@ def cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reducti
     ----------
     %(logits)s
     %(targets)s
-    %(label_smoothing)s
-    %(axis)s
-    %(reduction)s
-    %(smoothing)s
-    %(class_weight)s
-    %(sample_weight)s
-    %(ignore_index)s
-    %(z_loss)s
-    %(kl)s
+    %(cross_entropy_options)s
     %(n_threads)s
     %(out)s
 

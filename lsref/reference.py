@@ -476,15 +476,7 @@ def value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="
     ----------
     %(logits_oracle)s
     %(targets)s
-    %(label_smoothing)s
-    %(axis)s
-    %(reduction)s
-    %(smoothing)s
-    %(class_weight)s
-    %(sample_weight)s
-    %(ignore_index)s
-    %(z_loss)s
-    %(kl)s
+    %(cross_entropy_options)s
     %(n_threads_oracle)s
     %(out_oracle)s
 
@@ -531,15 +523,7 @@ def cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="m
     ----------
     %(logits_oracle)s
     %(targets)s
-    %(label_smoothing)s
-    %(axis)s
-    %(reduction)s
-    %(smoothing)s
-    %(class_weight)s
-    %(sample_weight)s
-    %(ignore_index)s
-    %(z_loss)s
-    %(kl)s
+    %(cross_entropy_options)s
     %(n_threads_oracle)s
     %(out_oracle)s
 
@@ -576,15 +560,7 @@ def cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reducti
     ----------
     %(logits_oracle)s
     %(targets)s
-    %(label_smoothing)s
-    %(axis)s
-    %(reduction)s
-    %(smoothing)s
-    %(class_weight)s
-    %(sample_weight)s
-    %(ignore_index)s
-    %(z_loss)s
-    %(kl)s
+    %(cross_entropy_options)s
     %(n_threads_oracle)s
     %(out_oracle)s
 

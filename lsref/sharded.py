@@ -309,15 +309,7 @@ def finish(stats, targets, num_classes, *, label_smoothing=0.0, axis=-1, reducti
         Class indices, one per row.
     num_classes : int
         ``K``, the number of classes.
-    %(label_smoothing)s
-    %(axis)s
-    %(reduction)s
-    %(smoothing)s
-    %(class_weight)s
-    %(sample_weight)s
-    %(ignore_index)s
-    %(z_loss)s
-    %(kl)s
+    %(cross_entropy_options)s
 
     Returns
     -------
@@ -439,15 +431,7 @@ def vocab_parallel_value_and_grad(shards, targets, *, label_smoothing=0.0, axis=
         ``shards[r]`` is ``(N, K_r)``: rank ``r``'s classes, in rank order.
     targets : array_like of int, shape (N,)
         The global class indices.
-    %(label_smoothing)s
-    %(axis)s
-    %(reduction)s
-    %(smoothing)s
-    %(class_weight)s
-    %(sample_weight)s
-    %(ignore_index)s
-    %(z_loss)s
-    %(kl)s
+    %(cross_entropy_options)s
 
     Returns
     -------
