@@ -74,13 +74,20 @@ def index_rows(targets, ignore_index):
 
 # --- the "mean" divisor ------------------------------------------------------------------------
 
-def mean_divisor(targets, active, class_weight, sample_weight):
-    """``D`` of ``reduction="mean"`` for class-index targets (SEMANTICS.md, "Reductions"):
-    the sum over the rows that count of sample weight times the target's class weight.
+def mean_divisor(problem, targets, active):
+    """``D`` of ``reduction="mean"`` (SEMANTICS.md, "Reductions"): the number of rows for
+    probability targets (PyTorch: whatever the weights); for class indices the sum over the
+    rows that count of sample weight times the target's class weight (unweighted, the
+    number of those rows).
 
-    ``targets`` and ``sample_weight`` are flat (one per row), ``active`` the rows that count
-    (None: all). Unweighted, it is the count of those rows.
+    ``problem`` is the checked call; ``targets`` its class indices as the kernel's flat rows
+    and ``active`` the rows that count (None: all), from :func:`index_rows`.
     """
+    if problem.prob_targets:
+        return float(problem.n_rows)
+    class_weight = problem.class_weight
+    sample_weight = (None if problem.sample_weight is None
+                     else problem.sample_weight.reshape(-1))
     t = targets if active is None else targets[active]
     if sample_weight is None and class_weight is None:
         return float(t.size)

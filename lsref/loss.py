@@ -181,18 +181,15 @@ def _run(logits, targets, *, want_grad, out, n_threads, **kw):
     z = _rows(zn, K)
     if p.prob_targets:
         targets_rows, ignore, active = _real_rows(p.targets, K), None, None
-        divisor = float(N) if p.reduction == "mean" else None   # the mean is over rows
         a, beta = _params.prob_target(p.label_smoothing, K)
         coefficients = dict(a=a, beta=beta)
     else:
         targets_rows, ignore, _, active = _params.index_rows(p.targets, p.ignore_index)
-        divisor = (_params.mean_divisor(targets_rows, active, p.class_weight,
-                                        None if p.sample_weight is None
-                                        else p.sample_weight.reshape(-1))
-                   if p.reduction == "mean" else None)
         q_t, beta = _params.index_target(p.label_smoothing, K, p.smoothing)
         coefficients = dict(q_t=q_t, beta=beta, ignore_index=ignore)
     # the rows carry 1/D for "mean", known before the kernel runs
+    divisor = (_params.mean_divisor(p, targets_rows, active) if p.reduction == "mean"
+               else None)
     scale = _params.mean_scale(divisor) if p.reduction == "mean" else 1.0
     params = _params.KernelParams.build(
         n_classes=K, class_weight=p.class_weight, sample_weight=p.sample_weight, scale=scale,

@@ -292,7 +292,7 @@ def _divisor(p):
     None, the flat sample weights or None)."""
     t, ignore, _, active = _params.index_rows(p.targets, p.ignore_index)
     sw = None if p.sample_weight is None else p.sample_weight.reshape(-1)
-    return _params.mean_divisor(t, active, p.class_weight, sw), t, ignore, active, sw
+    return _params.mean_divisor(p, t, active), t, ignore, active, sw
 
 
 @fill_doc(CROSS_ENTROPY_OPTIONS)

@@ -8,6 +8,7 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 from lsref import _params
+from lsref._validation import check_problem_shape
 from lsref import reference as R
 
 
@@ -62,8 +63,10 @@ def test_mean_divisor_is_the_oracles():
     cw = rng.random(K) + 0.1
     sw = rng.random(N)
     for class_weight, sample_weight in ((None, None), (cw, None), (None, sw), (cw, sw)):
-        rows, _, _, active = _params.index_rows(t, -100)
-        D = _params.mean_divisor(rows, active, class_weight, sample_weight)
+        p = check_problem_shape((N, K), t, class_weight=class_weight,
+                                sample_weight=sample_weight)
+        rows, _, _, active = _params.index_rows(p.targets, p.ignore_index)
+        D = _params.mean_divisor(p, rows, active)
         ref = R.mean_divisor(t, K, class_weight=class_weight, sample_weight=sample_weight)
         assert_allclose(D, ref, rtol=1e-15)
         # and the oracle's mean loss divides by it
@@ -78,7 +81,7 @@ def test_a_mean_over_nothing_is_nan_on_both_sides_and_the_gradient_stays_undivid
     t = np.array([-100, -100])
     z = np.zeros((2, 3))
     rows, _, _, active = _params.index_rows(t, -100)
-    D = _params.mean_divisor(rows, active, None, None)
+    D = _params.mean_divisor(check_problem_shape((2, 3), t), rows, active)
     assert D == 0.0 and R.mean_divisor(t, 3) == 0.0
     assert np.isnan(_params.reduce("mean", np.zeros(2), D, scaled=True))
     assert np.isnan(_params.mean(0.0, D))
