@@ -28,15 +28,21 @@ ALLOWLIST = os.path.join(HERE, "stubtest_allowlist.txt")
 @pytest.mark.slow
 def test_stubtest_passes(tmp_path):
     pytest.importorskip("mypy.stubtest", reason="mypy (the test extra) runs the stub check")
-    # stubtest must read the stub beside the lsref that these tests import (a source checkout
-    # or an installed copy): that package's parent directory goes first on both search paths.
+    # stubtest must read the stub beside the lsref that these tests import. From a source
+    # checkout, that checkout goes first on both search paths (mypy reads the current
+    # directory). An installed copy is found as an installed package (it ships py.typed);
+    # mypy must then not run inside site-packages, where every module there would be taken
+    # for a user module shadowing the library (mypy_extensions.py, say).
     root = os.path.dirname(PKG)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
-    env["MYPY_CACHE_DIR"] = str(tmp_path / "mypy_cache")
+    env = {**os.environ, "MYPY_CACHE_DIR": str(tmp_path / "mypy_cache")}
+    installed = os.path.basename(root) in ("site-packages", "dist-packages")
+    if not installed:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     r = subprocess.run([sys.executable, "-m", "mypy.stubtest", "lsref._kernel",
                         "--allowlist", ALLOWLIST],
-                       cwd=root, env=env, capture_output=True, text=True, timeout=300)
+                       cwd=tmp_path if installed else root, env=env, capture_output=True,
+                       text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
