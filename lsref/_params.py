@@ -156,6 +156,10 @@ class KernelParams:
 
     @classmethod
     def build(cls, *, n_classes, class_weight, sample_weight, **coefficients):
+        """The record of a call: the weights as the kernel reads them (float64, C order,
+        the sample weights flat), the class weights with their total ``W`` (``K``
+        without them), and the given coefficients (``q_t``, ``a``, ``beta``, ``scale``,
+        ``z_loss``, ``kl``, ``ignore_index``)."""
         cw = None if class_weight is None else np.ascontiguousarray(class_weight, np.float64)
         sw = None if sample_weight is None else np.ascontiguousarray(
             np.reshape(sample_weight, -1), np.float64)
