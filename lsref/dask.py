@@ -173,10 +173,7 @@ def value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="
 
     Raises
     ------
-    TypeError
-        If an argument has the wrong type; the message names it.
-    ValueError
-        If an argument has a bad value or shape; the message names it.
+    %(raises)s
 
 
     Examples
@@ -247,10 +244,7 @@ def cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="m
 
     Raises
     ------
-    TypeError
-        If an argument has the wrong type; the message names it.
-    ValueError
-        If an argument has a bad value or shape; the message names it.
+    %(raises)s
     """
     return value_and_grad(logits, targets, split_every=split_every,
                           **given(locals(), CROSS_ENTROPY_OPTIONS))[0]
@@ -290,10 +284,7 @@ def cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reducti
 
     Raises
     ------
-    TypeError
-        If an argument has the wrong type; the message names it.
-    ValueError
-        If an argument has a bad value or shape; the message names it.
+    %(raises)s
     """
     return value_and_grad(logits, targets, split_every=split_every,
                           **given(locals(), CROSS_ENTROPY_OPTIONS))[1]

@@ -249,6 +249,7 @@ def _problem(targets, num_classes, kw):
     return p
 
 
+@fill_doc()
 def divisor(targets, num_classes, *, class_weight=None, sample_weight=None,
             ignore_index=-100):
     """The divisor ``D`` of ``reduction="mean"``, from the targets and weights alone.
@@ -276,10 +277,7 @@ def divisor(targets, num_classes, *, class_weight=None, sample_weight=None,
 
     Raises
     ------
-    TypeError
-        If an argument has the wrong type; the message names it.
-    ValueError
-        If an argument has a bad value or shape; the message names it.
+    %(raises)s
     """
     p = _problem(targets, num_classes, dict(class_weight=class_weight,
                                             sample_weight=sample_weight,
@@ -442,10 +440,7 @@ def vocab_parallel_value_and_grad(shards, targets, *, label_smoothing=0.0, axis=
 
     Raises
     ------
-    TypeError
-        If an argument has the wrong type; the message names it.
-    ValueError
-        If an argument has a bad value or shape; the message names it.
+    %(raises)s
     """
     kw = given(locals(), CROSS_ENTROPY_OPTIONS)
     if not shards:
@@ -577,10 +572,7 @@ def stream_value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, redu
 
     Raises
     ------
-    TypeError
-        If an argument has the wrong type; the message names it.
-    ValueError
-        If an argument has a bad value or shape; the message names it.
+    %(raises)s
     """
     shape, fortran, dtype, offset = npy_header(logits)
     if len(shape) != 2 or fortran or dtype not in (np.float32, np.float64):
