@@ -106,7 +106,9 @@ def mean_scale(divisor):
     """The factor ``1/D`` the gradient rows carry for ``"mean"``; where ``D = 0`` (an empty
     batch, every target ignored, or weights that sum to 0) the gradient is left unscaled:
     0 on every ignored row, the gradient of the sum otherwise."""
-    return 1.0 / np.where(divisor != 0, divisor, 1.0)
+    if isinstance(divisor, float):        # the in-memory call: a number, known now
+        return 1.0 / divisor if divisor != 0 else 1.0
+    return 1.0 / np.where(divisor != 0, divisor, 1.0)      # a lazy (dask) divisor
 
 
 def mean(total, divisor):
@@ -133,8 +135,8 @@ def reduce(reduction, row_loss, divisor, *, scaled):
 
 # --- what the kernel's entry points take -------------------------------------------------------
 
-@dataclass(frozen=True)
-class KernelParams:
+@dataclass(slots=True)         # not frozen: a frozen dataclass's __init__ costs ~10x more,
+class KernelParams:            # on every call; the record is built once and only read
     """The coefficients of one kernel call, built once from a checked problem.
 
     The target is ``q_k = beta + (q_t - beta) [k == t]`` for class indices, ``a P_k + beta``

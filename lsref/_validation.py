@@ -5,7 +5,6 @@ same messages, so the checks live once, here. Nothing in this module computes a 
 Every error names the argument and the offending value (SEMANTICS.md, "Bad input").
 """
 import numbers
-import dataclasses
 import operator
 from dataclasses import dataclass
 
@@ -277,9 +276,9 @@ def check_options(**options):
 def _options(given, registry):
     """The options of a call: the registry's defaults (lsref/_keywords.py), overridden by
     ``given``; a name the registry does not have is refused."""
-    unknown = set(given) - set(registry)
-    if unknown:
-        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    if not given.keys() <= registry.keys():
+        unknown = sorted(set(given) - set(registry))
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
     return {**registry, **given}
 
 
@@ -290,14 +289,19 @@ def check_problem(logits, targets, **options):
     if logits.ndim == 0:
         raise ValueError("logits must have at least one dimension (the class axis), "
                          "got a scalar")
-    p = check_problem_shape(logits.shape, targets, **options)
-    return dataclasses.replace(p, logits=np.moveaxis(logits, p.axis, -1))
+    return _check_problem(logits.shape, logits, targets, options)
 
 
 def check_problem_shape(logits_shape, targets, **options):
     """Validate a cross-entropy call whose logits are known by their shape only (sharded
     statistics, smoothed labels): the targets, weights and options, as :func:`check_problem`
     does. The returned problem has ``logits=None``."""
+    return _check_problem(logits_shape, None, targets, options)
+
+
+def _check_problem(logits_shape, logits, targets, options):
+    """The checks of a call given the logits' shape (and the logits, when there are any, to
+    keep as a view with the class axis last)."""
     o = _options(options, CROSS_ENTROPY_OPTIONS)
     label_smoothing, axis, reduction, smoothing = (o["label_smoothing"], o["axis"],
                                                    o["reduction"], o["smoothing"])
@@ -363,7 +367,8 @@ def check_problem_shape(logits_shape, targets, **options):
     cw = _check_weight("class_weight", class_weight, (K,), "one weight per class")
     sw = _check_weight("sample_weight", sample_weight, batch_shape,
                        "the logits' shape without the class axis")
-    return Problem(logits=None, targets=t, prob_targets=prob, axis=axis, batch_shape=batch_shape,
+    z = None if logits is None else np.moveaxis(logits, axis, -1)
+    return Problem(logits=z, targets=t, prob_targets=prob, axis=axis, batch_shape=batch_shape,
                    n_rows=int(np.prod(batch_shape, dtype=np.int64)), n_classes=K,
                    label_smoothing=eps, smoothing=smoothing, reduction=reduction,
                    ignore_index=ignore_index, class_weight=cw, sample_weight=sw,
