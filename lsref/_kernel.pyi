@@ -14,8 +14,6 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from lsref._params import KernelParams
-
 _StoredIn = TypeVar("_StoredIn", np.float32, np.float64, np.uint16, np.int16)
 _StoredOut = TypeVar("_StoredOut", np.float32, np.float64, np.uint16, np.int16)
 _Real = TypeVar("_Real", np.float32, np.float64)      # probability and binary targets
@@ -30,7 +28,35 @@ SIMD_PATH: str
 def omp_max_threads() -> int: ...
 def single_threaded_after_fork() -> bool: ...
 
-# --- the entry points of lsref.loss (one KernelParams record each: lsref/_params.py) ---------------------------------------------------------
+# --- the record of a call's coefficients (built by lsref/_params.py) -----------------------
+
+class KernelParams:
+    @property
+    def q_t(self) -> float: ...
+    @property
+    def a(self) -> float: ...
+    @property
+    def beta(self) -> float: ...
+    @property
+    def W(self) -> float: ...
+    @property
+    def scale(self) -> float: ...
+    @property
+    def z_loss(self) -> float: ...
+    @property
+    def kl(self) -> bool: ...
+    @property
+    def class_weight(self) -> NDArray[np.float64] | None: ...
+    @property
+    def sample_weight(self) -> NDArray[np.float64] | None: ...
+    @property
+    def ignore_index(self) -> int | None: ...
+    def __init__(self, *, q_t: float = 1.0, a: float = 1.0, beta: float = 0.0,
+                 class_weight: NDArray[np.float64] | None = None, W: float = 0.0,
+                 sample_weight: NDArray[np.float64] | None = None, scale: float = 1.0,
+                 z_loss: float = 0.0, kl: bool = False, ignore_index: int | None = None) -> None: ...
+
+# --- the entry points of lsref.loss (one KernelParams record each) --------------------------
 
 def ce_index(logits: NDArray[_StoredIn], targets: NDArray[np.int64], params: KernelParams,
              loss_out: NDArray[np.float64], grad_out: NDArray[_StoredOut] | None,

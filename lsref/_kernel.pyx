@@ -864,10 +864,37 @@ cdef inline double _row_prob(const stored_in *z, const real_t *P, Py_ssize_t K,
 # Entry points (called by lsref/loss.py, sharded.py and dask.py only; arguments are trusted)
 # ---------------------------------------------------------------------------------------------
 #
-# Each takes its arrays and one `params` record (lsref._params.KernelParams, built once from a
-# checked problem): q_t, a, beta (the smoothed target), class_weight with its total W,
-# sample_weight (per row, or None) and scale (1/D for "mean"), z_loss, kl, and ignore_index
-# (None: nothing ignored). Called with keywords.
+# Each takes its arrays and one `params` record (a KernelParams, built once from a checked
+# problem by lsref/_params.py): q_t, a, beta (the smoothed target), class_weight with its total
+# W, sample_weight (per row, or None) and scale (1/D for "mean"), z_loss, kl, and ignore_index
+# (None: nothing ignored). An extension type, so the entry points read its numbers as C fields.
+
+cdef class KernelParams:
+    """The coefficients of one kernel call (lsref/_params.py builds it, from a checked problem).
+
+    The target is ``q_k = beta + (q_t - beta) [k == t]`` for class indices, ``a P_k + beta``
+    for probability rows, ``a y + beta`` for binary labels. ``W`` is the class weights' total
+    (it travels with them); a row's weight is ``scale`` times its ``sample_weight`` (``scale =
+    1/D`` for ``"mean"``). ``ignore_index`` is None when nothing is ignored.
+    """
+    cdef readonly double q_t, a, beta, W, scale, z_loss
+    cdef readonly bint kl
+    cdef readonly object class_weight, sample_weight, ignore_index
+
+    def __init__(self, *, double q_t=1.0, double a=1.0, double beta=0.0, class_weight=None,
+                 double W=0.0, sample_weight=None, double scale=1.0, double z_loss=0.0,
+                 bint kl=False, ignore_index=None):
+        self.q_t, self.a, self.beta, self.W = q_t, a, beta, W
+        self.scale, self.z_loss, self.kl = scale, z_loss, kl
+        self.class_weight, self.sample_weight = class_weight, sample_weight
+        self.ignore_index = ignore_index
+
+    def __repr__(self):
+        return (f"KernelParams(q_t={self.q_t!r}, a={self.a!r}, beta={self.beta!r}, "
+                f"class_weight={self.class_weight!r}, W={self.W!r}, "
+                f"sample_weight={self.sample_weight!r}, scale={self.scale!r}, "
+                f"z_loss={self.z_loss!r}, kl={self.kl!r}, ignore_index={self.ignore_index!r})")
+
 
 ctypedef struct coefs:
     double q_t, a, beta, W, scale, lam
@@ -875,7 +902,7 @@ ctypedef struct coefs:
     int64_t ignore_index
 
 
-cdef coefs _coefs(params) except *:
+cdef coefs _coefs(KernelParams params) except *:
     """The scalar coefficients of a KernelParams record, read once per call."""
     cdef coefs c
     c.q_t, c.a, c.beta, c.W = params.q_t, params.a, params.beta, params.W
@@ -892,7 +919,7 @@ def small_k_available():
 
 def ce_index(const stored_in[:, ::1] logits,     # IN  (N, K)
              const int64_t[::1] targets,         # IN  (N,)
-             params,                             # KernelParams
+             KernelParams params,
              double[::1] loss_out,               # OUT (N,)
              stored_out[:, ::1] grad_out,        # OUT (N, K) or None; may be logits itself
              int n_threads,
@@ -976,7 +1003,7 @@ def ce_index(const stored_in[:, ::1] logits,     # IN  (N, K)
 
 def ce_prob(const stored_in[:, ::1] logits,      # IN  (N, K)
             const real_t[:, ::1] probs,          # IN  (N, K)
-            params,                              # KernelParams (a, beta: q = a P + beta)
+            KernelParams params,                 # a, beta: q = a P + beta
             double[::1] loss_out,                # OUT (N,)
             stored_out[:, ::1] grad_out,         # OUT (N, K) or None; may be logits itself
             int n_threads):
@@ -1045,7 +1072,7 @@ cdef inline loss_grad _bce_elem(double x, double y, double c) noexcept nogil:
 def bce(const stored_in[:, ::1] logits,           # IN  (N, K)
         const real_t[:, ::1] labels,              # IN  (N, K) or None
         const int64_t[::1] targets,               # IN  (N,) or None: class indices (one-hot)
-        params,                                   # KernelParams: y' = a*y + beta
+        KernelParams params,                      # y' = a*y + beta
         double[::1] loss_out,                     # OUT (N,): the row sums
         double[:, ::1] elem_out,                  # OUT (N, K) or None: per-element losses
         stored_out[:, ::1] grad_out,              # OUT (N, K) or None; may be logits itself
@@ -1291,7 +1318,7 @@ def finish_index(const double[::1] m,            # IN  (n,) merged statistics of
                  const double[::1] zt,
                  const unsigned char[::1] bad,   # IN  (n,): a NaN or +inf in the row
                  const int64_t[::1] targets,     # IN  (n,) class indices
-                 params,                         # KernelParams
+                 KernelParams params,
                  double[::1] loss_out,           # OUT (n,) s * loss_row (without scale)
                  double[::1] coef_out,           # OUT (n,) s scale (c + 2 lam lse) / se
                  int n_threads):

@@ -8,15 +8,13 @@ blocks): the smoothed target's coefficients, the class weights' total, the "mean
 The oracle (``reference.py``) derives each of these rules itself, from the formulas of the
 semantics, and imports nothing from here: it stays an independent witness.
 """
-from dataclasses import dataclass
-
 import numpy as np
 
 from . import _kernel
 
 __all__ = ["index_target", "prob_target", "binary_label", "class_weight_total",
            "mean_divisor", "binary_mean_divisor", "mean_scale", "mean", "reduce",
-           "KernelParams", "small_k_blocks", "index_rows"]
+           "KernelParams", "kernel_params", "small_k_blocks", "index_rows"]
 
 
 # --- the smoothed target ---------------------------------------------------------------------
@@ -135,38 +133,22 @@ def reduce(reduction, row_loss, divisor, *, scaled):
 
 # --- what the kernel's entry points take -------------------------------------------------------
 
-@dataclass(slots=True)         # not frozen: a frozen dataclass's __init__ costs ~10x more,
-class KernelParams:            # on every call; the record is built once and only read
-    """The coefficients of one kernel call, built once from a checked problem.
+KernelParams = _kernel.KernelParams     # the record (an extension type: the kernel reads C fields)
 
-    The target is ``q_k = beta + (q_t - beta) [k == t]`` for class indices, ``a P_k + beta``
-    for probability rows, ``a y + beta`` for binary labels. ``W`` is the class weights'
-    total (it travels with them); a row's weight is ``scale`` times its ``sample_weight``
-    (``scale = 1/D`` for ``"mean"``). ``ignore_index`` is None when nothing is ignored.
-    """
 
-    q_t: float = 1.0
-    a: float = 1.0
-    beta: float = 0.0
-    class_weight: object = None         # (K,) float64, C-contiguous, or None
-    W: float = 0.0
-    sample_weight: object = None        # (N,) float64, C-contiguous, or None
-    scale: float = 1.0
-    z_loss: float = 0.0
-    kl: bool = False
-    ignore_index: object = None         # an int64 value, or None
-
-    @classmethod
-    def build(cls, *, n_classes, class_weight, sample_weight, **coefficients):
-        """The record of a call: the weights as the kernel reads them (float64, C order,
-        the sample weights flat), the class weights with their total ``W`` (``K``
-        without them), and the given coefficients (``q_t``, ``a``, ``beta``, ``scale``,
-        ``z_loss``, ``kl``, ``ignore_index``)."""
-        cw = None if class_weight is None else np.ascontiguousarray(class_weight, np.float64)
-        sw = None if sample_weight is None else np.ascontiguousarray(
-            np.reshape(sample_weight, -1), np.float64)
-        return cls(class_weight=cw, W=class_weight_total(cw, n_classes), sample_weight=sw,
-                   **coefficients)
+def kernel_params(*, n_classes, class_weight=None, sample_weight=None, q_t=1.0, a=1.0,
+                  beta=0.0, scale=1.0, z_loss=0.0, kl=False, ignore_index=None):
+    """The :class:`KernelParams` record of a call: the weights as the kernel reads them
+    (float64, C order, the sample weights flat), the class weights with their total ``W``
+    (``K`` without them), and the coefficients ``q_t``, ``a``, ``beta``, ``scale``,
+    ``z_loss``, ``kl`` and ``ignore_index``. (Every keyword is spelled out in both calls:
+    a ``**`` pass-through into the extension type's constructor costs ~5x the call.)"""
+    cw = None if class_weight is None else np.ascontiguousarray(class_weight, np.float64)
+    sw = None if sample_weight is None else np.ascontiguousarray(
+        np.reshape(sample_weight, -1), np.float64)
+    return KernelParams(q_t=q_t, a=a, beta=beta, class_weight=cw,
+                        W=class_weight_total(cw, n_classes), sample_weight=sw, scale=scale,
+                        z_loss=z_loss, kl=kl, ignore_index=ignore_index)
 
 
 def small_k_blocks(dtype, n_rows, n_classes, params):

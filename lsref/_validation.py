@@ -285,24 +285,37 @@ def _options(given, registry):
 def check_problem(logits, targets, **options):
     """Validate a cross-entropy call (the options of ``CROSS_ENTROPY_OPTIONS``, their
     defaults where not given); raise TypeError/ValueError naming the bad argument."""
+    logits = _class_logits(logits)
+    return _check_problem(logits.shape, logits, targets, _options(options, CROSS_ENTROPY_OPTIONS))
+
+
+def check_arguments(arguments):
+    """:func:`check_problem` of a front door's own arguments: its ``locals()``, which hold
+    ``logits``, ``targets`` and every option of ``CROSS_ENTROPY_OPTIONS`` (its signature is
+    checked against the registry at import, ``_keywords.check_signature``), so no default is
+    merged in on every call."""
+    logits = _class_logits(arguments["logits"])
+    return _check_problem(logits.shape, logits, arguments["targets"], arguments)
+
+
+def _class_logits(logits):
     logits = check_float_array("logits", logits)
     if logits.ndim == 0:
         raise ValueError("logits must have at least one dimension (the class axis), "
                          "got a scalar")
-    return _check_problem(logits.shape, logits, targets, options)
+    return logits
 
 
 def check_problem_shape(logits_shape, targets, **options):
     """Validate a cross-entropy call whose logits are known by their shape only (sharded
     statistics, smoothed labels): the targets, weights and options, as :func:`check_problem`
     does. The returned problem has ``logits=None``."""
-    return _check_problem(logits_shape, None, targets, options)
+    return _check_problem(logits_shape, None, targets, _options(options, CROSS_ENTROPY_OPTIONS))
 
 
-def _check_problem(logits_shape, logits, targets, options):
+def _check_problem(logits_shape, logits, targets, o):
     """The checks of a call given the logits' shape (and the logits, when there are any, to
-    keep as a view with the class axis last)."""
-    o = _options(options, CROSS_ENTROPY_OPTIONS)
+    keep as a view with the class axis last); ``o`` maps every option to its value."""
     label_smoothing, axis, reduction, smoothing = (o["label_smoothing"], o["axis"],
                                                    o["reduction"], o["smoothing"])
     class_weight, sample_weight, ignore_index = (o["class_weight"], o["sample_weight"],
@@ -399,7 +412,16 @@ class BinaryProblem:
 def check_binary_problem(logits, targets, **options):
     """Validate a binary cross-entropy call (the options of ``BINARY_OPTIONS``); raise
     TypeError/ValueError naming the argument."""
-    o = _options(options, BINARY_OPTIONS)
+    return _check_binary(logits, targets, _options(options, BINARY_OPTIONS))
+
+
+def check_binary_arguments(arguments):
+    """:func:`check_binary_problem` of a front door's own ``locals()`` (as
+    :func:`check_arguments`)."""
+    return _check_binary(arguments["logits"], arguments["targets"], arguments)
+
+
+def _check_binary(logits, targets, o):
     label_smoothing, axis, reduction = o["label_smoothing"], o["axis"], o["reduction"]
     class_weight, sample_weight, ignore_index = (o["class_weight"], o["sample_weight"],
                                                  o["ignore_index"])

@@ -12,9 +12,9 @@ import numpy as np
 
 from . import _kernel, _params
 from ._keywords import (BINARY_OPTIONS, CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS, N_THREADS,
-                        fill_doc, given)
-from ._validation import (as_array, check_axis, check_binary_problem, check_float_array,
-                          check_n_threads, check_problem, is_bfloat16)
+                        fill_doc)
+from ._validation import (as_array, check_arguments, check_axis, check_binary_arguments,
+                          check_float_array, check_n_threads, is_bfloat16)
 
 __all__ = ["cross_entropy", "cross_entropy_grad", "value_and_grad", "logsumexp",
            "log_softmax", "softmax", "binary_cross_entropy", "binary_cross_entropy_grad",
@@ -175,33 +175,34 @@ def _start(p, want_grad, out, n_threads):
     return resolve_threads(n_threads, zn.size), zn, zn.dtype, p.n_classes, p.n_rows
 
 
-def _run(logits, targets, *, want_grad, out, n_threads, **kw):
-    p = check_problem(logits, targets, **kw)
-    nt, zn, dtype, K, N = _start(p, want_grad, out, n_threads)
+def _run(args, *, want_grad):
+    """The call of a front door, from its ``locals()`` (``args``): the logits, the targets,
+    every option, ``n_threads`` and, where a gradient is computed, ``out``."""
+    p = check_arguments(args)
+    nt, zn, dtype, K, N = _start(p, want_grad, args.get("out"), args["n_threads"])
     z = _rows(zn, K)
+    q_t = a = 1.0
     if p.prob_targets:
         targets_rows, ignore, active = _real_rows(p.targets, K), None, None
         a, beta = _params.prob_target(p.label_smoothing, K)
-        coefficients = dict(a=a, beta=beta)
     else:
         targets_rows, ignore, _, active = _params.index_rows(p.targets, p.ignore_index)
         q_t, beta = _params.index_target(p.label_smoothing, K, p.smoothing)
-        coefficients = dict(q_t=q_t, beta=beta, ignore_index=ignore)
     # the rows carry 1/D for "mean", known before the kernel runs
     divisor = (_params.mean_divisor(p, targets_rows, active) if p.reduction == "mean"
                else None)
     scale = _params.mean_scale(divisor) if p.reduction == "mean" else 1.0
-    params = _params.KernelParams.build(
-        n_classes=K, class_weight=p.class_weight, sample_weight=p.sample_weight, scale=scale,
-        z_loss=p.z_loss, kl=p.kl, **coefficients)
+    params = _params.kernel_params(
+        n_classes=K, class_weight=p.class_weight, sample_weight=p.sample_weight, q_t=q_t, a=a,
+        beta=beta, scale=scale, z_loss=p.z_loss, kl=p.kl, ignore_index=ignore)
 
     grad_rows = ret = copy_back = None
     if want_grad:
         grad_rows, ret, copy_back = _grad_buffer(
-            out, p.axis, p.logits.shape, dtype,
+            args.get("out"), p.axis, p.logits.shape, dtype,
             (np.moveaxis(p.logits, -1, p.axis), dtype,
-             [("targets", targets), ("class_weight", kw.get("class_weight")),
-              ("sample_weight", kw.get("sample_weight"))]))
+             [("targets", args["targets"]), ("class_weight", args["class_weight"]),
+              ("sample_weight", args["sample_weight"])]))
 
     row_loss = np.empty(N, np.float64)
     # Positional on purpose: a keyword call into a fused-type Cython function goes through
@@ -261,8 +262,7 @@ def cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="m
     >>> round(float(lsref.cross_entropy(logits, [0], label_smoothing=0.1)), 4)
     0.3365
     """
-    return _run(logits, targets, want_grad=False, out=None, n_threads=n_threads,
-                **given(locals(), CROSS_ENTROPY_OPTIONS))[0]
+    return _run(locals(), want_grad=False)[0]
 
 
 @fill_doc(CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS)
@@ -311,8 +311,7 @@ def value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="
     >>> bool(np.isclose(grad.sum(), 0))
     True
     """
-    return _run(logits, targets, want_grad=True, out=out, n_threads=n_threads,
-                **given(locals(), CROSS_ENTROPY_OPTIONS))
+    return _run(locals(), want_grad=True)
 
 
 @fill_doc(CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS)
@@ -351,8 +350,7 @@ def cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reducti
     >>> g[0]                                  # (softmax - q) / 2 rows
     array([ 0.1125, -0.3375,  0.1125,  0.1125])
     """
-    return value_and_grad(logits, targets,
-                          **given(locals(), CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS))[1]
+    return _run(locals(), want_grad=True)[1]
 
 
 # --- log-sum-exp and softmax ---------------------------------------------------------------
@@ -515,9 +513,10 @@ def log_softmax(x, axis=-1, *, n_threads=None):
 
 # --- binary (sigmoid) cross-entropy --------------------------------------------------------
 
-def _run_binary(logits, targets, *, want_grad, out, n_threads, **kw):
-    p = check_binary_problem(logits, targets, **kw)
-    nt, zn, dtype, K, N = _start(p, want_grad, out, n_threads)
+def _run_binary(args, *, want_grad):
+    """The call of a binary front door, from its ``locals()`` (as :func:`_run`)."""
+    p = check_binary_arguments(args)
+    nt, zn, dtype, K, N = _start(p, want_grad, args.get("out"), args["n_threads"])
     z = _rows(zn, K)
     ignore = None
     if p.indices is not None:
@@ -528,7 +527,7 @@ def _run_binary(logits, targets, *, want_grad, out, n_threads, **kw):
         idx, labels, active_rows = None, _real_rows(p.labels, K) if K else np.zeros((1, 1)), N
     divisor = _params.binary_mean_divisor(active_rows, K)
     a, b = _params.binary_label(p.label_smoothing, K, p.indices is not None)
-    params = _params.KernelParams.build(
+    params = _params.kernel_params(
         n_classes=K, class_weight=p.class_weight, sample_weight=p.sample_weight, a=a, beta=b,
         ignore_index=ignore,
         scale=_params.mean_scale(divisor) if p.reduction == "mean" else 1.0)
@@ -536,10 +535,10 @@ def _run_binary(logits, targets, *, want_grad, out, n_threads, **kw):
     grad_rows = ret = copy_back = None
     if want_grad:
         grad_rows, ret, copy_back = _grad_buffer(
-            out, p.axis, p.shape, dtype,
+            args.get("out"), p.axis, p.shape, dtype,
             (np.moveaxis(p.logits, -1, p.axis), dtype,
-             [("targets", targets), ("class_weight", kw.get("class_weight")),
-              ("sample_weight", kw.get("sample_weight"))]))
+             [("targets", args["targets"]), ("class_weight", args["class_weight"]),
+              ("sample_weight", args["sample_weight"])]))
     elem = np.empty((N, K), np.float64) if p.reduction == "none" else None
     row_loss = np.empty(N, np.float64)
     if K:
@@ -603,8 +602,7 @@ def binary_value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, redu
     >>> float(lsref.binary_cross_entropy(np.array([800.0]), [1.0]))   # no overflow
     0.0
     """
-    return _run_binary(logits, targets, want_grad=True, out=out,
-                       n_threads=n_threads, **given(locals(), BINARY_OPTIONS))
+    return _run_binary(locals(), want_grad=True)
 
 
 @fill_doc(BINARY_OPTIONS, N_THREADS)
@@ -646,8 +644,7 @@ def binary_cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduc
     >>> round(float(lsref.binary_cross_entropy(np.array([0.0, 0.0]), [1.0, 0.0])), 6)
     0.693147
     """
-    return _run_binary(logits, targets, want_grad=False, out=None,
-                       n_threads=n_threads, **given(locals(), BINARY_OPTIONS))[0]
+    return _run_binary(locals(), want_grad=False)[0]
 
 
 @fill_doc(BINARY_OPTIONS, EXECUTION_OPTIONS)
@@ -690,5 +687,4 @@ def binary_cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1,
     >>> lsref.binary_cross_entropy_grad(np.array([0.0, 0.0]), [1.0, 0.0])   # / 2 elements
     array([-0.25,  0.25])
     """
-    return binary_value_and_grad(logits, targets,
-                                 **given(locals(), BINARY_OPTIONS, EXECUTION_OPTIONS))[1]
+    return _run_binary(locals(), want_grad=True)[1]

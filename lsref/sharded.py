@@ -336,7 +336,7 @@ def finish(stats, targets, num_classes, *, label_smoothing=0.0, axis=-1, reducti
     mean = p.reduction == "mean"
     scale = _params.mean_scale(D) if mean else 1.0
     q_t, beta = _params.index_target(p.label_smoothing, K, p.smoothing)
-    params = _params.KernelParams.build(
+    params = _params.kernel_params(
         n_classes=K, class_weight=p.class_weight, sample_weight=sw, q_t=q_t, beta=beta,
         scale=scale, z_loss=p.z_loss, kl=p.kl, ignore_index=ignore)
     n = p.n_rows

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from lsref import _kernel
-from lsref._params import KernelParams
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PKG = os.path.dirname(os.path.abspath(_kernel.__file__))
@@ -91,7 +90,6 @@ def _pyx_signatures():
             defs[name] = []
             for p in _split_top(params):
                 p = p.split("=")[0].replace("const ", "").strip()
-                # an untyped argument is a Python object (the KernelParams record)
                 ctype, pname = p.rsplit(None, 1) if " " in p else ("object", p)
                 defs[name].append((pname, ctype.split("[")[0].strip(), "[" in ctype))
         i += 1
@@ -99,12 +97,13 @@ def _pyx_signatures():
 
 
 def _stub_functions():
-    """The stub's functions with their annotations evaluated (a .pyi is Python source)."""
+    """The stub's functions and classes, annotations evaluated (a .pyi is Python source)."""
     with open(STUB, encoding="utf-8") as f:
         source = f.read()
     namespace = {}
     exec(compile(source, STUB, "exec"), namespace)
-    names = [node.name for node in ast.parse(source).body if isinstance(node, ast.FunctionDef)]
+    names = [node.name for node in ast.parse(source).body
+             if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
     return {name: namespace[name] for name in names}
 
 
@@ -131,8 +130,8 @@ def test_stub_argument_types_match_the_pyx():
         typevar_of = {}                   # fused type -> the stub's TypeVar for it
         for pname, ctype, is_buffer in params:
             where = f"{fname}({pname})"
-            if ctype == "object":
-                assert hints[pname] is KernelParams, where
+            if ctype == "KernelParams":          # the extension type the stub declares
+                assert hints[pname] is stub["KernelParams"], where
                 continue
             if not is_buffer:
                 assert hints[pname] is SCALAR[ctype], where
