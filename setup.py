@@ -266,7 +266,12 @@ if __name__ == "__main__":
     from Cython.Build import cythonize
     from setuptools import Extension, setup
 
-    ext = Extension("lsref._kernel", ["lsref/_kernel.pyx"], include_dirs=["lsref"],
+    import numpy
+
+    # NumPy's headers: the front door's fast path (index_fast) reads array headers in C
+    ext = Extension("lsref._kernel", ["lsref/_kernel.pyx"],
+                    include_dirs=["lsref", numpy.get_include()],
+                    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
                     depends=["lsref/_simd.h", "lsref/_rowterms.h"])
     setup(
         ext_modules=cythonize([ext], compiler_directives=DIRECTIVES,

@@ -9,7 +9,7 @@
 # two of different fused types (the logits' storage and the gradient's) vary independently.
 # float16 arrives viewed as uint16 and bfloat16 as int16 (their bits; the integer type only
 # selects the decoder).
-from typing import TypeVar
+from typing import Callable, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -69,6 +69,18 @@ def bce(logits: NDArray[_StoredIn], labels: NDArray[_Real] | None,
         loss_out: NDArray[np.float64], elem_out: NDArray[np.float64] | None,
         grad_out: NDArray[_StoredOut] | None, n_threads: int) -> None: ...
 def small_k_available() -> bool: ...
+
+# --- the front door's fast path (lsref.loss; None: the call is not one it takes) ------------
+
+def configure_fast_path(*, index_call: Callable[..., tuple[float, float, float, float, bool, bool]],
+                        default_threads: Callable[[], int], small_problem: int,
+                        max_threads: int) -> None: ...
+def index_fast(logits: object, targets: object, label_smoothing: object, axis: object,
+               reduction: object, smoothing: object, class_weight: object,
+               sample_weight: object, ignore_index: object, z_loss: object, kl: object,
+               n_threads: object, out: object, want_grad: bool
+               ) -> tuple[np.floating | NDArray[np.floating], NDArray[np.floating]] | np.floating | NDArray[np.floating] | None: ...
+def pairwise_sum(a: NDArray[np.float64]) -> float: ...
 def logsumexp_rows(x: NDArray[_StoredIn], out: NDArray[np.float64], n_threads: int) -> None: ...
 def softmax_rows(x: NDArray[_StoredIn], out: NDArray[_StoredOut], log_space: bool,
                  n_threads: int) -> None: ...

@@ -61,7 +61,13 @@ from cython.parallel cimport parallel, prange
 from cpython.exc cimport PyErr_CheckSignals
 from libc.math cimport exp, expf, log, log1p, fabs, INFINITY, NAN, isfinite, isnan
 from libc.stdint cimport int64_t, uint16_t, int16_t, uint32_t
-from libc.string cimport memset
+from libc.string cimport memset, memcmp
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
+cimport numpy as cnp
+
+import numpy as _np
+
+cnp.import_array()
 
 ctypedef fused stored_in:
     float
@@ -917,41 +923,43 @@ def small_k_available():
     return bool(lsref_small8_available())
 
 
-def ce_index(const stored_in[:, ::1] logits,     # IN  (N, K)
-             const int64_t[::1] targets,         # IN  (N,)
-             KernelParams params,
-             double[::1] loss_out,               # OUT (N,)
-             stored_out[:, ::1] grad_out,        # OUT (N, K) or None; may be logits itself
-             int n_threads,
-             unsigned char[::1] small_k_scratch=None):   # SCRATCH (N,): the small-K blocks
-    """Row losses (and gradient rows) of class-index targets.
+cdef inline void _index_row(const stored_in *z, const int64_t *targets, Py_ssize_t i,
+                            Py_ssize_t K, const coefs *cf, const double *w, const double *rs,
+                            double *loss_out, stored_out *grad_out) noexcept nogil:
+    """Row i of _index_rows (one loss, and the gradient row where grad_out != NULL)."""
+    cdef int64_t t = targets[i]
+    cdef stored_out *g = grad_out + i * K if grad_out != NULL else NULL
+    cdef double s
+    if cf.has_ignore and t == cf.ignore_index:
+        loss_out[i] = 0.0
+        if g != NULL:
+            memset(g, 0, K * sizeof(stored_out))
+    else:
+        s = cf.scale if rs == NULL else cf.scale * rs[i]
+        loss_out[i] = _row_index(z + i * K, K, t, cf.q_t, cf.beta, cf.W, w, s, cf.lam, cf.kl, g)
 
-    With ``small_k_scratch`` (given where lsref._params.small_k_blocks says so) whole blocks
-    of 8 rows go through the across-rows kernel of _simd.h first; the per-row loop then does
-    the remaining rows and the ones that kernel flagged in the scratch."""
-    cdef coefs cf = _coefs(params)
-    cdef const double[::1] class_weight = params.class_weight
-    cdef const double[::1] row_scale = params.sample_weight
-    cdef unsigned char[::1] redo = small_k_scratch
+
+cdef int _index_rows(const stored_in *z, const int64_t *targets, Py_ssize_t N, Py_ssize_t K,
+                     const coefs *cf, const double *w, const double *rs, double *loss_out,
+                     stored_out *grad_out, unsigned char *redo, int nt) except -1:
+    """The row loop of class-index targets, for ce_index and index_fast: the N rows of z (C
+    order, N, K >= 1), their losses into loss_out and, where grad_out != NULL, their gradient
+    rows. With redo (an (N,) scratch, given where lsref._params.small_k_blocks says so) whole
+    blocks of 8 rows go through the across-rows kernel of _simd.h first; the per-row loop then
+    does the remaining rows and the ones that kernel flagged in redo."""
     cdef double q_t = cf.q_t, beta = cf.beta, W = cf.W, scale = cf.scale, z_loss = cf.lam
     cdef bint kl = cf.kl, has_ignore = cf.has_ignore
     cdef int64_t ignore_index = cf.ignore_index
-    cdef Py_ssize_t N = logits.shape[0], K = logits.shape[1], i, b
+    cdef Py_ssize_t i, b
     cdef Py_ssize_t n_blocked = 0          # rows 0..n_blocked-1: in the small-K blocks
-    cdef const double *w = NULL if class_weight is None else &class_weight[0]
-    cdef const double *rs = NULL if row_scale is None else &row_scale[0]
-    cdef bint want_grad = grad_out is not None, small = False
-    cdef stored_out *g
-    cdef int64_t t
-    cdef double s, c
+    cdef bint want_grad = grad_out != NULL, small = False
+    cdef double c
     cdef lsref_small_params P
     cdef float *g32 = NULL
-    cdef int nt = _nt(n_threads), tid
+    cdef int tid
     cdef lsref_ticker tk = lsref_ticker_new()
-    if N == 0 or K == 0:
-        return
     if stored_in is float:
-        if redo is not None and (stored_out is float or not want_grad):
+        if redo != NULL and (stored_out is float or not want_grad):
             small = True
             n_blocked = (N // 8) * 8
             P.q_t, P.beta, P.W, P.scale, P.lam = q_t, beta, W, scale, z_loss
@@ -965,40 +973,350 @@ def ce_index(const stored_in[:, ::1] logits,     # IN  (N, K)
             P.refine_if_other_max = (fabs(q_t) < 1e-2 * fabs(c)
                                      and lsref_mass_at_max(q_t + beta * (W - 2.0), c))
             if want_grad:
-                g32 = <float *> &grad_out[0, 0]
+                g32 = <float *> grad_out
     # Two parallel regions: the row loop reads the redo[] flags of every block, so the
     # blocks must all be done first (the end of a region is a barrier; two loops in one
-    # region would not wait for each other).
+    # region would not wait for each other). On one thread the loops run without a region
+    # (starting one costs more than a row of 10 classes).
     if stored_in is float:
-        if small:                           # whole blocks of 8 rows; redo[] flags the others
+        if small and nt == 1:
+            with nogil:
+                for b in range(N // 8):
+                    if _interrupted(&tk, 0, 8 * K):
+                        break
+                    lsref_small8_f32(z, b * 8, K, targets, &P, loss_out, g32, redo)
+        elif small:                         # whole blocks of 8 rows; redo[] flags the others
             with nogil, parallel(num_threads=nt):
                 tid = lsref_thread_num()
                 for b in prange(N // 8, schedule="static"):
                     if _interrupted(&tk, tid, 8 * K):
                         continue
-                    lsref_small8_f32(&logits[0, 0], b * 8, K, &targets[0], &P,
-                                     &loss_out[0], g32, &redo[0])
-            if lsref_stopped(&tk):
-                _raise_pending()
-    with nogil, parallel(num_threads=nt):
-        tid = lsref_thread_num()
-        for i in prange(N, schedule="static"):
-            if i < n_blocked and not redo[i]:
-                continue                    # done by the small-K blocks
-            if _interrupted(&tk, tid, K):
-                continue
-            t = targets[i]
-            g = &grad_out[i, 0] if want_grad else NULL
-            if has_ignore and t == ignore_index:
-                loss_out[i] = 0.0
-                if want_grad:
-                    memset(g, 0, K * sizeof(stored_out))
-            else:
-                s = scale if rs == NULL else scale * rs[i]
-                loss_out[i] = _row_index(&logits[i, 0], K, t, q_t, beta, W, w, s, z_loss,
-                                         kl, g)
+                    lsref_small8_f32(z, b * 8, K, targets, &P, loss_out, g32, redo)
+        if lsref_stopped(&tk):
+            _raise_pending()
+    if nt == 1:
+        with nogil:
+            for i in range(N):
+                if i < n_blocked and not redo[i]:
+                    continue                # done by the small-K blocks
+                if _interrupted(&tk, 0, K):
+                    break
+                _index_row(z, targets, i, K, cf, w, rs, loss_out, grad_out)
+    else:
+        with nogil, parallel(num_threads=nt):
+            tid = lsref_thread_num()
+            for i in prange(N, schedule="static"):
+                if i < n_blocked and not redo[i]:
+                    continue                # done by the small-K blocks
+                if _interrupted(&tk, tid, K):
+                    continue
+                _index_row(z, targets, i, K, cf, w, rs, loss_out, grad_out)
     if lsref_stopped(&tk):
         _raise_pending()
+    return 0
+
+
+def ce_index(const stored_in[:, ::1] logits,     # IN  (N, K)
+             const int64_t[::1] targets,         # IN  (N,)
+             KernelParams params,
+             double[::1] loss_out,               # OUT (N,)
+             stored_out[:, ::1] grad_out,        # OUT (N, K) or None; may be logits itself
+             int n_threads,
+             unsigned char[::1] small_k_scratch=None):   # SCRATCH (N,): the small-K blocks
+    """Row losses (and gradient rows) of class-index targets (_index_rows).
+
+    With ``small_k_scratch`` (given where lsref._params.small_k_blocks says so) whole blocks
+    of 8 rows go through the across-rows kernel of _simd.h first; the per-row loop then does
+    the remaining rows and the ones that kernel flagged in the scratch."""
+    cdef coefs cf = _coefs(params)
+    cdef const double[::1] class_weight = params.class_weight
+    cdef const double[::1] row_scale = params.sample_weight
+    cdef Py_ssize_t N = logits.shape[0], K = logits.shape[1]
+    cdef const double *w = NULL
+    cdef const double *rs = NULL
+    cdef stored_out *g = NULL
+    cdef unsigned char *redo = NULL
+    if N == 0 or K == 0:
+        return
+    if class_weight is not None:
+        w = &class_weight[0]
+    if row_scale is not None:
+        rs = &row_scale[0]
+    if grad_out is not None:
+        g = &grad_out[0, 0]
+    if small_k_scratch is not None:
+        redo = &small_k_scratch[0]
+    _index_rows(&logits[0, 0], &targets[0], N, K, &cf, w, rs, &loss_out[0], g, redo,
+                _nt(n_threads))
+
+
+# --- the front door's fast path ----------------------------------------------------------------
+#
+# A call in a training loop is small (1-256 rows, 10-1,000 classes) and repeated thousands of
+# times: there the general front door (lsref/loss.py: argument checks, layout, the reduction,
+# in Python) costs ~30x the arithmetic. index_fast takes the common call -- NumPy arrays as
+# the kernel stores them (C-contiguous float32/float64 (N, K) logits, int64 (N,) class
+# indices), no weights, plain Python options -- checks it with C-level tests and computes it
+# here. Whatever it does not take, or finds wrong, it hands back (None), and the general path
+# runs: so there is one set of checks and error messages (the general path's), and the fast
+# path never raises for bad input. The numbers are the general path's to the bit (the same
+# row loop, coefficients from the same lsref/_params.py rules, NumPy's pairwise sum):
+# tests/test_fast_path.py compares the two.
+
+cdef object _fp_call = None             # lsref._params.index_call
+cdef object _fp_default_threads = None  # lsref.loss.default_threads
+cdef Py_ssize_t _fp_small_problem = 0   # lsref.loss.SMALL_PROBLEM
+cdef Py_ssize_t _fp_max_threads = 0     # lsref._validation.MAX_THREADS
+cdef object _fp_float32 = _np.float32
+
+# What _fp_call returned for the last call, and what it was asked: a training loop asks the
+# same question on every step, so it is answered once (the rules are pure functions of it).
+ctypedef struct fast_key:
+    double eps, divisor
+    Py_ssize_t n_classes, n_rows
+    int reduction
+    bint others, float32
+
+ctypedef struct fast_coefs:
+    double q_t, beta, W, scale
+    bint empty_mean, small
+
+cdef fast_key _fp_memo_key
+cdef fast_coefs _fp_memo
+cdef bint _fp_memo_valid = False
+
+# Rows up to this many use stack buffers for their losses and the small-K flags.
+cdef enum:
+    _STACK_ROWS = 512
+
+
+def configure_fast_path(*, index_call, default_threads, small_problem, max_threads):
+    """Give :func:`index_fast` the rules it takes from the Python side (lsref/loss.py calls
+    this once, at import): the coefficients of a call (``lsref._params.index_call``), the
+    default thread count, the size below which one thread runs, and the thread cap."""
+    global _fp_call, _fp_default_threads, _fp_small_problem, _fp_max_threads, _fp_memo_valid
+    _fp_call, _fp_default_threads, _fp_memo_valid = index_call, default_threads, False
+    _fp_small_problem, _fp_max_threads = small_problem, max_threads
+
+
+cdef extern from "numpy/arrayobject.h":
+    object PyArray_Scalar(void *data, cnp.dtype descr, object base)
+
+
+cdef object _scalar(double x, int typenum):
+    """x as a NumPy scalar of the logits' dtype (float32 or float64), as dtype.type(x) gives
+    it (the constructor goes through NumPy's argument parsing: ~5x the instructions)."""
+    cdef float x32 = <float> x
+    if typenum == cnp.NPY_FLOAT:
+        return PyArray_Scalar(&x32, cnp.PyArray_DescrFromType(typenum), None)
+    return PyArray_Scalar(&x, cnp.PyArray_DescrFromType(typenum), None)
+
+
+cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b) noexcept:
+    """Whether the bytes of two C-contiguous arrays intersect."""
+    cdef char *pa = cnp.PyArray_BYTES(a)
+    cdef char *pb = cnp.PyArray_BYTES(b)
+    return pa < pb + cnp.PyArray_NBYTES(b) and pb < pa + cnp.PyArray_NBYTES(a)
+
+
+cdef double _pairwise_sum(const double *a, Py_ssize_t n) noexcept nogil:
+    """NumPy's pairwise summation of a contiguous float64 array (numpy/_core/src/umath/
+    loops_utils.h.src, pairwise_sum): sequential below 8 terms, 8 accumulators up to 128,
+    halves (at a multiple of 8) above. np.sum(a) is 0.0 + this, for every length
+    (tests/test_fast_path.py checks it against np.sum), so both paths reduce to the bit."""
+    cdef double r0, r1, r2, r3, r4, r5, r6, r7, res
+    cdef Py_ssize_t i, n2
+    if n < 8:
+        res = -0.0
+        for i in range(n):
+            res += a[i]
+        return res
+    if n <= 128:
+        r0, r1, r2, r3 = a[0], a[1], a[2], a[3]
+        r4, r5, r6, r7 = a[4], a[5], a[6], a[7]
+        i = 8
+        while i < n - (n % 8):
+            r0 += a[i]; r1 += a[i + 1]; r2 += a[i + 2]; r3 += a[i + 3]
+            r4 += a[i + 4]; r5 += a[i + 5]; r6 += a[i + 6]; r7 += a[i + 7]
+            i += 8
+        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < n:
+            res += a[i]
+            i += 1
+        return res
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pairwise_sum(a, n2) + _pairwise_sum(a + n2, n - n2)
+
+
+def pairwise_sum(const double[::1] a):
+    """:func:`_pairwise_sum` plus 0.0, as np.sum gives it (exposed for the tests)."""
+    return 0.0 + (_pairwise_sum(&a[0], a.shape[0]) if a.shape[0] else 0.0)
+
+
+def index_fast(logits, targets, label_smoothing, axis, reduction, smoothing, class_weight,
+               sample_weight, ignore_index, z_loss, kl, n_threads, out, bint want_grad):
+    """The loss (and, with ``want_grad``, the gradient) of a common class-index call, or
+    None when the call is not one (then lsref/loss.py runs its general path).
+
+    The arguments are those of ``lsref.value_and_grad`` in its order, unchecked."""
+    global _fp_memo_key, _fp_memo, _fp_memo_valid
+    cdef cnp.ndarray z, t, o = None, row_loss = None
+    cdef object grad = None, loss
+    cdef int typenum, nt, red
+    cdef Py_ssize_t N, K, i, n_ignored = 0
+    cdef double eps, lam, total
+    cdef int64_t ign = 0, ti
+    cdef const int64_t *tp
+    cdef bint has_ignore = False, small, empty_mean
+    cdef coefs cf
+    cdef fast_key key
+    cdef double stack_loss[_STACK_ROWS]
+    cdef unsigned char stack_redo[_STACK_ROWS]
+    cdef double *lp = &stack_loss[0]
+    cdef unsigned char *redo = NULL
+    cdef void *gp = NULL
+    cdef cnp.npy_intp dims[2]
+    if _fp_call is None:
+        return None
+    # the arrays: exactly numpy.ndarray (no subclass, masked array or tensor), as stored
+    if type(logits) is not cnp.ndarray or type(targets) is not cnp.ndarray:
+        return None
+    z, t = <cnp.ndarray> logits, <cnp.ndarray> targets
+    if cnp.PyArray_NDIM(z) != 2 or cnp.PyArray_NDIM(t) != 1:
+        return None
+    typenum = cnp.PyArray_TYPE(z)
+    if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
+        return None
+    if not (cnp.PyArray_ISCARRAY_RO(z) and cnp.PyArray_ISNOTSWAPPED(z)):
+        return None
+    N, K = cnp.PyArray_DIMS(z)[0], cnp.PyArray_DIMS(z)[1]
+    if N == 0 or K == 0 or cnp.PyArray_DIMS(t)[0] != N:
+        return None
+    if (cnp.PyArray_TYPE(t) != cnp.NPY_INT64 or not cnp.PyArray_ISCARRAY_RO(t)
+            or not cnp.PyArray_ISNOTSWAPPED(t)):
+        return None
+    # the options: plain Python values in their valid ranges
+    if type(axis) is not int or (axis != -1 and axis != 1):
+        return None
+    if class_weight is not None or sample_weight is not None:
+        return None
+    if type(label_smoothing) is float:
+        eps = label_smoothing
+    elif type(label_smoothing) is int and 0 <= label_smoothing <= 1:
+        eps = label_smoothing
+    else:
+        return None
+    if not (0.0 <= eps <= 1.0):                 # NaN fails too
+        return None
+    if type(z_loss) is float:
+        lam = z_loss
+    elif type(z_loss) is int and 0 <= z_loss <= 2 ** 53:
+        lam = z_loss
+    else:
+        return None
+    if not (0.0 <= lam < INFINITY):
+        return None
+    if kl is not True and kl is not False:
+        return None
+    if type(reduction) is not str or type(smoothing) is not str:
+        return None
+    if reduction == "mean":
+        red = 0
+    elif reduction == "sum":
+        red = 1
+    elif reduction == "none":
+        red = 2
+    else:
+        return None
+    if not (smoothing == "uniform" or (smoothing == "others" and K >= 2)):
+        return None
+    if ignore_index is not None:
+        if type(ignore_index) is not int or not (-2 ** 63 <= ignore_index < 2 ** 63):
+            return None
+        has_ignore, ign = True, ignore_index
+    if n_threads is None:
+        nt = 1 if N * K < _fp_small_problem else _fp_default_threads()
+    elif type(n_threads) is int and 1 <= n_threads <= _fp_max_threads:
+        nt = n_threads
+    else:
+        return None
+    if out is not None:
+        if not want_grad or type(out) is not cnp.ndarray:
+            return None
+        o = <cnp.ndarray> out
+        if (cnp.PyArray_NDIM(o) != 2 or cnp.PyArray_DIMS(o)[0] != N
+                or cnp.PyArray_DIMS(o)[1] != K or cnp.PyArray_TYPE(o) != typenum
+                or not cnp.PyArray_ISCARRAY(o) or not cnp.PyArray_ISNOTSWAPPED(o)):
+            return None
+        if _overlap(o, t):
+            return None
+        if _overlap(o, z) and not (cnp.PyArray_BYTES(o) == cnp.PyArray_BYTES(z)
+                                   and cnp.PyArray_STRIDES(o)[0] == cnp.PyArray_STRIDES(z)[0]
+                                   and cnp.PyArray_STRIDES(o)[1] == cnp.PyArray_STRIDES(z)[1]):
+            return None
+    # the class indices: each in [0, K) or ignore_index
+    tp = <const int64_t *> cnp.PyArray_DATA(t)
+    for i in range(N):
+        ti = tp[i]
+        if has_ignore and ti == ign:
+            n_ignored += 1
+        elif ti < 0 or ti >= K:
+            return None
+    # the coefficients, by lsref/_params.py's rules (the last call's, when it asked the same)
+    memset(&key, 0, sizeof(fast_key))         # padding too: the key is compared bytewise
+    key.eps, key.n_classes, key.n_rows, key.divisor = eps, K, N, <double> (N - n_ignored)
+    key.others, key.reduction, key.float32 = smoothing == "others", red, typenum == cnp.NPY_FLOAT
+    if not (_fp_memo_valid and memcmp(&key, &_fp_memo_key, sizeof(fast_key)) == 0):
+        _fp_memo_valid = False
+        (_fp_memo.q_t, _fp_memo.beta, _fp_memo.W, _fp_memo.scale, _fp_memo.empty_mean,
+         _fp_memo.small) = _fp_call(eps, K, smoothing, reduction, key.divisor, key.float32, N)
+        _fp_memo_key, _fp_memo_valid = key, True
+    cf.q_t, cf.a, cf.beta, cf.W = _fp_memo.q_t, 1.0, _fp_memo.beta, _fp_memo.W
+    cf.scale, cf.lam, cf.kl = _fp_memo.scale, lam, kl
+    cf.has_ignore, cf.ignore_index = has_ignore, ign if has_ignore else -1
+    small, empty_mean = _fp_memo.small, _fp_memo.empty_mean
+
+    if want_grad:
+        if o is not None:
+            grad = o
+        else:
+            dims[0], dims[1] = N, K
+            grad = cnp.PyArray_EMPTY(2, dims, typenum, 0)
+        gp = cnp.PyArray_DATA(<cnp.ndarray> grad)
+    if red == 2:
+        dims[0] = N
+        row_loss = cnp.PyArray_EMPTY(1, dims, cnp.NPY_DOUBLE, 0)
+        lp = <double *> cnp.PyArray_DATA(row_loss)
+    elif N > _STACK_ROWS:
+        lp = <double *> PyMem_Malloc(N * sizeof(double))
+        if lp == NULL:
+            raise MemoryError()
+    try:
+        if small:
+            redo = &stack_redo[0]
+            if N > _STACK_ROWS:
+                redo = <unsigned char *> PyMem_Malloc(N)
+            if redo == NULL:
+                raise MemoryError()
+        nt = _nt(nt)
+        if typenum == cnp.NPY_FLOAT:
+            _index_rows(<const float *> cnp.PyArray_DATA(z), tp, N, K, &cf, NULL, NULL, lp,
+                        <float *> gp, redo, nt)
+        else:
+            _index_rows(<const double *> cnp.PyArray_DATA(z), tp, N, K, &cf, NULL, NULL, lp,
+                        <double *> gp, redo, nt)
+        if red == 2:
+            loss = row_loss if typenum == cnp.NPY_DOUBLE else row_loss.astype(_fp_float32)
+        else:
+            total = NAN if empty_mean else 0.0 + _pairwise_sum(lp, N)
+            loss = _scalar(total, typenum)
+    finally:
+        if redo != NULL and redo != &stack_redo[0]:
+            PyMem_Free(redo)
+        if lp != &stack_loss[0] and red != 2:
+            PyMem_Free(lp)
+    return (loss, grad) if want_grad else loss
 
 
 def ce_prob(const stored_in[:, ::1] logits,      # IN  (N, K)

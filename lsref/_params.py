@@ -14,7 +14,7 @@ from . import _kernel
 
 __all__ = ["index_target", "prob_target", "binary_label", "class_weight_total",
            "mean_divisor", "binary_mean_divisor", "mean_scale", "mean", "reduce",
-           "KernelParams", "kernel_params", "small_k_blocks", "index_rows"]
+           "KernelParams", "kernel_params", "small_k_blocks", "index_call", "index_rows"]
 
 
 # --- the smoothed target ---------------------------------------------------------------------
@@ -151,9 +151,21 @@ def kernel_params(*, n_classes, class_weight=None, sample_weight=None, q_t=1.0, 
                         z_loss=z_loss, kl=kl, ignore_index=ignore_index)
 
 
-def small_k_blocks(dtype, n_rows, n_classes, params):
+def small_k_blocks(float32, n_rows, n_classes, class_weighted):
     """Whether ``ce_index`` may run the across-rows blocks of small K (float32, at most 16
     classes, no class weights, at least one block of 8 rows, a CPU with AVX2): then the
     caller passes it an (N,) uint8 scratch array. Decided here only; the kernel trusts it."""
-    return (dtype == np.float32 and params.class_weight is None and n_classes <= 16
-            and n_rows >= 8 and _kernel.small_k_available())
+    return (float32 and not class_weighted and n_classes <= 16 and n_rows >= 8
+            and _kernel.small_k_available())
+
+
+def index_call(label_smoothing, n_classes, smoothing, reduction, divisor, float32, n_rows):
+    """What the kernel's fast path (``_kernel.index_fast``: class indices, no weights) needs
+    from the rules above, in one call: ``(q_t, beta, W, scale, empty_mean, small_k)``, with
+    ``divisor`` the rows that count (``D``). ``empty_mean``: the loss is NaN (``"mean"`` at
+    ``D = 0``, as :func:`reduce` says); ``small_k``: :func:`small_k_blocks`."""
+    q_t, beta = index_target(label_smoothing, n_classes, smoothing)
+    mean = reduction == "mean"
+    return (q_t, beta, class_weight_total(None, n_classes),
+            mean_scale(divisor) if mean else 1.0, mean and divisor == 0,
+            small_k_blocks(float32, n_rows, n_classes, False))

@@ -14,7 +14,7 @@ from . import _kernel, _params
 from ._keywords import (BINARY_OPTIONS, CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS, N_THREADS,
                         fill_doc)
 from ._validation import (as_array, check_arguments, check_axis, check_binary_arguments,
-                          check_float_array, check_n_threads, is_bfloat16)
+                          check_float_array, check_n_threads, is_bfloat16, MAX_THREADS)
 
 __all__ = ["cross_entropy", "cross_entropy_grad", "value_and_grad", "logsumexp",
            "log_softmax", "softmax", "binary_cross_entropy", "binary_cross_entropy_grad",
@@ -36,6 +36,11 @@ def default_threads():
 # its progress line prints the training time) is such a loop. Results are bit-identical for
 # every thread count, so this changes only the time.
 SMALL_PROBLEM = 32768
+
+
+# The kernel's fast path for the common call (_kernel.index_fast) takes these rules from here
+_kernel.configure_fast_path(index_call=_params.index_call, default_threads=default_threads,
+                           small_problem=SMALL_PROBLEM, max_threads=MAX_THREADS)
 
 
 def resolve_threads(n_threads, size=None):
@@ -211,8 +216,8 @@ def _run(args, *, want_grad):
     if p.prob_targets:
         _kernel.ce_prob(z, targets_rows, params, row_loss, grad_rows, nt)
     else:
-        scratch = (np.empty(N, np.uint8) if _params.small_k_blocks(dtype, N, K, params)
-                   else None)
+        scratch = (np.empty(N, np.uint8) if _params.small_k_blocks(
+            dtype == np.float32, N, K, p.class_weight is not None) else None)
         _kernel.ce_index(z, targets_rows, params, row_loss, grad_rows, nt, scratch)
 
     loss = _reduce(p.reduction, row_loss, divisor, p.batch_shape, loss_dtype(dtype))
@@ -262,7 +267,10 @@ def cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="m
     >>> round(float(lsref.cross_entropy(logits, [0], label_smoothing=0.1)), 4)
     0.3365
     """
-    return _run(locals(), want_grad=False)[0]
+    fast = _kernel.index_fast(logits, targets, label_smoothing, axis, reduction, smoothing,
+                              class_weight, sample_weight, ignore_index, z_loss, kl, n_threads,
+                              None, False)
+    return _run(locals(), want_grad=False)[0] if fast is None else fast
 
 
 @fill_doc(CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS)
@@ -311,7 +319,10 @@ def value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="
     >>> bool(np.isclose(grad.sum(), 0))
     True
     """
-    return _run(locals(), want_grad=True)
+    fast = _kernel.index_fast(logits, targets, label_smoothing, axis, reduction, smoothing,
+                              class_weight, sample_weight, ignore_index, z_loss, kl, n_threads,
+                              out, True)
+    return _run(locals(), want_grad=True) if fast is None else fast
 
 
 @fill_doc(CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS)
@@ -350,7 +361,10 @@ def cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reducti
     >>> g[0]                                  # (softmax - q) / 2 rows
     array([ 0.1125, -0.3375,  0.1125,  0.1125])
     """
-    return _run(locals(), want_grad=True)[1]
+    fast = _kernel.index_fast(logits, targets, label_smoothing, axis, reduction, smoothing,
+                              class_weight, sample_weight, ignore_index, z_loss, kl, n_threads,
+                              out, True)
+    return (_run(locals(), want_grad=True) if fast is None else fast)[1]
 
 
 # --- log-sum-exp and softmax ---------------------------------------------------------------

@@ -90,6 +90,8 @@ def _pyx_signatures():
             defs[name] = []
             for p in _split_top(params):
                 p = p.split("=")[0].replace("const ", "").strip()
+                if p == "*":                     # the keyword-only marker
+                    continue
                 ctype, pname = p.rsplit(None, 1) if " " in p else ("object", p)
                 defs[name].append((pname, ctype.split("[")[0].strip(), "[" in ctype))
         i += 1
@@ -130,6 +132,8 @@ def test_stub_argument_types_match_the_pyx():
         typevar_of = {}                   # fused type -> the stub's TypeVar for it
         for pname, ctype, is_buffer in params:
             where = f"{fname}({pname})"
+            if ctype == "object":                # untyped: any object (the stub may say more)
+                continue
             if ctype == "KernelParams":          # the extension type the stub declares
                 assert hints[pname] is stub["KernelParams"], where
                 continue
