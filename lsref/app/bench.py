@@ -1,9 +1,12 @@
 """One-run peer comparison (``lsref bench``; also ``benchmarks/peers.py``).
 
 lsref, a careful NumPy version, scipy's logsumexp, PyTorch CPU and JAX jit (where installed)
-and a plain memory copy of the same array, on the same arrays, in one process. Each time is
-the median of ``--repeat`` runs after one warm-up; the figures that count are the ratios,
-measured in the same run (shared machines are noisy; ratios travel, absolute times do not).
+and a plain memory copy of the same array, on the same arrays, in one process, in two regimes:
+large arrays (milliseconds per call: the memory floor is what counts) and the small ones of a
+training loop (microseconds per call: the per-call overhead is what counts). Each time is the
+median of ``--repeat`` runs after one warm-up (for the small shapes, a run is a batch of
+calls, timed together); the figures that count are the ratios, measured in the same run
+(shared machines are noisy; ratios travel, absolute times do not).
 """
 import os
 import platform
@@ -28,6 +31,12 @@ WORKLOADS = [
 ]
 QUICK = [("1024x32000", 1024, 32000, "float32"), ("16384x1000", 16384, 1000, "float32"),
          ("65536x10", 65536, 10, "float32")]
+# the minibatches of a training loop (float32): per-call time
+SMALL = [("1x10", 1, 10, "float32"), ("32x10", 32, 10, "float32"),
+         ("256x100", 256, 100, "float32"), ("128x1000", 128, 1000, "float32")]
+QUICK_SMALL = SMALL[1:2]
+# a batch of small calls lasts about this long (seconds), so the clock's resolution is moot
+BATCH_SECONDS = 0.02
 
 
 def _median_time(fn, repeat):
@@ -37,6 +46,29 @@ def _median_time(fn, repeat):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _per_call_time(fn, repeat):
+    """Median seconds per call of ``fn`` over ``repeat`` batches of calls (the batch size
+    set once, so that a batch lasts about BATCH_SECONDS)."""
+    fn()
+    calls, t0 = 1, time.perf_counter()
+    while True:                                     # calibrate the batch size
+        for _ in range(calls):
+            fn()
+        if time.perf_counter() - t0 >= BATCH_SECONDS / 4 or calls >= 1 << 20:
+            break
+        calls *= 2
+        t0 = time.perf_counter()
+    elapsed = time.perf_counter() - t0
+    calls = max(1, int(calls * BATCH_SECONDS / max(elapsed, 1e-9)))
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - t0) / calls)
     return float(np.median(times))
 
 
@@ -155,6 +187,73 @@ def run(workloads, repeat=5, progress=True, stream=sys.stderr):
     return rows, versions
 
 
+def run_small(workloads, repeat=5, progress=True, stream=sys.stderr):
+    """Per-call times at the small shapes of a training loop; return (rows, versions)."""
+    from lsref.criterion import LabelSmoothingLoss
+    threads = default_threads()
+    rows, versions = [], {"lsref": f"lsref {__version__} ({_kernel.SIMD_PATH}, default "
+                                   f"threads: 1 below 32768 logits, else {threads})",
+                          "numpy": f"numpy {np.__version__}"}
+    crit = LabelSmoothingLoss(label_smoothing=EPS)
+
+    def crit_step(z, t):
+        crit(z, t)
+        return crit.backward()
+    for wi, (name, n, k, dtype) in enumerate(workloads, 1):
+        rng = np.random.default_rng(0)
+        z = (rng.standard_normal((n, k), dtype=np.float32) * 3).astype(dtype)
+        t = rng.integers(0, k, n)
+        out = np.zeros_like(z)
+        impls = [
+            ("lsref value_and_grad, out=",
+             lambda: value_and_grad(z, t, label_smoothing=EPS, out=out)),
+            ("lsref loss only", lambda: cross_entropy(z, t, label_smoothing=EPS)),
+            ("lsref LabelSmoothingLoss + backward()", lambda: crit_step(z, t)),
+            ("numpy (careful), out=", lambda: numpy_value_and_grad(z, t, out)),
+        ]
+        tf, tv = _torch_fn(z, t, threads)
+        if tf is not None:
+            impls.append(("torch F.cross_entropy fwd+bwd", tf))
+            versions["torch"] = tv
+        jf, jv = _jax_fn(z, t)
+        if jf is not None:
+            impls.append(("jax jit value_and_grad", jf))
+            versions["jax"] = jv
+        for ii, (label, fn) in enumerate(impls, 1):
+            if progress:
+                stream.write(f"\r[{wi}/{len(workloads)}] {name}: {label:<40.40} "
+                             f"({ii}/{len(impls)})")
+                stream.flush()
+            rows.append(dict(workload=name, impl=label, seconds=_per_call_time(fn, repeat)))
+    if progress:
+        stream.write("\r" + " " * 90 + "\r")
+    return rows, versions
+
+
+def format_small_table(rows, markdown=False):
+    """The per-call table: microseconds per call, and how much faster lsref's
+    value_and_grad(out=) is than each peer."""
+    by = {}
+    for r in rows:
+        by.setdefault(r["workload"], {})[r["impl"]] = r["seconds"]
+    head = ["workload", "implementation", "us per call", "lsref out= faster by"]
+    lines = []
+    if markdown:
+        lines += ["| " + " | ".join(head) + " |", "|---|---|---:|---:|"]
+    else:
+        lines.append(f"{head[0]:<16} {head[1]:<38} {head[2]:>12} {head[3]:>21}")
+    for wl, impls in by.items():
+        ours = impls["lsref value_and_grad, out="]
+        for label, secs in impls.items():
+            faster = f"{secs / ours:.1f}x" if label.startswith(("torch", "jax", "numpy")) else ""
+            cells = [wl, label, f"{secs * 1e6:.2f}", faster]
+            if markdown:
+                lines.append("| " + " | ".join(cells) + " |")
+            else:
+                lines.append(f"{cells[0]:<16} {cells[1]:<38} {cells[2]:>12} {cells[3]:>21}")
+    return "\n".join(lines)
+
+
 def machine_line():
     flags = ""
     try:
@@ -174,10 +273,14 @@ def machine_line():
 
 
 def format_table(rows, versions, markdown=False):
+    """The large-array table (milliseconds, and ratios to a memory copy), with the machine
+    and the versions above it."""
     by = {}
     for r in rows:
         by.setdefault(r["workload"], {})[r["impl"]] = r["seconds"]
     lines = [f"Machine: {machine_line()}", "Versions: " + "; ".join(versions.values()), ""]
+    if not rows:
+        return "\n".join(lines[:2])
     head = ["workload", "implementation", "median (ms)", "vs np.copyto", "lsref out= faster by"]
     if markdown:
         lines.append("| " + " | ".join(head) + " |")
@@ -209,6 +312,9 @@ def _parser():
     p.add_argument("--repeat", type=positive(int), default=5,
                    help="timed runs per implementation, after a warm-up (median is reported; 5)")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.add_argument("--only", choices=("large", "small"),
+                   help="one regime only: large arrays (ms per call, vs a memory copy) or the "
+                        "small shapes of a training loop (us per call); both by default")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress line (shown only when stderr is a terminal)")
     return p
@@ -218,9 +324,19 @@ def main(argv=None):
     from .cli import isatty
     args = _parser().parse_args(argv)
     # the progress line rewrites itself with \r: only a terminal shows that as one line
-    rows, versions = run(QUICK if args.quick else WORKLOADS, repeat=args.repeat,
-                         progress=not args.no_progress and isatty(sys.stderr))
+    progress = not args.no_progress and isatty(sys.stderr)
+    rows, versions, small = [], {}, []
+    if args.only != "small":
+        rows, versions = run(QUICK if args.quick else WORKLOADS, repeat=args.repeat,
+                             progress=progress)
+    if args.only != "large":
+        small, small_versions = run_small(QUICK_SMALL if args.quick else SMALL,
+                                          repeat=args.repeat, progress=progress)
+        versions = {**small_versions, **versions}
     print(format_table(rows, versions, markdown=args.markdown))
+    if small:
+        print(f"\nSmall shapes (a training loop's minibatches), float32, eps = {EPS}:")
+        print(format_small_table(small, markdown=args.markdown))
     return 0
 
 
