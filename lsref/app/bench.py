@@ -131,6 +131,31 @@ def _jax_fn(z, t):
     return run, f"jax {jax.__version__} (jit), optax {optax.__version__}"
 
 
+def _add_peers(impls, versions, z, t, threads):
+    """PyTorch's and JAX's value and gradient of (z, t), where installed, appended to impls
+    (their versions to versions)."""
+    tf, tv = _torch_fn(z, t, threads)
+    if tf is not None:
+        impls.append(("torch F.cross_entropy fwd+bwd", tf))
+        versions["torch"] = tv
+    jf, jv = _jax_fn(z, t)
+    if jf is not None:
+        impls.append(("jax jit value_and_grad", jf))
+        versions["jax"] = jv
+
+
+def _time_all(impls, timer, repeat, progress, stream):
+    """{label: timer(fn, repeat)} for every (label, fn) of impls; with a progress prefix (a
+    string, or False for none), a progress line that rewrites itself."""
+    results = {}
+    for ii, (label, fn) in enumerate(impls, 1):
+        if progress:
+            stream.write(f"\r{progress}: {label:<40.40} ({ii}/{len(impls)})")
+            stream.flush()
+        results[label] = timer(fn, repeat)
+    return results
+
+
 def run(workloads, repeat=5, progress=True, stream=sys.stderr):
     """Time every implementation on every workload; return (rows, versions)."""
     threads = default_threads()
@@ -153,14 +178,7 @@ def run(workloads, repeat=5, progress=True, stream=sys.stderr):
              lambda: value_and_grad(z, t, label_smoothing=EPS, out=out, n_threads=1)),
             ("numpy (careful), out=", lambda: numpy_value_and_grad(z, t, out)),
         ]
-        tf, tv = _torch_fn(z, t, threads)
-        if tf is not None:
-            impls.append(("torch F.cross_entropy fwd+bwd", tf))
-            versions["torch"] = tv
-        jf, jv = _jax_fn(z, t)
-        if jf is not None:
-            impls.append(("jax jit value_and_grad", jf))
-            versions["jax"] = jv
+        _add_peers(impls, versions, z, t, threads)
         if k >= 1000:
             try:
                 from scipy import special
@@ -171,13 +189,8 @@ def run(workloads, repeat=5, progress=True, stream=sys.stderr):
                 versions["scipy"] = f"scipy {scipy.__version__}"
             except ImportError:
                 pass
-        results = {}
-        for ii, (label, fn) in enumerate(impls, 1):
-            if progress:
-                stream.write(f"\r[{wi}/{len(workloads)}] {name}: {label:<40.40} "
-                             f"({ii}/{len(impls)})")
-                stream.flush()
-            results[label] = _median_time(fn, repeat)
+        results = _time_all(impls, _median_time, repeat,
+                            progress and f"[{wi}/{len(workloads)}] {name}", stream)
         floor = results["np.copyto (memory floor)"]
         for label, secs in results.items():
             rows.append(dict(workload=name, impl=label, seconds=secs, vs_copy=secs / floor))
@@ -211,20 +224,10 @@ def run_small(workloads, repeat=5, progress=True, stream=sys.stderr):
             ("lsref LabelSmoothingLoss + backward()", lambda: crit_step(z, t)),
             ("numpy (careful), out=", lambda: numpy_value_and_grad(z, t, out)),
         ]
-        tf, tv = _torch_fn(z, t, threads)
-        if tf is not None:
-            impls.append(("torch F.cross_entropy fwd+bwd", tf))
-            versions["torch"] = tv
-        jf, jv = _jax_fn(z, t)
-        if jf is not None:
-            impls.append(("jax jit value_and_grad", jf))
-            versions["jax"] = jv
-        for ii, (label, fn) in enumerate(impls, 1):
-            if progress:
-                stream.write(f"\r[{wi}/{len(workloads)}] {name}: {label:<40.40} "
-                             f"({ii}/{len(impls)})")
-                stream.flush()
-            rows.append(dict(workload=name, impl=label, seconds=_per_call_time(fn, repeat)))
+        _add_peers(impls, versions, z, t, threads)
+        results = _time_all(impls, _per_call_time, repeat,
+                            progress and f"[{wi}/{len(workloads)}] {name}", stream)
+        rows += [dict(workload=name, impl=label, seconds=secs) for label, secs in results.items()]
     if progress:
         stream.write("\r" + " " * 90 + "\r")
     return rows, versions
