@@ -277,8 +277,10 @@ cdef extern from "_simd.h" nogil:
                           const lsref_small_params *P, double *loss, float *g,
                           unsigned char *redo) noexcept nogil
     int lsref_small8_available() noexcept nogil
+    enum: LSREF_BLOCK_K
     float lsref_exp_neg_f32(float) noexcept nogil
     void lsref_exp_neg_f32_array(const float *x, float *y, Py_ssize_t n) noexcept nogil
+    int lsref_log_block_array(const double *x, double *y, Py_ssize_t n) noexcept nogil
     double lsref_exp_neg_f64(double) noexcept nogil
 
 
@@ -333,6 +335,16 @@ def exp_neg_f32_sweep(const float[::1] x, float[::1] out):
     if x.shape[0] == 0:
         return
     lsref_exp_neg_f32_array(&x[0], &out[0], x.shape[0])
+
+
+def log_block(const double[::1] x, double[::1] out):
+    """The small-K blocks' vector log(x), x in [1, 2**1023) (for the tests); returns False
+    (and writes nothing) where this build or CPU has no such blocks."""
+    if out.shape[0] != x.shape[0]:
+        raise ValueError("out must have the length of x")
+    if x.shape[0] == 0:
+        return True
+    return lsref_log_block_array(&x[0], &out[0], x.shape[0]) == 0
 
 
 # --- threads after fork, and interruptible calls -----------------------------------------------
@@ -918,8 +930,13 @@ cdef coefs _coefs(KernelParams params) except *:
     return c
 
 
+# the most classes the small-K blocks take (_simd.h)
+SMALL_K_MAX = LSREF_BLOCK_K
+
+
 def small_k_available():
-    """Whether the small-K blocks (AVX2, float32, K <= 16) run on this CPU's vector path."""
+    """Whether the small-K blocks (AVX2, float32, K <= SMALL_K_MAX) run on this CPU's vector
+    path."""
     return bool(lsref_small8_available())
 
 

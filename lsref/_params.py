@@ -152,10 +152,11 @@ def kernel_params(*, n_classes, class_weight=None, sample_weight=None, q_t=1.0, 
 
 
 def small_k_blocks(float32, n_rows, n_classes, class_weighted):
-    """Whether ``ce_index`` may run the across-rows blocks of small K (float32, at most 16
-    classes, no class weights, at least one block of 8 rows, a CPU with AVX2): then the
-    caller passes it an (N,) uint8 scratch array. Decided here only; the kernel trusts it."""
-    return (float32 and not class_weighted and n_classes <= 16 and n_rows >= 8
+    """Whether ``ce_index`` may run the across-rows blocks of small K (float32, at most
+    ``_kernel.SMALL_K_MAX`` classes, no class weights, at least one block of 8 rows, a CPU
+    with AVX2): then the caller passes it an (N,) uint8 scratch array. Decided here only;
+    the kernel trusts it."""
+    return (float32 and not class_weighted and n_classes <= _kernel.SMALL_K_MAX and n_rows >= 8
             and _kernel.small_k_available())
 
 

@@ -245,9 +245,10 @@ static const lsref_simd_table lsref_simd_avx512 = LSREF_TABLE(avx512, "avx512f")
 static lsref_simd_table lsref_simd = LSREF_TABLE(generic, "generic");
 
 /* ---- small K: 8 rows at a time, one row per vector lane (AVX2) ------------------------------
- * For K <= 16 the per-row sweeps are mostly overhead (call, horizontal reduction, a scalar
- * tail). This block kernel gathers 8 rows' class k into one vector, so max, exp and the sums
- * run across rows. It covers the plain case only: float32 logits, class-index targets,
+ * For K up to LSREF_BLOCK_K the per-row sweeps are mostly overhead (call, horizontal
+ * reductions, a masked tail, a scalar log per row). This block kernel transposes 8 rows so
+ * that one vector holds class k of all 8, and max, exp, the sums and the finish (log
+ * included) run across rows. (`lsref bench`: 262144 x 10 and 65536 x 100 take it.) It covers the plain case only: float32 logits, class-index targets,
  * no class weights. A row it cannot finish exactly as the per-row path would (an ignored or
  * out-of-range target, a non-finite max or sum, a masked target, a row that needs the log1p
  * refinement) is flagged in redo[] and left to the per-row path. */
@@ -260,6 +261,16 @@ typedef struct {
        decided once per call in ce_index): when its max is the target / another class */
     int refine_if_target_max, refine_if_other_max;
 } lsref_small_params;
+
+/* The most classes the block kernel takes (its scratch: about 100 bytes per class). Measured
+ * on an AVX2 CPU (AMD EPYC, one thread, `lsref bench`-like shapes of 4M logits), against the
+ * row path: value and gradient 2.4x faster at K = 32, 1.4x at 64, equal at about 100 and
+ * 0.85x at 112..128 (the transposes back into rows cost more than the row path's sweeps
+ * there); the loss alone is faster up to 128, but one limit for both keeps a loss the same
+ * with and without its gradient. */
+#define LSREF_BLOCK_K 100
+/* v[] of the block kernel: whole groups of 8 classes */
+#define LSREF_BLOCK_K8 ((LSREF_BLOCK_K + 7) & ~7)
 
 #if defined(LSREF_X86_DISPATCH)
 #include <immintrin.h>
@@ -458,8 +469,8 @@ static inline __m256d lsref_exp_neg_v4d(__m256d x)
                          _mm256_cmp_pd(x, _mm256_set1_pd(-708.0), _CMP_NLT_UQ));
 }
 
-/* A row of at most 16 classes whose max is z_t = m, in double from the exact z_k - m: its
- * exps into ex[0..K) (ex has room for 16) and rest = sum over k != t of them (the max term,
+/* A row of at most LSREF_BLOCK_K classes whose max is z_t = m, in double from the exact
+ * z_k - m: its exps into ex[0..K) (ex has room for K rounded up to a multiple of 4) and rest = sum over k != t of them (the max term,
  * exactly 1, left out). */
 __attribute__((target("avx2,fma")))
 static double lsref_rest_small_f32(const float *z, Py_ssize_t K, Py_ssize_t t, double m,
@@ -525,16 +536,108 @@ static inline int lsref_small_row(const lsref_small_params *P, double c, double 
     return 0;
 }
 
+/* log(x) for x in [1, 2^1023), 4 doubles, within 1.5 ulp (tests/test_simd.py: 1.07 measured
+ * against mpmath; 2.9e-16 absolutely on [1, 17]): the small-K blocks' log(se), se in [1, K]
+ * (glibc's log is the row path's). x = 2^k f with
+ * f in [sqrt(2)/2, sqrt(2)), log f = 2 atanh(s), s = (f - 1)/(f + 1), |s| < 0.172, by its
+ * series to s^21 (the next term is below 2^-53 of the sum), and k ln 2 in two parts (fdlibm's
+ * split: k ln2_hi is exact). Outside the domain the result is meaningless (the blocks send
+ * such rows back to the row path, which never reads it). */
+__attribute__((target("avx2,fma")))
+static inline __m256d lsref_log_v4d(__m256d x)
+{
+    const __m256i sqrt_half = _mm256_set1_epi64x(0x3FE6A09E667F3BCDll);
+    __m256i bits = _mm256_castpd_si256(x);
+    __m256i k = _mm256_srli_epi64(_mm256_sub_epi64(bits, sqrt_half), 52);     /* x >= 1: >= 0 */
+    __m256d f = _mm256_castsi256_pd(_mm256_sub_epi64(bits, _mm256_slli_epi64(k, 52)));
+    /* k (0..1023) as a double: its bits under 2^52's exponent, minus 2^52 */
+    __m256d kd = _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(
+                     k, _mm256_set1_epi64x(0x4330000000000000ll))), _mm256_set1_pd(4503599627370496.0));
+    __m256d s = _mm256_div_pd(_mm256_sub_pd(f, _mm256_set1_pd(1.0)),
+                              _mm256_add_pd(f, _mm256_set1_pd(1.0)));
+    __m256d z = _mm256_mul_pd(s, s);
+    __m256d p = _mm256_set1_pd(2.0 / 21.0);
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(2.0 / 19.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(2.0 / 17.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(2.0 / 15.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(2.0 / 13.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(2.0 / 11.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(2.0 / 9.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(2.0 / 7.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(2.0 / 5.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(2.0 / 3.0));
+    /* 2s + s z p, the small part added to k ln2_lo first */
+    __m256d lo = _mm256_fmadd_pd(_mm256_mul_pd(s, z), p,
+                                 _mm256_mul_pd(kd, _mm256_set1_pd(1.90821492927058770002e-10)));
+    __m256d logf = _mm256_add_pd(_mm256_add_pd(s, s), lo);
+    return _mm256_fmadd_pd(kd, _mm256_set1_pd(6.93147180369123816490e-01), logf);
+}
+
+/* The rows of one 8-row block (classes k0.. of 8 rows, stride K) turned into one class per
+ * vector: v[k0 + k] holds class k0 + k of rows 0..7, for the 8 classes from k0 (n < 8: the
+ * first n, the lanes past them 0; full rows are loaded whole, a short end masked). */
+__attribute__((target("avx2,fma")))
+static inline void lsref_block_load8(const float *base, Py_ssize_t K, Py_ssize_t k0,
+                                     Py_ssize_t n, __m256 *v)
+{
+    int j;
+    if (n == 8) {
+        for (j = 0; j < 8; j++) v[j] = _mm256_loadu_ps(base + j * K + k0);
+    } else {
+        const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n),
+                                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        for (j = 0; j < 8; j++) v[j] = _mm256_maskload_ps(base + j * K + k0, keep);
+    }
+    lsref_transpose8(v);
+}
+
+/* g = A e - B for the 8 classes from k0 (n <= 8 of them) of the block's 8 rows, turned back
+ * into rows and stored at dst + j K + k0 with full 8-wide stores: a short end spills into
+ * the rows after it (and up to 8 floats past the block: dst has room for them), which are
+ * written later. */
+__attribute__((target("avx2,fma")))
+static inline void lsref_block_store8(float *dst, Py_ssize_t K, Py_ssize_t k0, Py_ssize_t n,
+                                      const __m256 *e, __m256 Av, __m256 Bv)
+{
+    __m256 r[8];
+    Py_ssize_t k;
+    int j;
+    for (k = 0; k < 8; k++) r[k] = k < n ? _mm256_fmsub_ps(Av, e[k0 + k], Bv) : _mm256_setzero_ps();
+    lsref_transpose8(r);
+    for (j = 0; j < 8; j++) _mm256_storeu_ps(dst + j * K + k0, r[j]);
+}
+
+/* Every gradient row of the block (g = A e - B) into dst (stride K, room for 8 K + 8
+ * floats): the short end of the classes first, row after row, so that each spill is
+ * overwritten by the row it spilled into (its short end, or its first 8 classes). */
+__attribute__((target("avx2,fma")))
+static void lsref_block_store(float *dst, Py_ssize_t K, const __m256 *e, __m256 Av, __m256 Bv)
+{
+    const Py_ssize_t full = K & ~(Py_ssize_t)7;
+    Py_ssize_t k0;
+    if (full < K) lsref_block_store8(dst, K, full, K - full, e, Av, Bv);
+    for (k0 = 0; k0 < full; k0 += 8) lsref_block_store8(dst, K, k0, 8, e, Av, Bv);
+}
+
+/* 8 rows (i0..i0+7) of K <= LSREF_BLOCK_K float32 logits, one row per vector lane: each
+ * group of 8 classes of the 8 rows is loaded with vector loads and transposed in registers,
+ * so that v[k] holds class k of all 8 rows; max, exp and the sums run across rows, and so
+ * does the finish in double (log, the row algebra of _rowterms.h, the gradient's factor),
+ * 4 rows per vector. A row whose target dominates (target at the max, se < 2) has its
+ * gradient finished one row at a time, from its exps in double (below). The gradient is
+ * written with full vector stores (masked stores, microcoded on some CPUs, cost more than
+ * the rest of the block). */
 __attribute__((target("avx2,fma")))
 static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const int64_t *t,
                              const lsref_small_params *P, double *loss, float *g,
                              unsigned char *redo)
 {
-    __m256 v[16], e[16];
-    float ms[8], rest_f[8], nmax_f[8], u_f[8], et_f[8];
+    /* v[k]: class k of the 8 rows; e[k], its exp, takes v[k]'s place (the block's working
+       set stays small enough for L1 beside the rows it reads and writes) */
+    __m256 v[LSREF_BLOCK_K8], *const e = v;
     int32_t tt[8];
     unsigned fine = 0;                             /* bit j: row j is finished here */
-    Py_ssize_t j, k;
+    Py_ssize_t j, k, k0;
     const float *base = z + i0 * K;
     for (j = 0; j < 8; j++) {
         int64_t tj = t[i0 + j];
@@ -542,133 +645,178 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
         fine |= (unsigned)ok << j;
         tt[j] = ok ? (int32_t)tj : 0;              /* a safe index for the gather */
     }
-    __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                     _mm256_set1_epi32((int)K));
-    __m256 m = _mm256_set1_ps(-INFINITY);
-    for (k = 0; k < K; k++) {
-        v[k] = _mm256_i32gather_ps(base + k, idx, 4);
-        m = _mm256_max_ps(v[k], m);                /* NaN in v passes over, as in the rows */
+    /* The block reads 8 rows' worth of contiguous memory in 8 interleaved streams, which the
+       hardware prefetchers follow less well than one row after another: the next block's
+       logits are asked for now (1.4x on the loss at K = 100; a prefetch never faults, past
+       the array's end included). */
+    for (k = 0; k < 8 * K; k += 16) __builtin_prefetch(base + 8 * K + k, 0, 3);
+    for (k0 = 0; k0 < K; k0 += 8) lsref_block_load8(base, K, k0, K - k0 < 8 ? K - k0 : 8, v + k0);
+    __m256 m = _mm256_set1_ps(-INFINITY), m1 = m;
+    for (k = 0; k + 1 < K; k += 2) {               /* NaN in v passes over, as in the rows */
+        m = _mm256_max_ps(v[k], m);
+        m1 = _mm256_max_ps(v[k + 1], m1);
     }
-    /* se = (number of max terms, each exactly 1) + the float sum of the others: a row that
-       its max dominates (se near 1) keeps the relative accuracy of its rest, which K
-       roundings of 1 + e_k in float would lose (1.3e-6 of a dominated row's loss, K = 3,
-       eps = 0.02) */
-    __m256 rest = _mm256_setzero_ps(), nmax = rest, u = rest;
-    for (k = 0; k < K; k++) {
-        __m256 d = _mm256_sub_ps(v[k], m);
-        __m256 at_m = _mm256_cmp_ps(d, _mm256_setzero_ps(), _CMP_EQ_OQ);
-        e[k] = lsref_exp_neg_v8(d);
-        rest = _mm256_add_ps(rest, _mm256_andnot_ps(at_m, e[k]));
-        nmax = _mm256_add_ps(nmax, _mm256_and_ps(at_m, _mm256_set1_ps(1.0f)));
-        u = _mm256_add_ps(u, d);
+    if (k < K) m = _mm256_max_ps(v[k], m);
+    m = _mm256_max_ps(m1, m);
+    /* se = (number of max terms, each exactly 1) + the sum of the others: a row that its max
+       dominates (se near 1) keeps the relative accuracy of its rest, which K roundings of
+       1 + e_k in float would lose (1.3e-6 of a dominated row's loss, K = 3, eps = 0.02). The
+       float partial sums of rest and u are flushed to double every 16 classes. */
+    __m256d R0 = _mm256_setzero_pd(), R1 = R0, U0 = R0, U1 = R0;
+    __m256 nmax = _mm256_setzero_ps();
+    for (k0 = 0; k0 < K; k0 += 16) {
+        __m256 rest = _mm256_setzero_ps(), u = rest;
+        const Py_ssize_t end = k0 + 16 < K ? k0 + 16 : K;
+        for (k = k0; k < end; k++) {
+            __m256 d = _mm256_sub_ps(v[k], m);
+            __m256 at_m = _mm256_cmp_ps(d, _mm256_setzero_ps(), _CMP_EQ_OQ);
+            e[k] = lsref_exp_neg_v8(d);
+            rest = _mm256_add_ps(rest, _mm256_andnot_ps(at_m, e[k]));
+            nmax = _mm256_add_ps(nmax, _mm256_and_ps(at_m, _mm256_set1_ps(1.0f)));
+            u = _mm256_add_ps(u, d);
+        }
+        R0 = _mm256_add_pd(R0, _mm256_cvtps_pd(_mm256_castps256_ps128(rest)));
+        R1 = _mm256_add_pd(R1, _mm256_cvtps_pd(_mm256_extractf128_ps(rest, 1)));
+        U0 = _mm256_add_pd(U0, _mm256_cvtps_pd(_mm256_castps256_ps128(u)));
+        U1 = _mm256_add_pd(U1, _mm256_cvtps_pd(_mm256_extractf128_ps(u, 1)));
     }
-    __m256 se = _mm256_add_ps(nmax, rest);         /* for the tests below only */
-    __m256 zt = _mm256_i32gather_ps(base, _mm256_add_epi32(idx,
-                                    _mm256_loadu_si256((const __m256i *)tt)), 4);
+    const __m256d SE0 = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(nmax)), R0);
+    const __m256d SE1 = _mm256_add_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(nmax, 1)), R1);
+    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                           _mm256_set1_epi32((int)K));
+    const __m256 zt = _mm256_i32gather_ps(base, _mm256_add_epi32(idx,
+                                          _mm256_loadu_si256((const __m256i *)tt)), 4);
     /* exp(z_t - m) exactly as e[t] was computed, one lane per row */
-    __m256 et = lsref_exp_neg_v8(_mm256_sub_ps(zt, m));
+    const __m256 et = lsref_exp_neg_v8(_mm256_sub_ps(zt, m));
     /* A row is finished here if its target is valid and m, se and z_t are finite (then z_t - m
        is too); it is dominated if its target is the max and se < 2. */
     {
         const __m256 inf = _mm256_set1_ps(INFINITY), sign = _mm256_set1_ps(-0.0f);
-        __m256 finite = _mm256_and_ps(
-            _mm256_and_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign, m), inf, _CMP_LT_OQ),
-                          _mm256_cmp_ps(_mm256_andnot_ps(sign, se), inf, _CMP_LT_OQ)),
-            _mm256_cmp_ps(_mm256_andnot_ps(sign, zt), inf, _CMP_LT_OQ));
+        const __m256d infd = _mm256_set1_pd(INFINITY), signd = _mm256_set1_pd(-0.0);
+        __m256 finite = _mm256_and_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign, m), inf, _CMP_LT_OQ),
+                                      _mm256_cmp_ps(_mm256_andnot_ps(sign, zt), inf, _CMP_LT_OQ));
         fine &= (unsigned)_mm256_movemask_ps(finite);
+        fine &= (unsigned)_mm256_movemask_pd(_mm256_cmp_pd(_mm256_andnot_pd(signd, SE0), infd,
+                                                           _CMP_LT_OQ))
+                | ((unsigned)_mm256_movemask_pd(_mm256_cmp_pd(_mm256_andnot_pd(signd, SE1), infd,
+                                                              _CMP_LT_OQ)) << 4);
     }
     const unsigned at_max = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(zt, m, _CMP_EQ_OQ));
-    const unsigned below2 = (unsigned)_mm256_movemask_ps(
-        _mm256_cmp_ps(se, _mm256_set1_ps(2.0f), _CMP_LT_OQ));
+    const __m256d two = _mm256_set1_pd(2.0);
+    const unsigned below2 = (unsigned)_mm256_movemask_pd(_mm256_cmp_pd(SE0, two, _CMP_LT_OQ))
+        | ((unsigned)_mm256_movemask_pd(_mm256_cmp_pd(SE1, two, _CMP_LT_OQ)) << 4);
     /* a dominated row whose loss _row_index would refine goes back to it */
     if (P->refine_if_target_max) fine &= ~(at_max & below2);
     if (P->refine_if_other_max) fine &= ~(~at_max & below2);
-    /* bit j: row j's target dominates, and its gradient is wanted (the loss alone is fine
-       from se as summed above) */
-    unsigned dom = g != NULL ? fine & at_max & below2 : 0u, bits;
-    _mm256_storeu_ps(ms, m);
-    _mm256_storeu_ps(rest_f, rest);
-    _mm256_storeu_ps(nmax_f, nmax);
-    _mm256_storeu_ps(u_f, u);
-    _mm256_storeu_ps(et_f, zt);
-    double A[8], S[8], G[8], lse[8];
+    /* Every row's loss, A and target gradient from se as summed above, 4 rows per vector, by
+       lsref_small_row's algebra (the row algebra of _rowterms.h, w = 1); a lane whose row is
+       not finished here computes garbage that nothing reads (the row path redoes it). */
     const double c = lsref_target_mass(P->q_t, P->beta, P->W - 1.0);    /* sum_k q_k */
-    double ex[8][16];                              /* a dominated row's exps in double */
-    for (j = 0; j < 8; j++) {
-        S[j] = P->row_scale ? P->scale * P->row_scale[i0 + j] : P->scale;
-        A[j] = 0.0;
-        /* every row's loss from se as summed above (the loss-only call's too); a dominated
-           row's gradient below, from its exps in double */
-        if (((fine >> j) & 1u)
-                && lsref_small_row(P, c, S[j], ms[j], (double)nmax_f[j] + (double)rest_f[j],
-                                   (double)et_f[j] - ms[j],
-                                   (double)u_f[j], &loss[i0 + j], &A[j], &lse[j]))
-            fine &= ~(1u << j);                    /* KL cancels: the row path refines it */
-    }
-    /* A dominated row's target gradient s (c p_t - q_t), which cancels, from the sum of the
-       other terms. Its exps are taken again from the logits in double (for K <= 16 cheaper
-       than judging whether the float ones would do, as _row_index does): rest, A and every
-       entry of its gradient from them (its loss stays the one above, as without g). */
-    dom &= fine;                                   /* not the rows the KL form sent back */
-    for (bits = dom; bits != 0; bits &= bits - 1) {
-        double rest, sej, loss_again;
-        j = __builtin_ctz(bits);
-        rest = lsref_rest_small_f32(base + j * K, K, tt[j], ms[j], ex[j]);
-        sej = 1.0 + rest;
-        if (lsref_small_row(P, c, S[j], ms[j], sej, (double)et_f[j] - ms[j],
-                            (double)u_f[j], &loss_again, &A[j], &lse[j])) {
-            fine &= ~(1u << j);
-            dom &= ~(1u << j);
-            A[j] = 0.0;
-            continue;
+    double A[8], S[8], G[8], lse[8];
+    unsigned cancels = 0;
+    for (j = 0; j < 8; j += 4) {
+        const int hi = j == 4;
+#define LSREF_HALF(x) _mm256_cvtps_pd(hi ? _mm256_extractf128_ps(x, 1) : _mm256_castps256_ps128(x))
+        const __m256d mh = LSREF_HALF(m), seh = hi ? SE1 : SE0, uh = hi ? U1 : U0;
+        const __m256d dt = _mm256_sub_pd(LSREF_HALF(zt), mh), eth = LSREF_HALF(et);
+#undef LSREF_HALF
+        const __m256d s = P->row_scale
+            ? _mm256_mul_pd(_mm256_set1_pd(P->scale), _mm256_loadu_pd(P->row_scale + i0 + j))
+            : _mm256_set1_pd(P->scale);
+        const __m256d L = lsref_log_v4d(seh);
+        __m256d ce = _mm256_setzero_pd();
+        if (P->q_t != 0.0) ce = _mm256_mul_pd(_mm256_set1_pd(P->q_t), _mm256_sub_pd(L, dt));
+        if (P->beta != 0.0)
+            ce = _mm256_add_pd(ce, _mm256_mul_pd(_mm256_set1_pd(P->beta), _mm256_sub_pd(
+                     _mm256_mul_pd(_mm256_set1_pd(P->W - 1.0), L), _mm256_sub_pd(uh, dt))));
+        __m256d ls = _mm256_add_pd(mh, L), lh = ce;
+        if (P->kl_const != 0.0) {                  /* lsref_kl_cancels */
+            const __m256d sign = _mm256_set1_pd(-0.0);
+            lh = _mm256_add_pd(ce, _mm256_set1_pd(P->kl_const));
+            cancels |= (unsigned)_mm256_movemask_pd(_mm256_cmp_pd(
+                _mm256_andnot_pd(sign, lh),
+                _mm256_mul_pd(_mm256_set1_pd(1e-2), _mm256_andnot_pd(sign, ce)), _CMP_LT_OQ)) << j;
         }
-        G[j] = lsref_dominated_target_grad(S[j], P->beta, P->W - 1.0, P->lam, lse[j], P->q_t,
-                                           rest, sej);
+        __m256d cz = _mm256_set1_pd(c);
+        if (P->lam != 0.0) {
+            lh = _mm256_add_pd(lh, _mm256_mul_pd(_mm256_mul_pd(_mm256_set1_pd(P->lam), ls), ls));
+            cz = _mm256_add_pd(cz, _mm256_mul_pd(_mm256_set1_pd(2.0 * P->lam), ls));
+        }
+        _mm256_storeu_pd(loss + i0 + j, _mm256_mul_pd(lh, s));
+        const __m256d a = _mm256_div_pd(_mm256_mul_pd(s, cz), seh);
+        _mm256_storeu_pd(A + j, a);
+        _mm256_storeu_pd(S + j, s);
+        _mm256_storeu_pd(lse + j, ls);
+        _mm256_storeu_pd(G + j, _mm256_fmsub_pd(a, eth, _mm256_mul_pd(s, _mm256_set1_pd(P->q_t))));
+    }
+    fine &= ~cancels;                              /* KL cancels: the row path refines it */
+    /* bit j: row j's target dominates, and its gradient is wanted (the loss alone is fine
+       from se as summed above). Its target gradient s (c p_t - q_t), which cancels, comes from
+       the sum of the other terms; its exps are taken again from the logits in double (cheaper
+       than judging whether the float ones would do, as _row_index does): rest, A and every
+       entry of its gradient from them (its loss stays the one above). */
+    unsigned dom = g != NULL ? fine & at_max & below2 : 0u, bits;
+    double ex[8][LSREF_BLOCK_K];                   /* a dominated row's exps in double */
+    if (dom) {
+        float ms[8], zt_f[8];
+        double u_d[8];
+        _mm256_storeu_ps(ms, m);
+        _mm256_storeu_ps(zt_f, zt);
+        _mm256_storeu_pd(u_d, U0);
+        _mm256_storeu_pd(u_d + 4, U1);
+        for (bits = dom; bits != 0; bits &= bits - 1) {
+            double rst, sej, loss_again;
+            j = __builtin_ctz(bits);
+            rst = lsref_rest_small_f32(base + j * K, K, tt[j], ms[j], ex[j]);
+            sej = 1.0 + rst;
+            if (lsref_small_row(P, c, S[j], ms[j], sej, (double)zt_f[j] - ms[j], u_d[j],
+                                &loss_again, &A[j], &lse[j])) {
+                fine &= ~(1u << j);
+                dom &= ~(1u << j);
+                continue;
+            }
+            G[j] = lsref_dominated_target_grad(S[j], P->beta, P->W - 1.0, P->lam, lse[j],
+                                               P->q_t, rst, sej);
+        }
     }
     for (j = 0; j < 8; j++) redo[i0 + j] = (unsigned char)!((fine >> j) & 1u);
     if (g == NULL) return;
-    {
-        float et_v[8];
-        _mm256_storeu_ps(et_v, et);
-        for (j = 0; j < 8; j++)
-            if (!((dom >> j) & 1u)) G[j] = lsref_target_grad(A[j], (double)et_v[j], S[j], P->q_t);
-    }
-    __m256 Av = _mm256_setr_ps((float)A[0], (float)A[1], (float)A[2], (float)A[3],
-                               (float)A[4], (float)A[5], (float)A[6], (float)A[7]);
-    __m256 Bv = _mm256_setr_ps((float)(S[0] * P->beta), (float)(S[1] * P->beta),
-                               (float)(S[2] * P->beta), (float)(S[3] * P->beta),
-                               (float)(S[4] * P->beta), (float)(S[5] * P->beta),
-                               (float)(S[6] * P->beta), (float)(S[7] * P->beta));
-    /* g = A e - B for classes 0..7 and 8..15, turned from one class per vector into one row
-       per vector, and each row stored with (masked) vector stores */
-    __m256 lo[8], hi[8];
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i keep_lo = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)K), lane);
-    const __m256i keep_hi = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)K - 8), lane);
-    for (k = 0; k < 8; k++)
-        lo[k] = k < K ? _mm256_fmsub_ps(Av, e[k], Bv) : _mm256_setzero_ps();
-    lsref_transpose8(lo);
-    if (K > 8) {
-        for (k = 0; k < 8; k++)
-            hi[k] = k + 8 < K ? _mm256_fmsub_ps(Av, e[k + 8], Bv) : _mm256_setzero_ps();
-        lsref_transpose8(hi);
-    }
-    for (j = 0; j < 8; j++) {
-        float *row = g + (i0 + j) * K;
-        if (redo[i0 + j]) continue;
-        if (K >= 8) _mm256_storeu_ps(row, lo[j]);
-        else _mm256_maskstore_ps(row, keep_lo, lo[j]);
-        if (K > 8) _mm256_maskstore_ps(row + 8, keep_hi, hi[j]);
-        if ((dom >> j) & 1u) {                     /* from the exps in double */
-            const __m256d a = _mm256_set1_pd(A[j]), b = _mm256_set1_pd(S[j] * P->beta);
-            for (k = 0; k < K; k += 4) {
-                __m128i in = _mm_cmpgt_epi32(_mm_set1_epi32((int)(K - k)),
-                                             _mm_setr_epi32(0, 1, 2, 3));
-                _mm_maskstore_ps(row + k, in, _mm256_cvtpd_ps(
-                    _mm256_fmsub_pd(a, _mm256_loadu_pd(ex[j] + k), b)));
-            }
+    const __m256 Av = _mm256_set_m128(_mm256_cvtpd_ps(_mm256_loadu_pd(A + 4)),
+                                      _mm256_cvtpd_ps(_mm256_loadu_pd(A)));
+    const __m256d beta = _mm256_set1_pd(P->beta);
+    const __m256 Bv = _mm256_set_m128(_mm256_cvtpd_ps(_mm256_mul_pd(_mm256_loadu_pd(S + 4), beta)),
+                                      _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_loadu_pd(S), beta)));
+    /* The rows into buf (in L1) first, then copied to g one after another: 8 rows written
+       in 8 interleaved streams straight into g cost more than the copy (up to 1.5x the
+       block's time at K = 64..128). A block with a row left to the row path copies only its
+       finished rows (in place, g is the logits the row path has yet to read). */
+    float buf[8 * LSREF_BLOCK_K + 8];
+    lsref_block_store(buf, K, e, Av, Bv);
+    for (bits = dom; bits != 0; bits &= bits - 1) {    /* from the exps in double */
+        float *row, q[4];
+        j = __builtin_ctz(bits);
+        row = buf + j * K;
+        const __m256d a = _mm256_set1_pd(A[j]), b = _mm256_set1_pd(S[j] * P->beta);
+        for (k = 0; k + 4 <= K; k += 4)
+            _mm_storeu_ps(row + k, _mm256_cvtpd_ps(_mm256_fmsub_pd(a, _mm256_loadu_pd(ex[j] + k), b)));
+        if (k < K) {                               /* ex has room for K rounded up to 4 */
+            _mm_storeu_ps(q, _mm256_cvtpd_ps(_mm256_fmsub_pd(a, _mm256_loadu_pd(ex[j] + k), b)));
+            for (; k < K; k++) row[k] = q[k & 3];
         }
-        row[tt[j]] = (float)G[j];
+    }
+    for (j = 0; j < 8; j++) buf[j * K + tt[j]] = (float)G[j];
+    if (fine == 0xFFu && K <= 16) {
+        float *out = g + i0 * K;
+        /* the empty asm keeps the compiler from turning this copy into a call to memcpy
+           (which, for K = 10, took 5% of the call) */
+        for (k = 0; k < K; k++) {
+            _mm256_storeu_ps(out + 8 * k, _mm256_loadu_ps(buf + 8 * k));
+            __asm__ volatile("" ::: "memory");
+        }
+    } else {
+        for (j = 0; j < 8; j++)
+            if ((fine >> j) & 1u)
+                memcpy(g + (i0 + j) * K, buf + j * K, (size_t)K * sizeof(float));
     }
 }
 #define LSREF_HAVE_SMALL8 1
@@ -708,6 +856,36 @@ static void lsref_exp_neg_f32_array(const float *x, float *y, Py_ssize_t n)
     }
 #endif
     for (k = 0; k < n; k++) y[k] = lsref_exp_neg_f32(x[k]);
+}
+
+/* log(x), x in [1, 2^1023), over an array, through the block kernel's vector log (the tests
+ * check its accuracy). Returns -1 where this build has no block kernel. */
+#if defined(LSREF_X86_DISPATCH)
+__attribute__((target("avx2,fma")))
+static void lsref_log_block_avx2(const double *x, double *y, Py_ssize_t n)
+{
+    double xb[4], yb[4];
+    Py_ssize_t k = 0;
+    int j;
+    for (; k + 4 <= n; k += 4) _mm256_storeu_pd(y + k, lsref_log_v4d(_mm256_loadu_pd(x + k)));
+    if (k < n) {
+        for (j = 0; j < 4; j++) xb[j] = k + j < n ? x[k + j] : 1.0;
+        _mm256_storeu_pd(yb, lsref_log_v4d(_mm256_loadu_pd(xb)));
+        for (j = 0; k + j < n; j++) y[k + j] = yb[j];
+    }
+}
+#endif
+
+static int lsref_log_block_array(const double *x, double *y, Py_ssize_t n)
+{
+#if defined(LSREF_X86_DISPATCH)
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        lsref_log_block_avx2(x, y, n);
+        return 0;
+    }
+#endif
+    (void)x; (void)y; (void)n;
+    return -1;
 }
 
 /* The block kernel runs only where the CPU has AVX2+FMA and the sweeps are not forced to the

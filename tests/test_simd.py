@@ -52,6 +52,28 @@ def test_sweep_exp_accuracy_and_special_values():
     assert np.all(out[6:8] >= np.finfo(np.float32).tiny)        # the edge stays normal
 
 
+def test_block_log_within_one_ulp():
+    """The small-K blocks' vector log (their log(se), se in [1, K]; _simd.h lsref_log_v4d)
+    against mpmath: within 1.5 ulp over [1, 17] and the rest of its domain (powers of 2, both
+    sides of the sqrt(2) reduction boundary), log(1) exactly 0. The bound: s = (f-1)/(f+1)
+    is rounded twice (f + 1 and the division), 2s + the series once more (measured: 1.07)."""
+    mpmath = pytest.importorskip("mpmath")
+    rng = np.random.default_rng(12)
+    x = np.concatenate([1 + rng.random(4000) * 16, np.exp(rng.random(1000) * 700),
+                        2.0 ** np.arange(0, 1023.0, 7), np.sqrt(2) * 2.0 ** np.arange(60.0),
+                        np.nextafter(np.sqrt(2) * 2.0 ** np.arange(60.0), 0),
+                        [1.0, np.nextafter(1.0, 2.0), 2.0 - 2.0 ** -52]])
+    y = np.full_like(x, np.nan)
+    if not _kernel.log_block(x, y):
+        pytest.skip("no small-K blocks in this build or on this CPU")
+    with mpmath.workprec(120):
+        exact = [mpmath.log(mpmath.mpf(float(v))) for v in x]
+        ulps = [abs(mpmath.mpf(float(a)) - r) / np.spacing(float(abs(r))) if r != 0 else abs(a)
+                for a, r in zip(y, exact)]
+    assert max(ulps) <= 1.5, max(ulps)
+    assert y[x == 1.0][0] == 0.0
+
+
 SCRIPT = textwrap.dedent("""
     import json, sys, numpy as np, lsref
     from lsref import _kernel
@@ -118,7 +140,9 @@ def test_small_k_block_kernel_matches_oracle_and_row_path():
     from lsref import reference as R
     import lsref
     rng = np.random.default_rng(81)
-    for K in (2, 3, 7, 8, 9, 10, 15, 16):      # each way a row is stored (K <, =, > 8)
+    # each way a row is loaded and stored (K <, =, > 8; whole and short groups of 8 classes;
+    # the partial sums flushed every 16 classes), up to SMALL_K_MAX and one past it
+    for K in (2, 3, 7, 8, 9, 10, 15, 16, 17, 24, 33, 64, 99, 100, 101):
         z, t = _small_k_problem(K, rng)
         sw = rng.random(len(t)) + 0.5
         for kw in (dict(label_smoothing=0.0), dict(label_smoothing=0.1),
@@ -182,7 +206,7 @@ def _dominated_loss_error(K, eps):
     return np.max(np.abs(loss - ref) / ref)
 
 
-@pytest.mark.parametrize("K", [3, 10, 16, 17, 300])
+@pytest.mark.parametrize("K", [3, 10, 16, 17, 64, 100, 300])
 @pytest.mark.parametrize("eps", [0.01, 0.02, 0.05])
 def test_dominated_row_loss_within_bound(K, eps):
     """A dominated row's exp sum without the float roundings of 1 + small terms: the small-K
