@@ -117,7 +117,7 @@ kl : bool, default=False
     "n_threads": """\
 n_threads : int in [1, lsref.MAX_THREADS], optional
     Threads for the kernel; default: every core this process may use (one for fewer
-    than 32768 logits, where threads cost more than they save). Results are
+    than 16384 logits, where threads cost more than they save). Results are
     bit-identical for every value. At most ``lsref.MAX_THREADS`` (256): each thread
     reserves its stack, and the cap keeps a call inside a 4 GiB address space; a larger
     value raises ``ValueError``.""",
