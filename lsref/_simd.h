@@ -469,32 +469,6 @@ static inline __m256d lsref_exp_neg_v4d(__m256d x)
                          _mm256_cmp_pd(x, _mm256_set1_pd(-708.0), _CMP_NLT_UQ));
 }
 
-/* A row of at most LSREF_BLOCK_K classes whose max is z_t = m, in double from the exact
- * z_k - m: its exps into ex[0..K) (ex has room for K rounded up to a multiple of 4) and rest = sum over k != t of them (the max term,
- * exactly 1, left out). */
-__attribute__((target("avx2,fma")))
-static double lsref_rest_small_f32(const float *z, Py_ssize_t K, Py_ssize_t t, double m,
-                                   double *ex)
-{
-    const __m256d M = _mm256_set1_pd(m);
-    const __m128i lane = _mm_setr_epi32(0, 1, 2, 3);
-    __m256d acc = _mm256_setzero_pd();
-    double h[4];
-    Py_ssize_t k;
-    for (k = 0; k < K; k += 4) {                   /* the last 1..4 classes masked */
-        __m128i ks = _mm_add_epi32(_mm_set1_epi32((int)k), lane);
-        __m128i in = _mm_cmpgt_epi32(_mm_set1_epi32((int)K), ks);
-        __m128i other = _mm_andnot_si128(_mm_cmpeq_epi32(ks, _mm_set1_epi32((int)t)), in);
-        __m256d v = lsref_exp_neg_v4d(_mm256_sub_pd(_mm256_cvtps_pd(_mm_maskload_ps(z + k, in)),
-                                                    M));
-        _mm256_storeu_pd(ex + k, v);
-        acc = _mm256_add_pd(acc, _mm256_and_pd(v, _mm256_castsi256_pd(
-                                                      _mm256_cvtepi32_epi64(other))));
-    }
-    _mm256_storeu_pd(h, acc);
-    return (h[0] + h[1]) + (h[2] + h[3]);
-}
-
 /* An 8 x 8 block of floats transposed in registers: lane j of r[i] becomes lane i of r[j]. */
 __attribute__((target("avx2,fma")))
 static inline void lsref_transpose8(__m256 r[8])
@@ -515,25 +489,6 @@ static inline void lsref_transpose8(__m256 r[8])
     r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
     r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
     r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
-}
-
-/* One row of the small-K blocks from its max m, se = sum_k exp(z_k - m), d_t = z_t - m and
- * u = sum_k (z_k - m): the loss into *loss, the gradient's factor A and lse, by the row
- * algebra of _rowterms.h (w = 1). Returns 1 (and writes nothing) where the KL form cancels:
- * _row_index refines that row. log(se), not log1p(se - 1): a row kept here has no tiny loss
- * (the refine flags of lsref_small_params), log's 1e-16 absolute error is far below its
- * bound. */
-static inline int lsref_small_row(const lsref_small_params *P, double c, double s, double m,
-                                  double se, double d_t, double u, double *loss, double *A,
-                                  double *lse)
-{
-    const double L = log(se);
-    const double ce = lsref_ce_index(L, d_t, P->q_t, P->beta, P->W - 1.0, u - d_t);
-    if (lsref_kl_cancels(ce, P->kl_const)) return 1;
-    *lse = m + L;
-    *loss = lsref_row_loss(ce, P->kl_const, P->lam, *lse, s);
-    *A = lsref_grad_factor(s, c, P->lam, *lse, se);
-    return 0;
 }
 
 /* log(x) for x in [1, 2^1023), 4 doubles, within 1.5 ulp (tests/test_simd.py: 1.07 measured
@@ -591,32 +546,87 @@ static inline void lsref_block_load8(const float *base, Py_ssize_t K, Py_ssize_t
     lsref_transpose8(v);
 }
 
-/* g = A e - B for the 8 classes from k0 (n <= 8 of them) of the block's 8 rows, turned back
- * into rows and stored at dst + j K + k0 with full 8-wide stores: a short end spills into
- * the rows after it (and up to 8 floats past the block: dst has room for them), which are
- * written later. */
+/* g = A e - B for the 8 classes from k0 (n <= 8 of them) of the block's 8 rows (the rows in
+ * dom: A ex - s beta from their exps in double, exd, with their own A and s beta, DA and DB),
+ * turned back into rows and stored at dst + j K + k0 with full 8-wide stores: a short end
+ * spills into the rows after it (and up to 8 floats past the block: dst has room for them),
+ * which are written later. */
 __attribute__((target("avx2,fma")))
 static inline void lsref_block_store8(float *dst, Py_ssize_t K, Py_ssize_t k0, Py_ssize_t n,
-                                      const __m256 *e, __m256 Av, __m256 Bv)
+                                      const __m256 *e, __m256 Av, __m256 Bv, unsigned dom,
+                                      const double (*exd)[8], const __m256d *DA,
+                                      const __m256d *DB)
 {
     __m256 r[8];
     Py_ssize_t k;
     int j;
-    for (k = 0; k < 8; k++) r[k] = k < n ? _mm256_fmsub_ps(Av, e[k0 + k], Bv) : _mm256_setzero_ps();
+    const __m256 sel = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+        _mm256_and_si256(_mm256_set1_epi32((int)dom), _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128)),
+        _mm256_setzero_si256()));
+    for (k = 0; k < 8; k++) {
+        if (k >= n) {
+            r[k] = _mm256_setzero_ps();
+            continue;
+        }
+        r[k] = _mm256_fmsub_ps(Av, e[k0 + k], Bv);
+        if (dom)
+            r[k] = _mm256_blendv_ps(r[k], _mm256_set_m128(
+                _mm256_cvtpd_ps(_mm256_fmsub_pd(DA[1], _mm256_loadu_pd(exd[k0 + k] + 4), DB[1])),
+                _mm256_cvtpd_ps(_mm256_fmsub_pd(DA[0], _mm256_loadu_pd(exd[k0 + k]), DB[0]))), sel);
+    }
     lsref_transpose8(r);
     for (j = 0; j < 8; j++) _mm256_storeu_ps(dst + j * K + k0, r[j]);
 }
 
-/* Every gradient row of the block (g = A e - B) into dst (stride K, room for 8 K + 8
- * floats): the short end of the classes first, row after row, so that each spill is
- * overwritten by the row it spilled into (its short end, or its first 8 classes). */
+/* Every gradient row of the block into dst (stride K, room for 8 K + 8 floats): the short end
+ * of the classes first, row after row, so that each spill is overwritten by the row it
+ * spilled into (its short end, or its first 8 classes). */
 __attribute__((target("avx2,fma")))
-static void lsref_block_store(float *dst, Py_ssize_t K, const __m256 *e, __m256 Av, __m256 Bv)
+static void lsref_block_store(float *dst, Py_ssize_t K, const __m256 *e, __m256 Av, __m256 Bv,
+                              unsigned dom, const double (*exd)[8], const __m256d *DA,
+                              const __m256d *DB)
 {
     const Py_ssize_t full = K & ~(Py_ssize_t)7;
     Py_ssize_t k0;
-    if (full < K) lsref_block_store8(dst, K, full, K - full, e, Av, Bv);
-    for (k0 = 0; k0 < full; k0 += 8) lsref_block_store8(dst, K, k0, 8, e, Av, Bv);
+    if (full < K) lsref_block_store8(dst, K, full, K - full, e, Av, Bv, dom, exd, DA, DB);
+    for (k0 = 0; k0 < full; k0 += 8)
+        lsref_block_store8(dst, K, k0, 8, e, Av, Bv, dom, exd, DA, DB);
+}
+
+/* The row algebra of the small-K blocks (_rowterms.h, w = 1) for 4 rows at once, one per
+ * lane, in double: from the max m, se, d_t = z_t - m and u, the loss (row factor s), lse and
+ * A; returns the lanes (bits 0..3) where the KL form cancels (their results are not to be
+ * used: the row path refines those rows). log(se), not log1p(se - 1): a row kept here has no
+ * tiny loss (the refine flags of lsref_small_params), and the log's 3e-16 absolute error is
+ * far below its bound. */
+__attribute__((target("avx2,fma")))
+static inline unsigned lsref_small_rows4(const lsref_small_params *P, double c, __m256d m,
+                                         __m256d se, __m256d dt, __m256d u, __m256d s,
+                                         __m256d *loss, __m256d *lse, __m256d *A)
+{
+    const __m256d L = lsref_log_v4d(se);
+    __m256d ce = _mm256_setzero_pd(), lh, cz = _mm256_set1_pd(c);
+    unsigned cancels = 0;
+    if (P->q_t != 0.0) ce = _mm256_mul_pd(_mm256_set1_pd(P->q_t), _mm256_sub_pd(L, dt));
+    if (P->beta != 0.0)
+        ce = _mm256_add_pd(ce, _mm256_mul_pd(_mm256_set1_pd(P->beta), _mm256_sub_pd(
+                 _mm256_mul_pd(_mm256_set1_pd(P->W - 1.0), L), _mm256_sub_pd(u, dt))));
+    *lse = _mm256_add_pd(m, L);
+    lh = ce;
+    if (P->kl_const != 0.0) {                      /* lsref_kl_cancels */
+        const __m256d sign = _mm256_set1_pd(-0.0);
+        lh = _mm256_add_pd(ce, _mm256_set1_pd(P->kl_const));
+        cancels = (unsigned)_mm256_movemask_pd(_mm256_cmp_pd(
+            _mm256_andnot_pd(sign, lh),
+            _mm256_mul_pd(_mm256_set1_pd(1e-2), _mm256_andnot_pd(sign, ce)), _CMP_LT_OQ));
+    }
+    if (P->lam != 0.0) {
+        lh = _mm256_add_pd(lh, _mm256_mul_pd(_mm256_mul_pd(_mm256_set1_pd(P->lam), *lse), *lse));
+        cz = _mm256_add_pd(cz, _mm256_mul_pd(_mm256_set1_pd(2.0 * P->lam), *lse));
+    }
+    *loss = _mm256_mul_pd(lh, s);
+    *A = _mm256_div_pd(_mm256_mul_pd(s, cz), se);
+    return cancels;
 }
 
 /* 8 rows (i0..i0+7) of K <= LSREF_BLOCK_K float32 logits, one row per vector lane: each
@@ -709,102 +719,127 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
     if (P->refine_if_target_max) fine &= ~(at_max & below2);
     if (P->refine_if_other_max) fine &= ~(~at_max & below2);
     /* Every row's loss, A and target gradient from se as summed above, 4 rows per vector, by
-       lsref_small_row's algebra (the row algebra of _rowterms.h, w = 1); a lane whose row is
+       lsref_small_rows4 (the row algebra of _rowterms.h, w = 1); a lane whose row is
        not finished here computes garbage that nothing reads (the row path redoes it). */
     const double c = lsref_target_mass(P->q_t, P->beta, P->W - 1.0);    /* sum_k q_k */
-    double A[8], S[8], G[8], lse[8];
+    __m256d Mh[2], S[2], A[2], G[2], Lse[2], Dt[2];
     unsigned cancels = 0;
-    for (j = 0; j < 8; j += 4) {
-        const int hi = j == 4;
-#define LSREF_HALF(x) _mm256_cvtps_pd(hi ? _mm256_extractf128_ps(x, 1) : _mm256_castps256_ps128(x))
-        const __m256d mh = LSREF_HALF(m), seh = hi ? SE1 : SE0, uh = hi ? U1 : U0;
-        const __m256d dt = _mm256_sub_pd(LSREF_HALF(zt), mh), eth = LSREF_HALF(et);
-#undef LSREF_HALF
-        const __m256d s = P->row_scale
-            ? _mm256_mul_pd(_mm256_set1_pd(P->scale), _mm256_loadu_pd(P->row_scale + i0 + j))
+    for (j = 0; j < 2; j++) {
+#define LSREF_HALF(x) _mm256_cvtps_pd(j ? _mm256_extractf128_ps(x, 1) : _mm256_castps256_ps128(x))
+        __m256d lh;
+        Mh[j] = LSREF_HALF(m);
+        Dt[j] = _mm256_sub_pd(LSREF_HALF(zt), Mh[j]);
+        S[j] = P->row_scale
+            ? _mm256_mul_pd(_mm256_set1_pd(P->scale), _mm256_loadu_pd(P->row_scale + i0 + 4 * j))
             : _mm256_set1_pd(P->scale);
-        const __m256d L = lsref_log_v4d(seh);
-        __m256d ce = _mm256_setzero_pd();
-        if (P->q_t != 0.0) ce = _mm256_mul_pd(_mm256_set1_pd(P->q_t), _mm256_sub_pd(L, dt));
-        if (P->beta != 0.0)
-            ce = _mm256_add_pd(ce, _mm256_mul_pd(_mm256_set1_pd(P->beta), _mm256_sub_pd(
-                     _mm256_mul_pd(_mm256_set1_pd(P->W - 1.0), L), _mm256_sub_pd(uh, dt))));
-        __m256d ls = _mm256_add_pd(mh, L), lh = ce;
-        if (P->kl_const != 0.0) {                  /* lsref_kl_cancels */
-            const __m256d sign = _mm256_set1_pd(-0.0);
-            lh = _mm256_add_pd(ce, _mm256_set1_pd(P->kl_const));
-            cancels |= (unsigned)_mm256_movemask_pd(_mm256_cmp_pd(
-                _mm256_andnot_pd(sign, lh),
-                _mm256_mul_pd(_mm256_set1_pd(1e-2), _mm256_andnot_pd(sign, ce)), _CMP_LT_OQ)) << j;
-        }
-        __m256d cz = _mm256_set1_pd(c);
-        if (P->lam != 0.0) {
-            lh = _mm256_add_pd(lh, _mm256_mul_pd(_mm256_mul_pd(_mm256_set1_pd(P->lam), ls), ls));
-            cz = _mm256_add_pd(cz, _mm256_mul_pd(_mm256_set1_pd(2.0 * P->lam), ls));
-        }
-        _mm256_storeu_pd(loss + i0 + j, _mm256_mul_pd(lh, s));
-        const __m256d a = _mm256_div_pd(_mm256_mul_pd(s, cz), seh);
-        _mm256_storeu_pd(A + j, a);
-        _mm256_storeu_pd(S + j, s);
-        _mm256_storeu_pd(lse + j, ls);
-        _mm256_storeu_pd(G + j, _mm256_fmsub_pd(a, eth, _mm256_mul_pd(s, _mm256_set1_pd(P->q_t))));
+        cancels |= lsref_small_rows4(P, c, Mh[j], j ? SE1 : SE0, Dt[j], j ? U1 : U0, S[j], &lh,
+                                     &Lse[j], &A[j]) << (4 * j);
+        _mm256_storeu_pd(loss + i0 + 4 * j, lh);
+        G[j] = _mm256_fmsub_pd(A[j], LSREF_HALF(et), _mm256_mul_pd(S[j], _mm256_set1_pd(P->q_t)));
+#undef LSREF_HALF
     }
     fine &= ~cancels;                              /* KL cancels: the row path refines it */
     /* bit j: row j's target dominates, and its gradient is wanted (the loss alone is fine
        from se as summed above). Its target gradient s (c p_t - q_t), which cancels, comes from
-       the sum of the other terms; its exps are taken again from the logits in double (cheaper
-       than judging whether the float ones would do, as _row_index does): rest, A and every
-       entry of its gradient from them (its loss stays the one above). */
-    unsigned dom = g != NULL ? fine & at_max & below2 : 0u, bits;
-    double ex[8][LSREF_BLOCK_K];                   /* a dominated row's exps in double */
+       the sum of the other terms; the block's exps are taken again in double from the exact
+       z_k - m (cheaper than judging whether the float ones would do, as _row_index does):
+       rest, A and every entry of a dominated row's gradient from them (its loss stays the one
+       above). 8 rows at a time, as the rest of the block: in a trained model most rows are
+       dominated. */
+    unsigned dom = g != NULL ? fine & at_max & below2 : 0u;
+    double exd[LSREF_BLOCK_K8][8];                 /* the exps in double, class by class */
+    __m256d DA[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()}, DB[2] = {DA[0], DA[0]};
+                                                   /* a dominated row's A and s beta */
     if (dom) {
-        float ms[8], zt_f[8];
-        double u_d[8];
-        _mm256_storeu_ps(ms, m);
-        _mm256_storeu_ps(zt_f, zt);
-        _mm256_storeu_pd(u_d, U0);
-        _mm256_storeu_pd(u_d + 4, U1);
-        for (bits = dom; bits != 0; bits &= bits - 1) {
-            double rst, sej, loss_again;
-            j = __builtin_ctz(bits);
-            rst = lsref_rest_small_f32(base + j * K, K, tt[j], ms[j], ex[j]);
-            sej = 1.0 + rst;
-            if (lsref_small_row(P, c, S[j], ms[j], sej, (double)zt_f[j] - ms[j], u_d[j],
-                                &loss_again, &A[j], &lse[j])) {
-                fine &= ~(1u << j);
-                dom &= ~(1u << j);
-                continue;
+        __m256d R[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()};
+        if (__builtin_popcount(dom) >= 3) {        /* 8 rows at a time */
+            const __m128i t_lo = _mm_loadu_si128((const __m128i *)tt);
+            const __m128i t_hi = _mm_loadu_si128((const __m128i *)(tt + 4));
+            __m256 w[8];
+            for (k0 = 0; k0 < K; k0 += 8) {
+                const Py_ssize_t n = K - k0 < 8 ? K - k0 : 8;
+                lsref_block_load8(base, K, k0, n, w);   /* the logits again (in place: unwritten) */
+                for (k = 0; k < n; k++) {
+                    const __m128i kk = _mm_set1_epi32((int)(k0 + k));
+                    const __m256d e0 = lsref_exp_neg_v4d(_mm256_sub_pd(
+                        _mm256_cvtps_pd(_mm256_castps256_ps128(w[k])), Mh[0]));
+                    const __m256d e1 = lsref_exp_neg_v4d(_mm256_sub_pd(
+                        _mm256_cvtps_pd(_mm256_extractf128_ps(w[k], 1)), Mh[1]));
+                    _mm256_storeu_pd(exd[k0 + k], e0);
+                    _mm256_storeu_pd(exd[k0 + k] + 4, e1);
+                    /* rest: every class but the target (the max, exactly 1) */
+                    R[0] = _mm256_add_pd(R[0], _mm256_andnot_pd(_mm256_castsi256_pd(
+                               _mm256_cvtepi32_epi64(_mm_cmpeq_epi32(t_lo, kk))), e0));
+                    R[1] = _mm256_add_pd(R[1], _mm256_andnot_pd(_mm256_castsi256_pd(
+                               _mm256_cvtepi32_epi64(_mm_cmpeq_epi32(t_hi, kk))), e1));
+                }
             }
-            G[j] = lsref_dominated_target_grad(S[j], P->beta, P->W - 1.0, P->lam, lse[j],
-                                               P->q_t, rst, sej);
+        } else {
+            /* one or two rows (random logits: most blocks with any): each alone, 4 classes
+               at a time, with the same arithmetic per class and the same order of the sum as
+               the lanes above, so a row's results do not depend on its neighbours */
+            double ms[8], rs[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0}, q[4];
+            unsigned bits;
+            const __m128i lane4 = _mm_setr_epi32(0, 1, 2, 3);
+            _mm256_storeu_pd(ms, Mh[0]);
+            _mm256_storeu_pd(ms + 4, Mh[1]);
+            for (bits = dom; bits != 0; bits &= bits - 1) {
+                const int r = __builtin_ctz(bits);
+                const float *zr = base + r * K;
+                double acc = 0.0;
+                for (k0 = 0; k0 < K; k0 += 4) {
+                    const __m128i in = _mm_cmpgt_epi32(_mm_set1_epi32((int)(K - k0)), lane4);
+                    _mm256_storeu_pd(q, lsref_exp_neg_v4d(_mm256_sub_pd(
+                        _mm256_cvtps_pd(_mm_maskload_ps(zr + k0, in)), _mm256_set1_pd(ms[r]))));
+                    for (k = k0; k < K && k < k0 + 4; k++) {
+                        exd[k][r] = q[k - k0];
+                        acc += k == tt[r] ? 0.0 : q[k - k0];
+                    }
+                }
+                rs[r] = acc;
+            }
+            R[0] = _mm256_loadu_pd(rs);
+            R[1] = _mm256_loadu_pd(rs + 4);
+        }
+        for (j = 0; j < 2; j++) {
+            if (!((dom >> (4 * j)) & 0xFu)) continue;  /* no dominated row in this half */
+            /* the dominated lanes of this half (the others keep what they have) */
+            const __m256d sel = _mm256_castsi256_pd(_mm256_cmpgt_epi64(
+                _mm256_and_si256(_mm256_set1_epi64x((long long)(dom >> (4 * j))),
+                                 _mm256_setr_epi64x(1, 2, 4, 8)), _mm256_setzero_si256()));
+            const __m256d se = _mm256_add_pd(_mm256_set1_pd(1.0), R[j]);
+            __m256d lh, ls, a, gt;
+            unsigned cx = lsref_small_rows4(P, c, Mh[j], se, Dt[j], j ? U1 : U0, S[j], &lh,
+                                            &ls, &a);
+            cx &= (dom >> (4 * j)) & 0xFu;
+            fine &= ~(cx << (4 * j));
+            dom &= ~(cx << (4 * j));
+            /* lsref_dominated_target_grad: s (beta W_other + 2 lam lse - q_t rest) / se */
+            gt = _mm256_div_pd(_mm256_mul_pd(S[j], _mm256_sub_pd(
+                     _mm256_fmadd_pd(_mm256_set1_pd(2.0 * P->lam), ls,
+                                     _mm256_set1_pd(P->beta * (P->W - 1.0))),
+                     _mm256_mul_pd(_mm256_set1_pd(P->q_t), R[j]))), se);
+            G[j] = _mm256_blendv_pd(G[j], gt, sel);
+            DA[j] = a;
+            DB[j] = _mm256_mul_pd(S[j], _mm256_set1_pd(P->beta));
         }
     }
     for (j = 0; j < 8; j++) redo[i0 + j] = (unsigned char)!((fine >> j) & 1u);
     if (g == NULL) return;
-    const __m256 Av = _mm256_set_m128(_mm256_cvtpd_ps(_mm256_loadu_pd(A + 4)),
-                                      _mm256_cvtpd_ps(_mm256_loadu_pd(A)));
+    const __m256 Av = _mm256_set_m128(_mm256_cvtpd_ps(A[1]), _mm256_cvtpd_ps(A[0]));
     const __m256d beta = _mm256_set1_pd(P->beta);
-    const __m256 Bv = _mm256_set_m128(_mm256_cvtpd_ps(_mm256_mul_pd(_mm256_loadu_pd(S + 4), beta)),
-                                      _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_loadu_pd(S), beta)));
+    const __m256 Bv = _mm256_set_m128(_mm256_cvtpd_ps(_mm256_mul_pd(S[1], beta)),
+                                      _mm256_cvtpd_ps(_mm256_mul_pd(S[0], beta)));
     /* The rows into buf (in L1) first, then copied to g one after another: 8 rows written
        in 8 interleaved streams straight into g cost more than the copy (up to 1.5x the
        block's time at K = 64..128). A block with a row left to the row path copies only its
        finished rows (in place, g is the logits the row path has yet to read). */
     float buf[8 * LSREF_BLOCK_K + 8];
-    lsref_block_store(buf, K, e, Av, Bv);
-    for (bits = dom; bits != 0; bits &= bits - 1) {    /* from the exps in double */
-        float *row, q[4];
-        j = __builtin_ctz(bits);
-        row = buf + j * K;
-        const __m256d a = _mm256_set1_pd(A[j]), b = _mm256_set1_pd(S[j] * P->beta);
-        for (k = 0; k + 4 <= K; k += 4)
-            _mm_storeu_ps(row + k, _mm256_cvtpd_ps(_mm256_fmsub_pd(a, _mm256_loadu_pd(ex[j] + k), b)));
-        if (k < K) {                               /* ex has room for K rounded up to 4 */
-            _mm_storeu_ps(q, _mm256_cvtpd_ps(_mm256_fmsub_pd(a, _mm256_loadu_pd(ex[j] + k), b)));
-            for (; k < K; k++) row[k] = q[k & 3];
-        }
-    }
-    for (j = 0; j < 8; j++) buf[j * K + tt[j]] = (float)G[j];
+    double gt[8];
+    lsref_block_store(buf, K, e, Av, Bv, dom, exd, DA, DB);
+    _mm256_storeu_pd(gt, G[0]);
+    _mm256_storeu_pd(gt + 4, G[1]);
+    for (j = 0; j < 8; j++) buf[j * K + tt[j]] = (float)gt[j];
     if (fine == 0xFFu && K <= 16) {
         float *out = g + i0 * K;
         /* the empty asm keeps the compiler from turning this copy into a call to memcpy
