@@ -339,7 +339,7 @@ def exp_neg_f32_sweep(const float[::1] x, float[::1] out):
 
 def log_block(const double[::1] x, double[::1] out):
     """The small-K blocks' vector log(x), x in [1, 2**1023) (for the tests); returns False
-    (and writes nothing) where this build or CPU has no such blocks."""
+    (and writes nothing) where the blocks do not run (this build, this CPU, LSREF_SIMD)."""
     if out.shape[0] != x.shape[0]:
         raise ValueError("out must have the length of x")
     if x.shape[0] == 0:

@@ -248,7 +248,8 @@ static lsref_simd_table lsref_simd = LSREF_TABLE(generic, "generic");
  * For K up to LSREF_BLOCK_K the per-row sweeps are mostly overhead (call, horizontal
  * reductions, a masked tail, a scalar log per row). This block kernel transposes 8 rows so
  * that one vector holds class k of all 8, and max, exp, the sums and the finish (log
- * included) run across rows. (`lsref bench`: 262144 x 10 and 65536 x 100 take it.) It covers the plain case only: float32 logits, class-index targets,
+ * included) run across rows (`lsref bench`: 262144 x 10 and 65536 x 100 take it). It covers
+ * the plain case only: float32 logits, class-index targets,
  * no class weights. A row it cannot finish exactly as the per-row path would (an ignored or
  * out-of-range target, a non-finite max or sum, a masked target, a row that needs the log1p
  * refinement) is flagged in redo[] and left to the per-row path. */
@@ -507,7 +508,8 @@ static inline __m256d lsref_log_v4d(__m256d x)
     __m256d f = _mm256_castsi256_pd(_mm256_sub_epi64(bits, _mm256_slli_epi64(k, 52)));
     /* k (0..1023) as a double: its bits under 2^52's exponent, minus 2^52 */
     __m256d kd = _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(
-                     k, _mm256_set1_epi64x(0x4330000000000000ll))), _mm256_set1_pd(4503599627370496.0));
+                     k, _mm256_set1_epi64x(0x4330000000000000ll))),
+                 _mm256_set1_pd(4503599627370496.0));
     __m256d s = _mm256_div_pd(_mm256_sub_pd(f, _mm256_set1_pd(1.0)),
                               _mm256_add_pd(f, _mm256_set1_pd(1.0)));
     __m256d z = _mm256_mul_pd(s, s);
@@ -561,7 +563,8 @@ static inline void lsref_block_store8(float *dst, Py_ssize_t K, Py_ssize_t k0, P
     Py_ssize_t k;
     int j;
     const __m256 sel = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
-        _mm256_and_si256(_mm256_set1_epi32((int)dom), _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128)),
+        _mm256_and_si256(_mm256_set1_epi32((int)dom),
+                         _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128)),
         _mm256_setzero_si256()));
     for (k = 0; k < 8; k++) {
         if (k >= n) {
@@ -594,11 +597,14 @@ static void lsref_block_store(float *dst, Py_ssize_t K, const __m256 *e, __m256 
 }
 
 /* The row algebra of the small-K blocks (_rowterms.h, w = 1) for 4 rows at once, one per
- * lane, in double: from the max m, se, d_t = z_t - m and u, the loss (row factor s), lse and
- * A; returns the lanes (bits 0..3) where the KL form cancels (their results are not to be
- * used: the row path refines those rows). log(se), not log1p(se - 1): a row kept here has no
- * tiny loss (the refine flags of lsref_small_params), and the log's 3e-16 absolute error is
- * far below its bound. */
+ * lane, in double: _rowterms.h's lsref_ce_index, lsref_kl_cancels, lsref_row_loss and
+ * lsref_grad_factor written again in vectors (called lane by lane instead, 262144 x 10 took
+ * 1.24x the time; a change to those functions must be made here too, and the small-K tests
+ * compare both paths with the oracle). From the max m, se, d_t = z_t - m and u: the loss
+ * (row factor s), lse and A; returns the lanes (bits 0..3) where the KL form cancels (their
+ * results are not to be used: the row path refines those rows). log(se), not
+ * log1p(se - 1): a row kept here has no tiny loss (the refine flags of lsref_small_params),
+ * and the log's 3e-16 absolute error is far below its bound. */
 __attribute__((target("avx2,fma")))
 static inline unsigned lsref_small_rows4(const lsref_small_params *P, double c, __m256d m,
                                          __m256d se, __m256d dt, __m256d u, __m256d s,
@@ -634,7 +640,7 @@ static inline unsigned lsref_small_rows4(const lsref_small_params *P, double c, 
  * so that v[k] holds class k of all 8 rows; max, exp and the sums run across rows, and so
  * does the finish in double (log, the row algebra of _rowterms.h, the gradient's factor),
  * 4 rows per vector. A row whose target dominates (target at the max, se < 2) has its
- * gradient finished one row at a time, from its exps in double (below). The gradient is
+ * gradient finished from its exps in double (below). The gradient is
  * written with full vector stores (masked stores, microcoded on some CPUs, cost more than
  * the rest of the block). */
 __attribute__((target("avx2,fma")))
@@ -814,7 +820,8 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
             cx &= (dom >> (4 * j)) & 0xFu;
             fine &= ~(cx << (4 * j));
             dom &= ~(cx << (4 * j));
-            /* lsref_dominated_target_grad: s (beta W_other + 2 lam lse - q_t rest) / se */
+            /* _rowterms.h's lsref_dominated_target_grad, in vectors:
+               s (beta W_other + 2 lam lse - q_t rest) / se */
             gt = _mm256_div_pd(_mm256_mul_pd(S[j], _mm256_sub_pd(
                      _mm256_fmadd_pd(_mm256_set1_pd(2.0 * P->lam), ls,
                                      _mm256_set1_pd(P->beta * (P->W - 1.0))),
@@ -894,7 +901,8 @@ static void lsref_exp_neg_f32_array(const float *x, float *y, Py_ssize_t n)
 }
 
 /* log(x), x in [1, 2^1023), over an array, through the block kernel's vector log (the tests
- * check its accuracy). Returns -1 where this build has no block kernel. */
+ * check its accuracy). Returns -1 where the block kernel does not run
+ * (lsref_small8_available: this build, this CPU, LSREF_SIMD). */
 #if defined(LSREF_X86_DISPATCH)
 __attribute__((target("avx2,fma")))
 static void lsref_log_block_avx2(const double *x, double *y, Py_ssize_t n)
@@ -911,10 +919,12 @@ static void lsref_log_block_avx2(const double *x, double *y, Py_ssize_t n)
 }
 #endif
 
+static int lsref_small8_available(void);
+
 static int lsref_log_block_array(const double *x, double *y, Py_ssize_t n)
 {
 #if defined(LSREF_X86_DISPATCH)
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    if (lsref_small8_available()) {
         lsref_log_block_avx2(x, y, n);
         return 0;
     }
