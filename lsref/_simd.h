@@ -644,17 +644,18 @@ static inline unsigned lsref_small_rows4(const lsref_small_params *P, double c, 
  * written with full vector stores (masked stores, microcoded on some CPUs, cost more than
  * the rest of the block). */
 __attribute__((target("avx2,fma")))
-static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const int64_t *t,
-                             const lsref_small_params *P, double *loss, float *g,
-                             unsigned char *redo)
+static void lsref_small8_body(const float *z, Py_ssize_t i0, const Py_ssize_t K,
+                                     const int64_t *t, const lsref_small_params *P,
+                                     double *loss, float *g, unsigned char *redo)
 {
     /* v[k]: class k of the 8 rows; e[k], its exp, takes v[k]'s place (the block's working
        set stays small enough for L1 beside the rows it reads and writes) */
     __m256 v[LSREF_BLOCK_K8], *const e = v;
-    int32_t tt[8];
-    unsigned fine = 0;                             /* bit j: row j is finished here */
+    int32_t tt[8];                                 /* the targets, 0 where not valid */
+    unsigned fine;                                 /* bit j: row j is finished here */
     Py_ssize_t j, k, k0;
     const float *base = z + i0 * K;
+    fine = 0;
     for (j = 0; j < 8; j++) {
         int64_t tj = t[i0 + j];
         int ok = tj >= 0 && tj < K && !(P->has_ignore && tj == P->ignore_index);
@@ -831,7 +832,12 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
             DB[j] = _mm256_mul_pd(S[j], _mm256_set1_pd(P->beta));
         }
     }
-    for (j = 0; j < 8; j++) redo[i0 + j] = (unsigned char)!((fine >> j) & 1u);
+    {   /* redo[i0 + j] = 1 where bit j of fine is 0, 8 bytes at once */
+        const __m128i bit = _mm_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 0, 0, 0, 0, 0, 0, 0, 0);
+        _mm_storel_epi64((__m128i *)(redo + i0), _mm_and_si128(_mm_cmpeq_epi8(
+            _mm_and_si128(_mm_set1_epi8((char)fine), bit), _mm_setzero_si128()),
+            _mm_set1_epi8(1)));
+    }
     if (g == NULL) return;
     const __m256 Av = _mm256_set_m128(_mm256_cvtpd_ps(A[1]), _mm256_cvtpd_ps(A[0]));
     const __m256d beta = _mm256_set1_pd(P->beta);
@@ -860,6 +866,38 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
             if ((fine >> j) & 1u)
                 memcpy(g + (i0 + j) * K, buf + j * K, (size_t)K * sizeof(float));
     }
+}
+
+/* The block kernel compiled once more for each K from 2 to 16 with K a constant, so that the
+   loops over classes are unrolled and v[] (e[]) lives in registers: paired A/B, one thread,
+   262144 x 10 on an AVX-512 AMD EPYC, value and gradient 0.90x the time, the loss 0.80x.
+   The arithmetic is the same, so are the results. Larger K take the one compiled for any K. */
+#define LSREF_SMALL8_FOR(KK)                                                                 \
+__attribute__((target("avx2,fma"), flatten))                                                 \
+static void lsref_small8_k##KK(const float *z, Py_ssize_t i0, const int64_t *t,              \
+                               const lsref_small_params *P, double *loss, float *g,          \
+                               unsigned char *redo)                                          \
+{ lsref_small8_body(z, i0, KK, t, P, loss, g, redo); }
+LSREF_SMALL8_FOR(2)  LSREF_SMALL8_FOR(3)  LSREF_SMALL8_FOR(4)  LSREF_SMALL8_FOR(5)
+LSREF_SMALL8_FOR(6)  LSREF_SMALL8_FOR(7)  LSREF_SMALL8_FOR(8)  LSREF_SMALL8_FOR(9)
+LSREF_SMALL8_FOR(10) LSREF_SMALL8_FOR(11) LSREF_SMALL8_FOR(12) LSREF_SMALL8_FOR(13)
+LSREF_SMALL8_FOR(14) LSREF_SMALL8_FOR(15) LSREF_SMALL8_FOR(16)
+
+typedef void (*lsref_small8_fixed)(const float *, Py_ssize_t, const int64_t *,
+                                   const lsref_small_params *, double *, float *,
+                                   unsigned char *);
+static const lsref_small8_fixed lsref_small8_by_k[17] = {
+    NULL, NULL, lsref_small8_k2, lsref_small8_k3, lsref_small8_k4, lsref_small8_k5,
+    lsref_small8_k6, lsref_small8_k7, lsref_small8_k8, lsref_small8_k9, lsref_small8_k10,
+    lsref_small8_k11, lsref_small8_k12, lsref_small8_k13, lsref_small8_k14, lsref_small8_k15,
+    lsref_small8_k16};
+
+static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const int64_t *t,
+                             const lsref_small_params *P, double *loss, float *g,
+                             unsigned char *redo)
+{
+    if (K >= 2 && K <= 16) lsref_small8_by_k[K](z, i0, t, P, loss, g, redo);
+    else lsref_small8_body(z, i0, K, t, P, loss, g, redo);
 }
 #define LSREF_HAVE_SMALL8 1
 #else
