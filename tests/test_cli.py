@@ -349,3 +349,13 @@ def test_internal_error_is_exit_2_with_its_traceback(monkeypatch, capsys):
 def test_cli_docstring_examples():
     result = doctest.testmod(cli, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_bench_states_the_thread_rule_lsref_follows():
+    """`lsref bench --only small` names the size below which lsref runs one thread: the one
+    the front doors use (it said 32768 after the rule had become 16384)."""
+    from lsref.loss import resolve_threads
+    _, versions = bench.run_small([], progress=False)
+    below = int(versions["lsref"].split("threads: 1 below ")[1].split()[0])
+    assert resolve_threads(None, below - 1) == 1
+    assert resolve_threads(None, below) == resolve_threads(None, 10 * below)

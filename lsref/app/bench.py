@@ -16,7 +16,8 @@ import time
 import numpy as np
 
 from lsref import __version__, _kernel
-from lsref.loss import cross_entropy, default_threads, logsumexp, value_and_grad
+from lsref.loss import (SMALL_PROBLEM, cross_entropy, default_threads, logsumexp,
+                        value_and_grad)
 
 EPS = 0.1
 
@@ -205,7 +206,7 @@ def run_small(workloads, repeat=5, progress=True, stream=sys.stderr):
     from lsref.criterion import LabelSmoothingLoss
     threads = default_threads()
     rows, versions = [], {"lsref": f"lsref {__version__} ({_kernel.SIMD_PATH}, default "
-                                   f"threads: 1 below 32768 logits, else {threads})",
+                                   f"threads: 1 below {SMALL_PROBLEM} logits, else {threads})",
                           "numpy": f"numpy {np.__version__}"}
     crit = LabelSmoothingLoss(label_smoothing=EPS)
 
