@@ -61,7 +61,7 @@ from cython.parallel cimport parallel, prange
 from cpython.exc cimport PyErr_CheckSignals
 from libc.math cimport exp, expf, log, log1p, fabs, INFINITY, NAN, isfinite, isnan
 from libc.stdint cimport int64_t, uint16_t, int16_t, uint32_t
-from libc.string cimport memset, memcmp
+from libc.string cimport memset, memcmp, memchr
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 cimport numpy as cnp
 
@@ -1011,9 +1011,16 @@ cdef int _index_rows(const stored_in *z, const int64_t *targets, Py_ssize_t N, P
                     lsref_small8_f32(z, b * 8, K, targets, &P, loss_out, g32, redo)
         if lsref_stopped(&tk):
             _raise_pending()
-    if nt == 1:
+    # The rows before the first one the blocks handed back are done: the row loop starts
+    # there (usually at n_blocked, the few rows past the last whole block, on one thread).
+    cdef Py_ssize_t first = 0
+    cdef const void *hand_back
+    if small:
+        hand_back = memchr(redo, 1, n_blocked)
+        first = n_blocked if hand_back == NULL else <const unsigned char *> hand_back - redo
+    if nt == 1 or N - first < 8:
         with nogil:
-            for i in range(N):
+            for i in range(first, N):
                 if i < n_blocked and not redo[i]:
                     continue                # done by the small-K blocks
                 if _interrupted(&tk, 0, K):
@@ -1022,7 +1029,7 @@ cdef int _index_rows(const stored_in *z, const int64_t *targets, Py_ssize_t N, P
     else:
         with nogil, parallel(num_threads=nt):
             tid = lsref_thread_num()
-            for i in prange(N, schedule="static"):
+            for i in prange(first, N, schedule="static"):
                 if i < n_blocked and not redo[i]:
                     continue                # done by the small-K blocks
                 if _interrupted(&tk, tid, K):
