@@ -33,8 +33,8 @@ def test_exp_accuracy_and_special_values():
 
 
 def test_sweep_exp_accuracy_and_special_values():
-    """The float32 exponential the selected sweeps use (the AVX2 one differs from the scalar
-    function in its reduction and evaluation order, _simd.h)."""
+    """The float32 exponential the selected sweeps use (the AVX2 and AVX-512 ones differ from
+    the scalar function in their reduction and evaluation order, _simd.h)."""
     x = -np.linspace(0.0, 87.0, 2000003).astype(np.float32)
     y = np.empty_like(x)
     _kernel.exp_neg_f32_sweep(x, y)
@@ -278,3 +278,22 @@ def test_row_max_sweep_special_values_every_length_and_position(dtype):
         assert_array_equal(np.isnan(got_ls), np.isnan(want_ls[fin]), err_msg=f"n={n}")
         assert_array_equal(np.isneginf(got_ls), np.isneginf(want_ls[fin]), err_msg=f"n={n}")
         assert got[0] == -np.inf and np.isnan(got[1])
+
+
+def test_row_sweeps_every_tail_length_float32():
+    """The float32 row sweeps (exp, sums, gradient) at every length of the vector tail: 1..40
+    classes (class weights keep them off the small-K blocks) and 101..165 (past a block of
+    128 terms, whose float partial sums are flushed to double, the AVX-512 sweep's masked
+    tail of 1..31), against the oracle; run on each vector path by .ci/run (LSREF_SIMD)."""
+    import lsref
+    from lsref import reference as R
+    rng = np.random.default_rng(23)
+    for K in (*range(1, 41), *range(101, 166), 255, 256, 257, 1000, 1001):
+        z = (rng.standard_normal((6, K)) * 3).astype(np.float32)
+        t = rng.integers(0, K, 6)
+        kw = dict(label_smoothing=0.1, reduction="none")
+        if K <= 40:
+            kw["class_weight"] = np.ones(K)
+        loss, grad = lsref.value_and_grad(z, t, **kw)
+        ref_loss, ref_grad = R.value_and_grad(z, t, **kw)
+        assert_close_to_oracle(loss, grad, ref_loss, ref_grad, np.float32)
