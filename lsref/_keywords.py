@@ -25,7 +25,8 @@ import inspect
 import re
 from types import MappingProxyType
 
-__all__ = ["CROSS_ENTROPY_OPTIONS", "BINARY_OPTIONS", "EXECUTION_OPTIONS", "N_THREADS",
+__all__ = ["CROSS_ENTROPY_OPTIONS", "BINARY_OPTIONS", "LINEAR_OPTIONS", "EXECUTION_OPTIONS",
+           "N_THREADS",
            "PARAMETERS", "fill_doc", "check_signature", "given"]
 
 
@@ -44,6 +45,12 @@ CROSS_ENTROPY_OPTIONS = MappingProxyType(dict(
 # same defaults (it has no smoothing form, z-loss or KL form).
 BINARY_OPTIONS = _subset(CROSS_ENTROPY_OPTIONS, "label_smoothing", "axis", "reduction",
                          "class_weight", "sample_weight", "ignore_index")
+
+# The linear layer + loss (lsref.linear): the layer's bias, then every option of a softmax
+# cross-entropy call but the class axis (the layer's outputs are the last axis).
+LINEAR_OPTIONS = MappingProxyType(dict(
+    bias=None, **{name: value for name, value in CROSS_ENTROPY_OPTIONS.items()
+                  if name != "axis"}))
 
 # How a call runs, not what it computes: they follow the options in every signature.
 EXECUTION_OPTIONS = MappingProxyType(dict(n_threads=None, out=None))
@@ -220,6 +227,34 @@ computed stably for any ``|x|`` (one ``exp(-|x|)`` and one ``log1p`` per element
 # functions that take them all unchanged write %(cross_entropy_options)s once.
 PARAMETERS["cross_entropy_options"] = "\n".join(PARAMETERS[name]
                                                 for name in CROSS_ENTROPY_OPTIONS)
+
+# The linear layer + loss (lsref.linear)
+PARAMETERS.update({
+    "h": """\
+h : array_like of float32 or float64, shape (..., d)
+    The layer's inputs (hidden states), one row of ``d`` features per target.""",
+
+    "weight": """\
+weight : array_like, shape (V, d), ``h``'s dtype
+    The output matrix: ``logits = h @ weight.T + bias``, ``V`` classes.""",
+
+    "targets_linear": """\
+targets : array_like
+    Class indices (an integer array shaped like ``h`` without its last axis), or
+    probabilities (a float array of that shape plus ``(V,)``).""",
+
+    "bias": """\
+bias : array_like of shape (V,), ``h``'s dtype, optional
+    Added to every row of logits.""",
+
+    "chunk_size": """\
+chunk_size : int, optional
+    Rows of logits made at a time (one buffer of ``chunk_size x V``); by default chosen
+    from the rows (lsref.linear.chunk_rows: a tenth of all the logits, 64 to 2048 rows).
+    The results do not depend on it beyond the GEMMs' rounding.""",
+})
+PARAMETERS["linear_options"] = "\n".join(PARAMETERS[name] for name in LINEAR_OPTIONS
+                                         if name != "bias")
 PARAMETERS = MappingProxyType(PARAMETERS)
 
 _PLACEHOLDER = re.compile(r"^([ \t]*)%\((\w+)\)s[ \t]*$", re.MULTILINE)

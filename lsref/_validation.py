@@ -466,3 +466,40 @@ def _check_binary(logits, targets, o):
                          n_rows=int(np.prod(batch_shape, dtype=np.int64)), n_classes=K,
                          label_smoothing=eps, reduction=reduction, ignore_index=ignore_index,
                          class_weight=cw, sample_weight=sw)
+
+
+# --- the linear layer + loss ------------------------------------------------------------
+
+def _float_input(name, x, dtype=None, shape=None, what=None):
+    x = check_float_array(name, x)
+    if dtype is None and x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name} has dtype {x.dtype}, h has {dtype}: give them one dtype")
+    if shape is not None and x.shape != shape:
+        raise ValueError(f"{name} must have shape {shape} ({what}), got {x.shape}")
+    return x
+
+
+def check_linear(h, weight, bias, targets, options):
+    """A linear layer + loss call (lsref.linear, and its oracle): ``h`` (..., d) and ``weight``
+    (V, d) float32 or float64 of one dtype, ``bias`` (V,) of it or None, each error naming the
+    argument; then the cross-entropy call of the (..., V) logits they make, checked as
+    :func:`check_problem` checks it (``options``: every cross-entropy option but ``axis``).
+    Returns ``(h, weight, bias, problem)``, the arrays as NumPy arrays."""
+    h = _float_input("h", h)
+    if h.ndim < 1:
+        raise ValueError("h must have at least one dimension (the features), got a scalar")
+    weight = check_float_array("weight", weight)
+    if weight.ndim != 2:
+        raise ValueError(f"weight must have shape (V, d), got {weight.shape}")
+    d = h.shape[-1]
+    if weight.shape[1] != d:
+        raise ValueError(f"weight has {weight.shape[1]} features per class (shape "
+                         f"{weight.shape}), h has {d} (shape {h.shape})")
+    weight = _float_input("weight", weight, h.dtype)
+    V = weight.shape[0]
+    if bias is not None:
+        bias = _float_input("bias", bias, h.dtype, (V,), "one per class of weight")
+    p = check_problem_shape(h.shape[:-1] + (V,), targets, axis=-1, **options)
+    return h, weight, bias, p

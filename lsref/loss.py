@@ -188,20 +188,8 @@ def _run(args, *, want_grad):
     p = check_arguments(args)
     nt, zn, dtype, K, N = _start(p, want_grad, args.get("out"), args["n_threads"])
     z = _rows(zn, K)
-    q_t = a = 1.0
-    if p.prob_targets:
-        targets_rows, ignore, active = _real_rows(p.targets, K), None, None
-        a, beta = _params.prob_target(p.label_smoothing, K)
-    else:
-        targets_rows, ignore, _, active = _params.index_rows(p.targets, p.ignore_index)
-        q_t, beta = _params.index_target(p.label_smoothing, K, p.smoothing)
-    # the rows carry 1/D for "mean", known before the kernel runs
-    divisor = (_params.mean_divisor(p, targets_rows, active) if p.reduction == "mean"
-               else None)
-    scale = _params.mean_scale(divisor) if p.reduction == "mean" else 1.0
-    params = _params.kernel_params(
-        n_classes=K, class_weight=p.class_weight, sample_weight=p.sample_weight, q_t=q_t, a=a,
-        beta=beta, scale=scale, z_loss=p.z_loss, kl=p.kl, ignore_index=ignore)
+    plan = KernelPlan(p, K)
+    params = plan.params()
 
     grad_rows = ret = copy_back = None
     if want_grad:
@@ -212,18 +200,55 @@ def _run(args, *, want_grad):
               ("sample_weight", args["sample_weight"])]))
 
     row_loss = np.empty(N, np.float64)
-    # Positional on purpose: a keyword call into a fused-type Cython function goes through
-    # its generic dispatcher, about 3x the instructions of the whole positional call, on
-    # every call (the arguments are in the order of _kernel.pyi)
-    if p.prob_targets:
-        _kernel.ce_prob(z, targets_rows, params, row_loss, grad_rows, nt)
-    else:
-        scratch = (np.empty(N, np.uint8) if _params.small_k_blocks(
-            dtype == np.float32, N, K, p.class_weight is not None) else None)
-        _kernel.ce_index(z, targets_rows, params, row_loss, grad_rows, nt, scratch)
-
-    loss = _reduce(p.reduction, row_loss, divisor, p.batch_shape, loss_dtype(dtype))
+    plan.run(z, plan.targets, params, row_loss, grad_rows, nt)
+    loss = _reduce(p.reduction, row_loss, plan.divisor, p.batch_shape, loss_dtype(dtype))
     return loss, (_finish_grad(ret, copy_back, p.axis) if want_grad else None)
+
+
+class KernelPlan:
+    """A checked call (``p``, with ``K`` classes) as the kernel takes it: the targets as its
+    rows (``targets``), the rows that count (``active``), the divisor ``D`` of ``"mean"``
+    (``divisor``, None otherwise) and the coefficients; ``params`` and ``run`` for all the
+    rows or a block of them (the linear layer runs the rows in chunks, lsref.linear)."""
+
+    def __init__(self, p, K):
+        self.p, self.K = p, K
+        self.q_t = self.a = 1.0
+        if p.prob_targets:
+            self.targets, self.ignore, self.active = _real_rows(p.targets, K), None, None
+            self.a, self.beta = _params.prob_target(p.label_smoothing, K)
+        else:
+            self.targets, self.ignore, _, self.active = _params.index_rows(p.targets,
+                                                                           p.ignore_index)
+            self.q_t, self.beta = _params.index_target(p.label_smoothing, K, p.smoothing)
+        # the rows carry 1/D for "mean", known before the kernel runs
+        self.divisor = (_params.mean_divisor(p, self.targets, self.active)
+                        if p.reduction == "mean" else None)
+        self.scale = _params.mean_scale(self.divisor) if p.reduction == "mean" else 1.0
+
+    def params(self, rows=slice(None)):
+        """The kernel's record for the rows ``rows`` (a slice; the sample weights sliced)."""
+        p = self.p
+        sw = None if p.sample_weight is None else np.reshape(p.sample_weight, -1)[rows]
+        return _params.kernel_params(
+            n_classes=self.K, class_weight=p.class_weight, sample_weight=sw, q_t=self.q_t,
+            a=self.a, beta=self.beta, scale=self.scale, z_loss=p.z_loss, kl=p.kl,
+            ignore_index=self.ignore)
+
+    def run(self, z, targets, params, row_loss, grad_rows, nt):
+        """The kernel over the rows ``z`` ((n, K), C order) with their ``targets`` and
+        ``params``: per-row losses into ``row_loss``, the gradient into ``grad_rows``
+        (None: none; it may be ``z`` itself)."""
+        n = z.shape[0]
+        # Positional on purpose: a keyword call into a fused-type Cython function goes through
+        # its generic dispatcher, about 3x the instructions of the whole positional call, on
+        # every call (the arguments are in the order of _kernel.pyi)
+        if self.p.prob_targets:
+            _kernel.ce_prob(z, targets, params, row_loss, grad_rows, nt)
+        else:
+            scratch = (np.empty(n, np.uint8) if _params.small_k_blocks(
+                z.dtype == np.float32, n, self.K, self.p.class_weight is not None) else None)
+            _kernel.ce_index(z, targets, params, row_loss, grad_rows, nt, scratch)
 
 
 @fill_doc(CROSS_ENTROPY_OPTIONS, N_THREADS)

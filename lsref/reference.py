@@ -37,15 +37,16 @@ log-sum-exp and softmax functions", IMA J. Numer. Anal. 41 (2021).
 """
 import numpy as np
 
-from ._keywords import (BINARY_OPTIONS, CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS, fill_doc,
-                        given)
+from ._keywords import (BINARY_OPTIONS, CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS,
+                        LINEAR_OPTIONS, N_THREADS, fill_doc, given)
 from ._validation import (SMOOTHINGS, check_axis, check_binary_problem, check_choice,
-                          check_float_array, check_num_classes, check_problem,
-                          check_problem_shape)
+                          check_float_array, check_linear, check_num_classes,
+                          check_problem, check_problem_shape)
 
 __all__ = ["logsumexp", "log_softmax", "softmax", "smooth_labels", "cross_entropy",
            "cross_entropy_grad", "value_and_grad", "binary_cross_entropy",
-           "binary_cross_entropy_grad", "binary_value_and_grad", "mean_divisor"]
+           "binary_cross_entropy_grad", "binary_value_and_grad", "mean_divisor",
+           "linear_value_and_grad", "linear_cross_entropy"]
 
 def _undefined(x, axis):
     """The slices along ``axis`` with no softmax (kept as a length-1 axis): SEMANTICS.md's NaN
@@ -773,3 +774,101 @@ def binary_cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1,
     """
     return binary_value_and_grad(logits, targets,
                                  **given(locals(), BINARY_OPTIONS, EXECUTION_OPTIONS))[1]
+
+
+# --- the linear layer + loss ---------------------------------------------------------------
+
+@fill_doc(LINEAR_OPTIONS, N_THREADS, dict(chunk_size=None))
+def linear_value_and_grad(h, weight, targets, *, bias=None, label_smoothing=0.0,
+                          reduction="mean", smoothing="uniform", class_weight=None,
+                          sample_weight=None, ignore_index=-100, z_loss=0.0, kl=False,
+                          n_threads=None, chunk_size=None):
+    """The oracle of :func:`lsref.linear_value_and_grad` (float64): the logits
+    ``h @ weight.T + bias`` made whole, then :func:`value_and_grad` of them and the chain
+    rule, ``dh = G weight``, ``dweight = G^T h``, ``dbias = sum_rows G``.
+
+    The keywords are those of :func:`lsref.linear_value_and_grad`, so that a call runs on
+    either unchanged (``n_threads`` and ``chunk_size`` are accepted and unused).
+
+    Parameters
+    ----------
+    %(h)s
+    %(weight)s
+    %(targets_linear)s
+    %(bias)s
+    %(linear_options)s
+    %(n_threads_oracle)s
+    %(chunk_size)s
+
+    Returns
+    -------
+    loss : numpy.float64 or ndarray of float64
+        As :func:`value_and_grad` of the logits.
+    dh, dweight : ndarray of float64
+        The gradients with respect to ``h`` and ``weight``, of their shapes.
+    dbias : ndarray of float64 or None
+        The gradient with respect to ``bias``; None without a bias.
+
+    Raises
+    ------
+    %(raises)s
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lsref import reference
+    >>> h, W = np.array([[1.0, 0.0]]), np.array([[2.0, 0.0], [0.0, 0.0]])
+    >>> loss, dh, dW, db = reference.linear_value_and_grad(h, W, [0], bias=np.zeros(2))
+    >>> float(np.round(loss, 4)), dh.round(4).tolist(), db.round(4).tolist()
+    (0.1269, [[-0.2384, 0.0]], [-0.1192, 0.1192])
+    """
+    options = {name: value for name, value in locals().items() if name in LINEAR_OPTIONS
+               and name != "bias"}
+    h, W, b, p = check_linear(h, weight, bias, targets, options)
+    d, V, N = h.shape[-1], W.shape[0], p.n_rows
+    H = h.reshape(N, d).astype(np.float64)
+    W = W.astype(np.float64)
+    z = H @ W.T
+    if b is not None:
+        z = z + b.astype(np.float64)
+    loss, G = value_and_grad(z.reshape(h.shape[:-1] + (V,)), targets, **options)
+    G = G.reshape(N, V)
+    return (loss, (G @ W).reshape(h.shape), G.T @ H,
+            None if b is None else G.sum(axis=0))
+
+
+@fill_doc(LINEAR_OPTIONS, N_THREADS, dict(chunk_size=None))
+def linear_cross_entropy(h, weight, targets, *, bias=None, label_smoothing=0.0,
+                         reduction="mean", smoothing="uniform", class_weight=None,
+                         sample_weight=None, ignore_index=-100, z_loss=0.0, kl=False,
+                         n_threads=None, chunk_size=None):
+    """The oracle of :func:`lsref.linear_cross_entropy` (float64): the loss of
+    :func:`linear_value_and_grad`.
+
+    Parameters
+    ----------
+    %(h)s
+    %(weight)s
+    %(targets_linear)s
+    %(bias)s
+    %(linear_options)s
+    %(n_threads_oracle)s
+    %(chunk_size)s
+
+    Returns
+    -------
+    loss : numpy.float64 or ndarray of float64
+        As :func:`cross_entropy` of the logits.
+
+    Raises
+    ------
+    %(raises)s
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lsref import reference
+    >>> float(np.round(reference.linear_cross_entropy(np.eye(2), np.eye(2), [0, 1]), 4))
+    0.3133
+    """
+    return linear_value_and_grad(**locals())[0]

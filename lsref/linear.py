@@ -1,0 +1,216 @@
+"""The last layer and the loss in one pass: ``logits = h W^T + b`` and label-smoothed
+cross-entropy, without the (N, V) logits.
+
+A language model's logits are the largest array of its step (8192 tokens x 32000 classes
+is 1 GB in float32), made only to be reduced to a loss and a gradient. Here the rows go in
+chunks: a chunk's logits are written by BLAS into one reused buffer, the kernel turns them
+into their gradient in place (``out=`` the logits), and BLAS takes that gradient on to the
+layer's inputs and weights::
+
+    Z_c = h_c W^T + b        (into the buffer)
+    G_c = dloss/dZ_c          (the kernel, in place; the rows carry 1/D for "mean", D known
+                               before the first chunk from the targets and weights)
+    dh_c = G_c W,  dW += G_c^T h_c,  db += sum over rows of G_c
+
+The kernel's results do not depend on ``n_threads`` (bit for bit); the GEMMs are BLAS's, on
+BLAS's own threads. ``lsref.reference.linear_value_and_grad`` is the oracle (the logits
+materialised in float64).
+"""
+import numpy as np
+
+from ._keywords import LINEAR_OPTIONS, N_THREADS, fill_doc
+from ._validation import check_linear
+from .loss import KernelPlan, loss_dtype, resolve_threads, _reduce
+
+__all__ = ["linear_cross_entropy", "linear_value_and_grad", "chunk_rows"]
+
+# The automatic chunk (chunk_rows): the buffer of a chunk's logits is at most 1/LOGITS_SHARE
+# of all the (N, V) logits (the goal: extra memory <= 1/8 of them, with room for the other
+# buffers), but at least MIN_ROWS rows: BLAS needs rows to run at speed (this 2-core AVX-512
+# EPYC, float32, d = 1024, V = 32000, GFLOP/s of h W^T by rows per chunk: 32 rows 44,
+# 64 64, 128 79, 256 117, 512 146, 1024 175), and at most MAX_ROWS, past which BLAS gains
+# nothing and the buffer only grows. Whether the buffer fits a cache does not matter here:
+# the kernel's one pass over it is ~1% of the GEMMs' time.
+LOGITS_SHARE = 10
+MIN_ROWS = 64
+MAX_ROWS = 2048
+
+
+def chunk_rows(n_rows, chunk_size=None):
+    """Rows per chunk: ``chunk_size`` when given (checked), else the automatic choice for
+    ``n_rows`` rows (see LOGITS_SHARE above).
+
+    Examples
+    --------
+    >>> from lsref.linear import chunk_rows
+    >>> chunk_rows(8192), chunk_rows(2048), chunk_rows(100), chunk_rows(8192, 512)
+    (800, 192, 64, 512)
+    """
+    if chunk_size is not None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+            raise TypeError(f"chunk_size must be a positive integer or None, got "
+                            f"{type(chunk_size).__name__}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+        return int(chunk_size)
+    rows = n_rows // LOGITS_SHARE // 32 * 32
+    return max(MIN_ROWS, min(MAX_ROWS, rows))
+
+
+@fill_doc(LINEAR_OPTIONS, N_THREADS, dict(chunk_size=None))
+def linear_value_and_grad(h, weight, targets, *, bias=None, label_smoothing=0.0,
+                          reduction="mean", smoothing="uniform", class_weight=None,
+                          sample_weight=None, ignore_index=-100, z_loss=0.0, kl=False,
+                          n_threads=None, chunk_size=None):
+    """The loss of ``cross_entropy(h @ weight.T + bias, targets)`` and its gradients with
+    respect to ``h``, ``weight`` and ``bias``, without the logits.
+
+    Parameters
+    ----------
+    %(h)s
+    %(weight)s
+    %(targets_linear)s
+    %(bias)s
+    %(linear_options)s
+    %(n_threads)s
+    %(chunk_size)s
+
+    Returns
+    -------
+    loss : float or ndarray
+        As :func:`lsref.cross_entropy` of the logits (a scalar of ``h``'s dtype, or per-row
+        losses shaped like ``h`` without its last axis for ``reduction="none"``).
+    dh : ndarray
+        The gradient with respect to ``h``, of its shape and dtype.
+    dweight : ndarray
+        The gradient with respect to ``weight``, ``(V, d)``.
+    dbias : ndarray or None
+        The gradient with respect to ``bias``, ``(V,)``; None without a bias.
+
+    Raises
+    ------
+    %(raises)s
+
+    See Also
+    --------
+    linear_cross_entropy : The loss alone.
+    lsref.reference.linear_value_and_grad : The oracle (the logits in float64).
+
+    Notes
+    -----
+    The extra memory is one ``(chunk_size, V)`` buffer (:func:`chunk_rows`), not the
+    ``(N, V)`` logits. For ``reduction="none"`` the gradients are those of the sum of the
+    row losses (as :func:`lsref.value_and_grad`'s).
+
+    Examples
+    --------
+    >>> import numpy as np, lsref
+    >>> rng = np.random.default_rng(0)
+    >>> h, W = rng.standard_normal((6, 4)), rng.standard_normal((5, 4))
+    >>> t = np.array([0, 1, 2, 3, 4, 0])
+    >>> loss, dh, dW, db = lsref.linear_value_and_grad(h, W, t, label_smoothing=0.1)
+    >>> full = lsref.value_and_grad(h @ W.T, t, label_smoothing=0.1)
+    >>> bool(np.isclose(loss, full[0])), np.allclose(dh, full[1] @ W), db is None
+    (True, True, True)
+    """
+    return _run(locals(), want_grad=True)
+
+
+@fill_doc(LINEAR_OPTIONS, N_THREADS, dict(chunk_size=None))
+def linear_cross_entropy(h, weight, targets, *, bias=None, label_smoothing=0.0,
+                         reduction="mean", smoothing="uniform", class_weight=None,
+                         sample_weight=None, ignore_index=-100, z_loss=0.0, kl=False,
+                         n_threads=None, chunk_size=None):
+    """Label-smoothed cross-entropy of the logits ``h @ weight.T + bias``, without them.
+
+    Parameters
+    ----------
+    %(h)s
+    %(weight)s
+    %(targets_linear)s
+    %(bias)s
+    %(linear_options)s
+    %(n_threads)s
+    %(chunk_size)s
+
+    Returns
+    -------
+    loss : float or ndarray
+        As :func:`lsref.cross_entropy` of the logits.
+
+    Raises
+    ------
+    %(raises)s
+
+    See Also
+    --------
+    linear_value_and_grad : The loss and the three gradients.
+
+    Examples
+    --------
+    >>> import numpy as np, lsref
+    >>> h, W, b = np.eye(2), np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 0.0]]), np.zeros(3)
+    >>> loss = lsref.linear_cross_entropy(h, W, [0, 1], bias=b, reduction="none")
+    >>> np.allclose(loss, lsref.cross_entropy(h @ W.T + b, [0, 1], reduction="none"))
+    True
+    """
+    return _run(locals(), want_grad=False)
+
+
+def _run(args, *, want_grad):
+    options = {name: args[name] for name in ("label_smoothing", "reduction", "smoothing",
+                                             "class_weight", "sample_weight", "ignore_index",
+                                             "z_loss", "kl")}
+    h, weight, bias, p = check_linear(args["h"], args["weight"], args["bias"],
+                                      args["targets"], options)
+    dtype, d, V, N = h.dtype, h.shape[-1], weight.shape[0], p.n_rows
+    rows = chunk_rows(N, args["chunk_size"])
+    nt = resolve_threads(args["n_threads"], min(rows, N) * V)
+    H = np.ascontiguousarray(h.reshape(N, d))
+    W = np.ascontiguousarray(weight)
+    plan = KernelPlan(p, V)
+    row_loss = np.empty(N, np.float64)
+    buf = np.empty((min(rows, N), V), dtype)
+    dh = np.empty((N, d), dtype) if want_grad else None
+    dW = np.zeros((V, d), dtype) if want_grad else None
+    db = np.zeros(V, np.float64) if want_grad and bias is not None else None
+    accumulate = _gemm_accumulate(dtype) if want_grad else None
+    for start in range(0, N, rows):
+        stop = min(N, start + rows)
+        z = buf[:stop - start]
+        np.matmul(H[start:stop], W.T, out=z)
+        if bias is not None:
+            z += bias
+        chunk = slice(start, stop)
+        plan.run(z, plan.targets[chunk], plan.params(chunk), row_loss[chunk],
+                 z if want_grad else None, nt)
+        if want_grad:
+            np.matmul(z, W, out=dh[chunk])
+            accumulate(dW, z, H[chunk])
+            if db is not None:
+                db += z.sum(axis=0, dtype=np.float64)
+    loss = _reduce(p.reduction, row_loss, plan.divisor, p.batch_shape, loss_dtype(dtype))
+    if not want_grad:
+        return loss
+    return (loss, dh.reshape(h.shape), dW,
+            None if db is None else db.astype(dtype))
+
+
+def _gemm_accumulate(dtype):
+    """``f(c, a, b)``: ``c += a^T b`` in place. SciPy's BLAS gemm with beta = 1 where SciPy is
+    installed (called on the transposed, Fortran-ordered views: no copy); otherwise NumPy's
+    matmul into a temporary of c's size and an add."""
+    try:
+        from scipy.linalg import blas
+    except ImportError:                 # SciPy is not a dependency of lsref's core
+        def accumulate(c, a, b):
+            c += np.matmul(a.T, b)
+        return accumulate
+    gemm = blas.sgemm if dtype == np.float32 else blas.dgemm
+
+    def accumulate(c, a, b):
+        # c^T (d, V) += b^T (d, n) @ a (n, V): every operand F-contiguous as BLAS wants it
+        r = gemm(1.0, b.T, a.T, beta=1.0, c=c.T, trans_b=1, overwrite_c=1)
+        if not np.shares_memory(r, c):   # (a SciPy that copied: keep the result anyway)
+            c[...] = r.T
+    return accumulate
