@@ -20,7 +20,7 @@ import numpy as np
 
 from ._keywords import LINEAR_OPTIONS, N_THREADS, fill_doc
 from ._validation import check_linear
-from .loss import KernelPlan, loss_dtype, resolve_threads, _reduce
+from .loss import KernelPlan, resolve_threads
 
 __all__ = ["linear_cross_entropy", "linear_value_and_grad", "chunk_rows"]
 
@@ -62,8 +62,10 @@ def linear_value_and_grad(h, weight, targets, *, bias=None, label_smoothing=0.0,
                           reduction="mean", smoothing="uniform", class_weight=None,
                           sample_weight=None, ignore_index=-100, z_loss=0.0, kl=False,
                           n_threads=None, chunk_size=None):
-    """The loss of ``cross_entropy(h @ weight.T + bias, targets)`` and its gradients with
-    respect to ``h``, ``weight`` and ``bias``, without the logits.
+    """The loss of a linear layer's logits and its gradients, without the logits.
+
+    The loss is ``cross_entropy(h @ weight.T + bias, targets)``; the gradients are with
+    respect to ``h``, ``weight`` and ``bias``.
 
     Parameters
     ----------
@@ -189,7 +191,7 @@ def _run(args, *, want_grad):
             accumulate(dW, z, H[chunk])
             if db is not None:
                 db += z.sum(axis=0, dtype=np.float64)
-    loss = _reduce(p.reduction, row_loss, plan.divisor, p.batch_shape, loss_dtype(dtype))
+    loss = plan.loss(row_loss, dtype)
     if not want_grad:
         return loss
     return (loss, dh.reshape(h.shape), dW,

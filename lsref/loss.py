@@ -201,7 +201,7 @@ def _run(args, *, want_grad):
 
     row_loss = np.empty(N, np.float64)
     plan.run(z, plan.targets, params, row_loss, grad_rows, nt)
-    loss = _reduce(p.reduction, row_loss, plan.divisor, p.batch_shape, loss_dtype(dtype))
+    loss = plan.loss(row_loss, dtype)
     return loss, (_finish_grad(ret, copy_back, p.axis) if want_grad else None)
 
 
@@ -234,6 +234,12 @@ class KernelPlan:
             n_classes=self.K, class_weight=p.class_weight, sample_weight=sw, q_t=self.q_t,
             a=self.a, beta=self.beta, scale=self.scale, z_loss=p.z_loss, kl=p.kl,
             ignore_index=self.ignore)
+
+    def loss(self, row_loss, dtype):
+        """The caller's loss from the per-row losses of every row (they carry 1/D), in the
+        dtype of logits of ``dtype``."""
+        return _reduce(self.p.reduction, row_loss, self.divisor, self.p.batch_shape,
+                       loss_dtype(dtype))
 
     def run(self, z, targets, params, row_loss, grad_rows, nt):
         """The kernel over the rows ``z`` ((n, K), C order) with their ``targets`` and

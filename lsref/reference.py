@@ -783,8 +783,9 @@ def linear_value_and_grad(h, weight, targets, *, bias=None, label_smoothing=0.0,
                           reduction="mean", smoothing="uniform", class_weight=None,
                           sample_weight=None, ignore_index=-100, z_loss=0.0, kl=False,
                           n_threads=None, chunk_size=None):
-    """The oracle of :func:`lsref.linear_value_and_grad` (float64): the logits
-    ``h @ weight.T + bias`` made whole, then :func:`value_and_grad` of them and the chain
+    """The oracle of :func:`lsref.linear_value_and_grad` (float64), the logits made whole.
+
+    The logits ``h @ weight.T + bias``, then :func:`value_and_grad` of them and the chain
     rule, ``dh = G weight``, ``dweight = G^T h``, ``dbias = sum_rows G``.
 
     The keywords are those of :func:`lsref.linear_value_and_grad`, so that a call runs on
@@ -842,8 +843,9 @@ def linear_cross_entropy(h, weight, targets, *, bias=None, label_smoothing=0.0,
                          reduction="mean", smoothing="uniform", class_weight=None,
                          sample_weight=None, ignore_index=-100, z_loss=0.0, kl=False,
                          n_threads=None, chunk_size=None):
-    """The oracle of :func:`lsref.linear_cross_entropy` (float64): the loss of
-    :func:`linear_value_and_grad`.
+    """The oracle of :func:`lsref.linear_cross_entropy` (float64).
+
+    The loss of :func:`linear_value_and_grad`.
 
     Parameters
     ----------

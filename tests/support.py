@@ -166,3 +166,83 @@ def hide_module(monkeypatch, name):
             raise ImportError(f"No module named {name!r}")
         return real_import(module, *args, **kwargs)
     monkeypatch.setattr(builtins, "__import__", without)
+
+
+def gemm_rounding(n_terms, dtype):
+    """gamma(n) = n u / (1 - n u), u the unit roundoff of ``dtype``: the relative bound of a
+    sum of n products against the sum of their magnitudes, whatever the order (Higham, 2nd ed.,
+    section 3.5; lsref/_tolerances.py, "the linear layer")."""
+    u = float(finfo(dtype).eps) / 2
+    nu = n_terms * u
+    return nu / (1.0 - nu) if nu < 1.0 else np.inf
+
+
+def assert_linear_close(got, ref, h, weight, bias, targets, **kw):
+    """lsref.linear_value_and_grad's (loss, dh, dweight, dbias) against the oracle's on the
+    same inputs, within the bound of lsref/_tolerances.py ("the linear layer"): the kernel's
+    own (kernel_accuracy) plus what the GEMMs' rounding (gemm_rounding) does to the logits,
+    carried to first order (times 2) through the loss and the softmax, then the GEMMs of dh and
+    dweight. float32 results; float64 ones take the flat 1e-12 of assert_linear_close64."""
+    from lsref import reference as R
+    loss, dh, dw, db = got
+    r_loss, r_dh, r_dw, r_db = ref
+    dtype = np.asarray(h).dtype
+    acc, u = kernel_accuracy(dtype), float(finfo(dtype).eps) / 2
+    V, d = weight.shape
+    H = np.asarray(h, np.float64).reshape(-1, d)
+    W = np.asarray(weight, np.float64)
+    N = H.shape[0]
+    b = 0.0 if bias is None else np.asarray(bias, np.float64)
+    z = H @ W.T + b
+    # |dz|: the GEMM's rounding, then the logit stored in dtype
+    ez = gemm_rounding(d, dtype) * (np.abs(H) @ np.abs(W).T + np.abs(b)) + u * np.abs(z)
+    t = np.asarray(targets)
+    prob = t.ndim == H.ndim and np.issubdtype(t.dtype, np.floating)
+    _, G = R.value_and_grad(z, t.reshape((N, V) if prob else (N,)), **kw)
+    lse = R.logsumexp(z, axis=1)
+    P = np.exp(z - lse[:, None])
+    # a row's softmax part s (c + 2 z_loss |lse|) p_k: c <= max(w) sum|q|
+    eps = kw.get("label_smoothing", 0.0)
+    cw = kw.get("class_weight")
+    wmax = 1.0 if cw is None else float(np.max(np.abs(cw)))
+    qsum = ((1 - eps) * np.abs(t.reshape(N, V)).sum(axis=1) + eps) if prob else np.ones(N)
+    s = np.ones(N) if kw.get("sample_weight") is None else np.abs(
+        np.asarray(kw["sample_weight"], np.float64).reshape(N))
+    if kw.get("reduction", "mean") == "mean":
+        D = float(N) if prob else R.mean_divisor(
+            t.reshape(N), V, class_weight=cw, sample_weight=kw.get("sample_weight"),
+            ignore_index=kw.get("ignore_index", -100))
+        s = s / D if D else s
+    amp = s * (wmax * qsum + 2 * kw.get("z_loss", 0.0) * np.abs(lse))
+    dG = acc.grad_rtol * np.max(np.abs(G)) + 4 * amp[:, None] * P * ez.max(axis=1)[:, None]
+    row_dl = 2 * np.sum(np.abs(G) * ez, axis=1)
+    r_loss = np.asarray(r_loss, np.float64)
+    err = np.abs(np.asarray(loss, np.float64) - r_loss)
+    bound = acc.loss_rtol * np.abs(r_loss) + (row_dl.reshape(r_loss.shape)
+                                             if r_loss.ndim else row_dl.sum())
+    assert np.all(err <= bound), (np.max(err), np.max(bound))
+    aW, aH = np.abs(W), np.abs(H)
+    checks = [("dh", dh.reshape(N, d), np.asarray(r_dh).reshape(N, d),
+               dG @ aW + gemm_rounding(V, dtype) * (np.abs(G) @ aW)),
+              ("dweight", dw, r_dw, dG.T @ aH + gemm_rounding(N, dtype) * (np.abs(G).T @ aH))]
+    if bias is not None:
+        checks.append(("dbias", db, r_db, dG.sum(axis=0)))
+    for name, got_x, ref_x, tol in checks:
+        ref_x = np.asarray(ref_x, np.float64)
+        e = np.abs(np.asarray(got_x, np.float64) - ref_x)
+        tol = tol + u * np.abs(ref_x)                  # the result stored in dtype
+        assert np.all(e <= tol), (name, np.max(e), np.max(e / tol))
+
+
+def assert_linear_close64(got, ref):
+    """float64 results of lsref.linear_value_and_grad against the oracle: within 1e-12 (the
+    loss relatively; each gradient relatively to its largest entry)."""
+    for name, g, r in zip(("loss", "dh", "dweight", "dbias"), got, ref):
+        if r is None:
+            assert g is None, name
+            continue
+        g, r = np.asarray(g, np.float64), np.asarray(r, np.float64)
+        assert g.shape == r.shape, name
+        scale = np.max(np.abs(r)) if r.size else 0.0
+        np.testing.assert_allclose(g, r, rtol=0, atol=1e-12 * scale + 1e-300, equal_nan=True,
+                                   err_msg=name)

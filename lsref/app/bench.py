@@ -316,9 +316,12 @@ def _parser():
     p.add_argument("--repeat", type=positive(int), default=5,
                    help="timed runs per implementation, after a warm-up (median is reported; 5)")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    p.add_argument("--only", choices=("large", "small"),
+    p.add_argument("--only", choices=("large", "small", "linear"),
                    help="one regime only: large arrays (ms per call, vs a memory copy) or the "
-                        "small shapes of a training loop (us per call); both by default")
+                        "small shapes of a training loop (us per call); both by default. "
+                        "linear: the last layer + loss (lsref.linear_value_and_grad) against "
+                        "the GEMMs alone and PyTorch, time and memory (minutes; only when "
+                        "asked for)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress line (shown only when stderr is a terminal)")
     return p
@@ -329,6 +332,15 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     # the progress line rewrites itself with \r: only a terminal shows that as one line
     progress = not args.no_progress and isatty(sys.stderr)
+    if args.only == "linear":
+        from .bench_linear import QUICK as LQUICK, WORKLOADS as LWORKLOADS
+        from .bench_linear import format_linear_table, run_linear
+        rows, versions = run_linear(LQUICK if args.quick else LWORKLOADS,
+                                    repeat=args.repeat, progress=progress)
+        print(format_table([], {"lsref": f"lsref {__version__}", **versions}))
+        print("\nThe last layer + loss (float32; forward and backward: the loss, dh, dW):")
+        print(format_linear_table(rows, markdown=args.markdown))
+        return 0
     rows, versions, small = [], {}, []
     if args.only != "small":
         rows, versions = run(QUICK if args.quick else WORKLOADS, repeat=args.repeat,

@@ -1,0 +1,240 @@
+"""lsref.linear_value_and_grad / linear_cross_entropy: the linear layer and the loss without
+the logits, against the oracle (every keyword), PyTorch, finite differences, any chunk size
+and thread count, the memory it takes, and bad input."""
+import tracemalloc
+
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+
+import lsref
+from lsref import reference as R
+from lsref.linear import chunk_rows
+from support import assert_linear_close, assert_linear_close64, fd_gradient, require
+
+# Every keyword of a cross-entropy call, in the sets the oracle tests run (index targets)
+KEYWORDS = [
+    dict(),
+    dict(label_smoothing=0.1),
+    dict(label_smoothing=0.2, smoothing="others", reduction="sum"),
+    dict(label_smoothing=0.1, reduction="none"),
+    dict(label_smoothing=0.1, class_weight="cw", sample_weight="sw"),
+    dict(label_smoothing=0.3, ignore_index=2, z_loss=1e-3),
+    dict(label_smoothing=0.1, kl=True, reduction="sum"),
+    dict(label_smoothing=1.0, class_weight="cw", reduction="none"),
+]
+
+
+def _problem(dtype, N=45, d=24, V=37, seed=0, batch=None):
+    rng = np.random.default_rng(seed)
+    h = (rng.standard_normal((N, d)) * 0.5).astype(dtype)
+    W = (rng.standard_normal((V, d)) * 0.5).astype(dtype)
+    b = (rng.standard_normal(V) * 0.5).astype(dtype)
+    t = rng.integers(0, V, N)
+    if batch is not None:
+        h, t = h.reshape(batch + (d,)), t.reshape(batch)
+    return h, W, b, t, rng
+
+
+def _keywords(kw, rng, V, t_shape):
+    kw = dict(kw)
+    if kw.get("class_weight") == "cw":
+        kw["class_weight"] = rng.random(V) + 0.5
+    if kw.get("sample_weight") == "sw":
+        kw["sample_weight"] = rng.random(t_shape) + 0.5
+    return kw
+
+
+@pytest.mark.parametrize("kw", KEYWORDS, ids=lambda kw: ",".join(kw) or "plain")
+@pytest.mark.parametrize("bias", [True, False])
+def test_float64_matches_the_oracle_within_1e_12(kw, bias):
+    h, W, b, t, rng = _problem(np.float64)
+    t[[3, 10]] = 2                                  # rows ignore_index=2 ignores
+    kw = _keywords(kw, rng, W.shape[0], t.shape)
+    b = b if bias else None
+    got = lsref.linear_value_and_grad(h, W, t, bias=b, chunk_size=8, **kw)
+    ref = R.linear_value_and_grad(h, W, t, bias=b, **kw)
+    assert_linear_close64(got, ref)
+    assert_array_equal(lsref.linear_cross_entropy(h, W, t, bias=b, chunk_size=8, **kw), got[0])
+
+
+@pytest.mark.parametrize("kw", KEYWORDS, ids=lambda kw: ",".join(kw) or "plain")
+def test_float32_within_the_kernel_and_gemm_bound(kw):
+    h, W, b, t, rng = _problem(np.float32, N=300, d=96, V=250, seed=1)
+    kw = _keywords(kw, rng, W.shape[0], t.shape)
+    got = lsref.linear_value_and_grad(h, W, t, bias=b, chunk_size=64, **kw)
+    assert got[0].dtype == np.float32 and got[1].dtype == np.float32
+    assert got[2].dtype == np.float32 and got[3].dtype == np.float32
+    ref = R.linear_value_and_grad(h, W, t, bias=b, **kw)
+    assert_linear_close(got, ref, h, W, b, t, **kw)
+
+
+def test_probability_targets_and_batch_shapes():
+    """Probability targets (rows of V), and h with two batch axes (targets shaped alike)."""
+    h, W, b, t, rng = _problem(np.float64, N=24, batch=(4, 6))
+    got = lsref.linear_value_and_grad(h, W, t, bias=b, label_smoothing=0.1, chunk_size=5,
+                                      reduction="none")
+    ref = R.linear_value_and_grad(h, W, t, bias=b, label_smoothing=0.1, reduction="none")
+    assert got[0].shape == (4, 6) and got[1].shape == h.shape
+    assert_linear_close64(got, ref)
+    q = rng.random((4, 6, W.shape[0]))
+    q /= q.sum(axis=-1, keepdims=True)
+    got = lsref.linear_value_and_grad(h, W, q, bias=b, label_smoothing=0.2, chunk_size=7)
+    ref = R.linear_value_and_grad(h, W, q, bias=b, label_smoothing=0.2)
+    assert_linear_close64(got, ref)
+
+
+def test_the_same_as_the_loss_of_the_logits():
+    """Without the chunking's arithmetic in the way (one chunk, float64), the results are
+    those of lsref.value_and_grad of the logits and the chain rule."""
+    h, W, b, t, _ = _problem(np.float64)
+    z = h @ W.T + b
+    loss, G = lsref.value_and_grad(z, t, label_smoothing=0.1)
+    got = lsref.linear_value_and_grad(h, W, t, bias=b, label_smoothing=0.1,
+                                      chunk_size=len(t))
+    assert got[0] == loss
+    np.testing.assert_allclose(got[1], G @ W, rtol=1e-14, atol=1e-16)
+    np.testing.assert_allclose(got[2], G.T @ h, rtol=1e-14, atol=1e-16)
+    np.testing.assert_allclose(got[3], G.sum(axis=0), rtol=1e-14, atol=1e-16)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_chunk_size_and_thread_count(dtype):
+    """Results do not depend on the chunk size beyond the GEMMs' rounding (the oracle's bound
+    holds for each), and are bit-identical for every n_threads (the kernel's threads; BLAS's
+    are its own)."""
+    h, W, b, t, _ = _problem(dtype, N=130, d=40, V=300, seed=2)
+    ref = R.linear_value_and_grad(h, W, t, bias=b, label_smoothing=0.1)
+    for chunk in (1, 7, 64, 130, 1000, None):
+        runs = [lsref.linear_value_and_grad(h, W, t, bias=b, label_smoothing=0.1,
+                                            chunk_size=chunk, n_threads=n) for n in (1, 2, 3)]
+        for other in runs[1:]:
+            for x, y in zip(runs[0], other):
+                assert_array_equal(x, y)
+        if dtype == np.float64:
+            assert_linear_close64(runs[0], ref)
+        else:
+            assert_linear_close(runs[0], ref, h, W, b, t, label_smoothing=0.1)
+
+
+def test_gradients_against_finite_differences():
+    h, W, b, t, _ = _problem(np.float64, N=6, d=5, V=7, seed=3)
+    kw = dict(label_smoothing=0.1, z_loss=1e-2)
+    loss, dh, dW, db = lsref.linear_value_and_grad(h, W, t, bias=b, chunk_size=4, **kw)
+    np.testing.assert_allclose(dh, fd_gradient(
+        lambda x: lsref.linear_cross_entropy(x, W, t, bias=b, **kw), h), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(dW, fd_gradient(
+        lambda x: lsref.linear_cross_entropy(h, x, t, bias=b, **kw), W), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(db, fd_gradient(
+        lambda x: lsref.linear_cross_entropy(h, W, t, bias=x, **kw), b), rtol=1e-6, atol=1e-9)
+
+
+def test_edges():
+    """No rows: "mean" is NaN, the gradients 0; every row ignored: the same; special logits
+    (an inf in h) give NaN in that row only, as the kernel's rows do."""
+    h, W, b, t, _ = _problem(np.float64, N=5)
+    loss, dh, dW, db = lsref.linear_value_and_grad(h[:0], W, t[:0], bias=b)
+    assert np.isnan(loss) and dh.shape == (0, h.shape[1])
+    assert not dW.any() and not db.any()
+    loss, dh, dW, db = lsref.linear_value_and_grad(h, W, np.full(5, -100), bias=b)
+    assert np.isnan(loss) and not dh.any() and not dW.any() and not db.any()
+    h2 = h.copy()
+    h2[1, 0] = np.inf
+    got = lsref.linear_cross_entropy(h2, W, t, bias=b, reduction="none")
+    ref = R.linear_cross_entropy(h2, W, t, bias=b, reduction="none")
+    assert_array_equal(np.isnan(got), np.isnan(ref))
+    assert np.isnan(got[1]) and np.isfinite(np.delete(got, 1)).all()
+
+
+def test_inputs_are_not_modified():
+    h, W, b, t, _ = _problem(np.float32)
+    copies = [x.copy() for x in (h, W, b, t)]
+    lsref.linear_value_and_grad(h, W, t, bias=b, label_smoothing=0.1, chunk_size=8)
+    for x, c in zip((h, W, b, t), copies):
+        assert_array_equal(x, c)
+
+
+def test_extra_memory_is_a_fraction_of_the_logits():
+    """Beyond its inputs and outputs (dh, dweight, dbias), a call allocates at most 1/8 of
+    what the (N, V) logits would take (tracemalloc sees NumPy's allocations)."""
+    h, W, b, t, _ = _problem(np.float32, N=4096, d=16, V=2000, seed=4)
+    logits_bytes = 4096 * 2000 * 4
+    outputs = h.nbytes + W.nbytes + b.nbytes
+    lsref.linear_value_and_grad(h, W, t, bias=b)               # warm-up (imports, caches)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        lsref.linear_value_and_grad(h, W, t, bias=b, label_smoothing=0.1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - outputs <= logits_bytes / 8, (peak - outputs) / logits_bytes
+
+
+def test_chunk_rows_rule():
+    assert chunk_rows(8192) == 800 and chunk_rows(100) == 64
+    assert chunk_rows(10 ** 6) == 2048                         # BLAS gains nothing past it
+    assert chunk_rows(10, 3) == 3
+
+
+def test_against_pytorch():
+    """PyTorch's F.linear + F.cross_entropy(label_smoothing=) and F.linear_cross_entropy
+    (where it has it): the loss and all three gradients, float64."""
+    torch = require("torch")
+    F = torch.nn.functional
+    h, W, b, t, rng = _problem(np.float64, N=40, d=12, V=30, seed=5)
+    cw = rng.random(30) + 0.5
+    for kw, tkw in ((dict(label_smoothing=0.1), dict(label_smoothing=0.1)),
+                    (dict(label_smoothing=0.2, class_weight=cw, reduction="sum"),
+                     dict(label_smoothing=0.2, weight=torch.tensor(cw), reduction="sum"))):
+        th, tW, tb = (torch.tensor(x, requires_grad=True) for x in (h, W, b))
+        loss = F.cross_entropy(F.linear(th, tW, tb), torch.tensor(t), **tkw)
+        loss.backward()
+        got = lsref.linear_value_and_grad(h, W, t, bias=b, chunk_size=16, **kw)
+        np.testing.assert_allclose(got[0], loss.item(), rtol=1e-12)
+        for g, tg in zip(got[1:], (th, tW, tb)):
+            np.testing.assert_allclose(g, tg.grad.numpy(), rtol=1e-10, atol=1e-14)
+    if not hasattr(F, "linear_cross_entropy"):
+        return
+    th, tW = (torch.tensor(x, requires_grad=True) for x in (h, W))
+    loss = F.linear_cross_entropy(th, tW, torch.tensor(t), label_smoothing=0.1)
+    loss.backward()
+    got = lsref.linear_value_and_grad(h, W, t, label_smoothing=0.1, chunk_size=16)
+    np.testing.assert_allclose(got[0], loss.item(), rtol=1e-12)
+    np.testing.assert_allclose(got[1], th.grad.numpy(), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(got[2], tW.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+BAD_INPUT = [
+    (lambda f, h, W, b, t: f(h, W[:, :3], t), "weight has 3 features", ValueError),
+    (lambda f, h, W, b, t: f(h, W[0], t), "weight must have shape", ValueError),
+    (lambda f, h, W, b, t: f(h[0, 0], W, t), "h must have at least", ValueError),
+    (lambda f, h, W, b, t: f(h, W, t, bias=b[:3]), "bias must have shape", ValueError),
+    (lambda f, h, W, b, t: f(h, W.astype(np.float32), t),
+     "weight has dtype float32, h has float64", TypeError),
+    (lambda f, h, W, b, t: f(h.astype(np.float16), W, t), "h must be float32 or float64",
+     TypeError),
+    (lambda f, h, W, b, t: f(h, W, t[:3]), "targets", ValueError),
+    (lambda f, h, W, b, t: f(h, W, t + 100), "targets", ValueError),
+    (lambda f, h, W, b, t: f(h, W, t, label_smoothing=2), "label_smoothing", ValueError),
+    (lambda f, h, W, b, t: f(h, W, t, sample_weight=np.ones(3)), "sample_weight", ValueError),
+]
+
+
+@pytest.mark.parametrize("call,match,error", BAD_INPUT)
+@pytest.mark.parametrize("f", [lsref.linear_cross_entropy, lsref.linear_value_and_grad,
+                               R.linear_cross_entropy], ids=["lsref", "lsref_grad", "oracle"])
+def test_bad_input_names_the_argument(f, call, match, error):
+    """Shape and dtype mismatches between h, weight, bias and the targets: errors naming the
+    argument, the same from lsref and the oracle (one check, _validation.check_linear)."""
+    h, W, b, t, _ = _problem(np.float64)
+    with pytest.raises(error, match=match):
+        call(f, h, W, b, t)
+
+
+@pytest.mark.parametrize("chunk,error", [(0, ValueError), (-3, ValueError), (2.0, TypeError),
+                                         (True, TypeError)])
+def test_bad_chunk_size(chunk, error):
+    h, W, b, t, _ = _problem(np.float64)
+    with pytest.raises(error, match="chunk_size"):
+        lsref.linear_cross_entropy(h, W, t, chunk_size=chunk)
