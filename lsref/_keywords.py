@@ -250,8 +250,9 @@ bias : array_like of shape (V,), ``h``'s dtype, optional
     "chunk_size": """\
 chunk_size : int, optional
     Rows of logits made at a time (one buffer of ``chunk_size x V``); by default chosen
-    from the rows (lsref.linear.chunk_rows: a tenth of all the logits, 64 to 2048 rows).
-    The results do not depend on it beyond the GEMMs' rounding.""",
+    from the rows (lsref.linear.chunk_rows: a tenth of all the logits, or 64 MiB if that
+    is more; at most 2048 rows). The results do not depend on it beyond the GEMMs'
+    rounding.""",
 })
 PARAMETERS["linear_options"] = "\n".join(PARAMETERS[name] for name in LINEAR_OPTIONS
                                          if name != "bias")

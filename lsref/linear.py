@@ -24,27 +24,36 @@ from .loss import KernelPlan, resolve_threads
 
 __all__ = ["linear_cross_entropy", "linear_value_and_grad", "chunk_rows"]
 
-# The automatic chunk (chunk_rows): the buffer of a chunk's logits is at most 1/LOGITS_SHARE
-# of all the (N, V) logits (the goal: extra memory <= 1/8 of them, with room for the other
-# buffers), but at least MIN_ROWS rows: BLAS needs rows to run at speed (this 2-core AVX-512
-# EPYC, float32, d = 1024, V = 32000, GFLOP/s of h W^T by rows per chunk: 32 rows 44,
-# 64 64, 128 79, 256 117, 512 146, 1024 175), and at most MAX_ROWS, past which BLAS gains
-# nothing and the buffer only grows. Whether the buffer fits a cache does not matter here:
-# the kernel's one pass over it is ~1% of the GEMMs' time.
+# The automatic chunk (chunk_rows): the buffer of a chunk's logits takes about 1/LOGITS_SHARE
+# of what all the (N, V) logits would (the goal: extra memory <= 1/8 of them, with room for the
+# other buffers), or SMALL_BUFFER bytes if that is more (below it chunking saves little memory
+# and costs BLAS speed: GEMMs on few rows run slower, e.g. on a 2-core AVX-512 EPYC, float32,
+# d = 512, V = 32000, the whole step took 2.2 s in chunks of 192 rows, 1.55 s of 512 and
+# 1.27 s of 1024; at d = 1024, 256 rows ran h W^T at 169 GFLOP/s against 182 for 1024), and
+# at most MAX_ROWS rows, past which BLAS gains nothing and the buffer only grows. Whether the
+# buffer fits a cache does not matter here: the kernel's one pass over it is 2-3% of the time.
 LOGITS_SHARE = 10
-MIN_ROWS = 64
+SMALL_BUFFER = 64 * 2 ** 20
 MAX_ROWS = 2048
+# The kernel runs on one thread by default here: between the GEMMs, BLAS's threads are still
+# spinning when the kernel starts, and two kernel threads fought them (same machine, d = 512,
+# the kernel's time per step: 95 ms on two threads against 39 on one, in chunks of 192 rows;
+# 32 against 27 in chunks of 1024).
+KERNEL_THREADS = 1
 
 
-def chunk_rows(n_rows, chunk_size=None):
+def chunk_rows(n_rows, row_bytes, chunk_size=None):
     """Rows per chunk: ``chunk_size`` when given (checked), else the automatic choice for
-    ``n_rows`` rows (see LOGITS_SHARE above).
+    ``n_rows`` rows of logits of ``row_bytes`` bytes each (see LOGITS_SHARE above).
 
     Examples
     --------
     >>> from lsref.linear import chunk_rows
-    >>> chunk_rows(8192), chunk_rows(2048), chunk_rows(100), chunk_rows(8192, 512)
-    (800, 192, 64, 512)
+    >>> row = 32000 * 4                                  # V = 32000 float32 logits
+    >>> chunk_rows(8192, row), chunk_rows(2048, row), chunk_rows(2048, 128256 * 4)
+    (800, 512, 192)
+    >>> chunk_rows(8192, row, chunk_size=100)
+    100
     """
     if chunk_size is not None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
@@ -53,8 +62,8 @@ def chunk_rows(n_rows, chunk_size=None):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
         return int(chunk_size)
-    rows = n_rows // LOGITS_SHARE // 32 * 32
-    return max(MIN_ROWS, min(MAX_ROWS, rows))
+    rows = max(n_rows // LOGITS_SHARE, SMALL_BUFFER // max(row_bytes, 1)) // 32 * 32
+    return max(32, min(MAX_ROWS, rows))
 
 
 @fill_doc(LINEAR_OPTIONS, N_THREADS, dict(chunk_size=None))
@@ -166,8 +175,8 @@ def _run(args, *, want_grad):
     h, weight, bias, p = check_linear(args["h"], args["weight"], args["bias"],
                                       args["targets"], options)
     dtype, d, V, N = h.dtype, h.shape[-1], weight.shape[0], p.n_rows
-    rows = chunk_rows(N, args["chunk_size"])
-    nt = resolve_threads(args["n_threads"], min(rows, N) * V)
+    rows = chunk_rows(N, V * dtype.itemsize, args["chunk_size"])
+    nt = KERNEL_THREADS if args["n_threads"] is None else resolve_threads(args["n_threads"])
     H = np.ascontiguousarray(h.reshape(N, d))
     W = np.ascontiguousarray(weight)
     plan = KernelPlan(p, V)

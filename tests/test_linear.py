@@ -156,9 +156,10 @@ def test_inputs_are_not_modified():
 
 def test_extra_memory_is_a_fraction_of_the_logits():
     """Beyond its inputs and outputs (dh, dweight, dbias), a call allocates at most 1/8 of
-    what the (N, V) logits would take (tracemalloc sees NumPy's allocations)."""
-    h, W, b, t, _ = _problem(np.float32, N=4096, d=16, V=2000, seed=4)
-    logits_bytes = 4096 * 2000 * 4
+    what the (N, V) logits would take (tracemalloc sees NumPy's allocations), at the
+    issue's first shape but d (8192 rows, 32000 classes)."""
+    h, W, b, t, _ = _problem(np.float32, N=8192, d=8, V=32000, seed=4)
+    logits_bytes = 8192 * 32000 * 4                             # 1 GB, never made
     outputs = h.nbytes + W.nbytes + b.nbytes
     lsref.linear_value_and_grad(h, W, t, bias=b)               # warm-up (imports, caches)
     tracemalloc.start()
@@ -172,9 +173,12 @@ def test_extra_memory_is_a_fraction_of_the_logits():
 
 
 def test_chunk_rows_rule():
-    assert chunk_rows(8192) == 800 and chunk_rows(100) == 64
-    assert chunk_rows(10 ** 6) == 2048                         # BLAS gains nothing past it
-    assert chunk_rows(10, 3) == 3
+    row = 32000 * 4
+    assert chunk_rows(8192, row) == 800                         # a tenth of the logits
+    assert chunk_rows(100, row) == 512                          # 64 MiB: not worth chunking
+    assert chunk_rows(10 ** 6, row) == 2048                     # BLAS gains nothing past it
+    assert chunk_rows(320, row) == 512                          # (a buffer of min(N, rows))
+    assert chunk_rows(10, row, 3) == 3
 
 
 def test_against_pytorch():
