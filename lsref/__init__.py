@@ -8,7 +8,7 @@ from ._validation import MAX_THREADS
 from .loss import (binary_cross_entropy, binary_cross_entropy_grad, binary_value_and_grad,
                    cross_entropy, cross_entropy_grad, log_softmax, logsumexp, softmax,
                    value_and_grad)
-from .criterion import LabelSmoothingLoss
+from .criterion import LabelSmoothingLoss, LinearLabelSmoothingLoss
 from .linear import linear_cross_entropy, linear_value_and_grad
 from .reference import smooth_labels
 from .verify import VerificationReport, verify
@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = ["cross_entropy", "cross_entropy_grad", "value_and_grad", "logsumexp",
            "log_softmax", "softmax", "smooth_labels", "binary_cross_entropy",
            "binary_cross_entropy_grad", "binary_value_and_grad", "linear_cross_entropy",
-           "linear_value_and_grad", "LabelSmoothingLoss", "verify",
+           "linear_value_and_grad", "LabelSmoothingLoss", "LinearLabelSmoothingLoss",
+           "verify",
            "VerificationReport", "calibration",
            "conventions", "testing", "reference", "MAX_THREADS", "__version__"]

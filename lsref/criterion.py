@@ -7,11 +7,12 @@ in its backward pass without a second sweep over the logits.
 """
 import numpy as np
 
-from ._keywords import CROSS_ENTROPY_OPTIONS, N_THREADS
+from ._keywords import CROSS_ENTROPY_OPTIONS, LINEAR_OPTIONS, N_THREADS
 from ._validation import check_options
+from .linear import chunk_rows, linear_value_and_grad
 from .loss import value_and_grad
 
-__all__ = ["LabelSmoothingLoss"]
+__all__ = ["LabelSmoothingLoss", "LinearLabelSmoothingLoss"]
 
 # What the constructor stores: every option of a call but label_smoothing (its own argument)
 # and sample_weight (which belongs to a batch, so it is passed per call), and the threads.
@@ -157,3 +158,112 @@ class LabelSmoothingLoss:
         if self._grad is None:
             raise RuntimeError("backward() needs a forward call first: crit(logits, targets)")
         return self._grad
+
+
+# What LinearLabelSmoothingLoss stores: the options of lsref.linear_value_and_grad but the
+# bias and sample_weight (a batch's, passed per call) and label_smoothing (its own argument)
+_LINEAR_STORED = [name for name in (*LINEAR_OPTIONS, *N_THREADS, "chunk_size")
+                  if name not in ("bias", "label_smoothing", "sample_weight")]
+
+
+class LinearLabelSmoothingLoss:
+    """A model's last layer and label-smoothed cross-entropy as one criterion.
+
+    ``crit(h, weight, targets, bias=b)`` is the loss of the logits ``h @ weight.T + b``
+    (:func:`lsref.linear_cross_entropy`, which never makes them); :meth:`backward` returns
+    the gradients with respect to ``h``, ``weight`` and ``bias``, computed in the same pass.
+
+    Parameters
+    ----------
+    label_smoothing : float in [0, 1], default=0.1
+        ``eps``; the target becomes ``(1 - eps) * onehot + eps / K``.
+    **keywords
+        Any keyword of :func:`lsref.linear_value_and_grad` but ``bias`` and
+        ``sample_weight`` (a batch's, passed per call): ``reduction``, ``smoothing``,
+        ``class_weight``, ``ignore_index``, ``z_loss``, ``kl``, ``n_threads``, ``chunk_size``.
+
+    Examples
+    --------
+    >>> import numpy as np, lsref
+    >>> rng = np.random.default_rng(0)
+    >>> h, W, b = rng.standard_normal((8, 4)), rng.standard_normal((5, 4)), np.zeros(5)
+    >>> y = rng.integers(0, 5, 8)
+    >>> crit = lsref.LinearLabelSmoothingLoss(label_smoothing=0.1)
+    >>> loss = crit(h, W, y, bias=b)
+    >>> dh, dW, db = crit.backward()
+    >>> dh.shape, dW.shape, db.shape
+    ((8, 4), (5, 4), (5,))
+    >>> bool(np.isclose(loss, lsref.cross_entropy(h @ W.T + b, y, label_smoothing=0.1)))
+    True
+    """
+
+    def __init__(self, label_smoothing=0.1, **keywords):
+        if "sample_weight" in keywords or "bias" in keywords:
+            raise TypeError("sample_weight and bias belong to a call: pass them when calling "
+                            "the criterion, crit(h, weight, targets, bias=..., "
+                            "sample_weight=...)")
+        allowed = set(_LINEAR_STORED)
+        unknown = sorted(set(keywords) - allowed)
+        if unknown:
+            raise TypeError(f"LinearLabelSmoothingLoss got unexpected keyword(s) {unknown}; "
+                            f"it takes label_smoothing and {sorted(allowed)}")
+        options = {k: v for k, v in keywords.items() if k != "chunk_size"}
+        check_options(label_smoothing=label_smoothing, **options)
+        if keywords.get("chunk_size") is not None:
+            chunk_rows(1, 1, keywords["chunk_size"])        # its checks, now
+        self.label_smoothing = float(label_smoothing)
+        self.keywords = dict(keywords)
+        self._grads = None
+
+    def __repr__(self):
+        kw = "".join(f", {k}={v!r}" for k, v in self.keywords.items())
+        return f"LinearLabelSmoothingLoss(label_smoothing={self.label_smoothing!r}{kw})"
+
+    def __call__(self, h, weight, targets, *, bias=None, sample_weight=None):
+        """The loss of the logits ``h @ weight.T + bias``; the gradients are kept.
+
+        Parameters
+        ----------
+        h : array_like of float32 or float64, shape (..., d)
+            The layer's inputs.
+        weight : array_like, shape (V, d)
+            The output matrix.
+        targets : array_like
+            Class indices or probabilities, as :func:`lsref.linear_value_and_grad` takes
+            them.
+        bias : array_like of shape (V,), optional
+            The layer's bias.
+        sample_weight : array_like shaped like ``targets`` (class indices), optional
+            Per-row weights of this batch.
+
+        Returns
+        -------
+        loss : float or ndarray
+            As :func:`lsref.linear_cross_entropy`.
+        """
+        self._grads = None                      # a call that fails leaves no stale gradient
+        loss, *grads = linear_value_and_grad(h, weight, targets, bias=bias,
+                                             label_smoothing=self.label_smoothing,
+                                             sample_weight=sample_weight, **self.keywords)
+        self._grads = tuple(grads)
+        return loss
+
+    def backward(self):
+        """The gradients of the last call's loss: ``(dh, dweight, dbias)``.
+
+        Returns
+        -------
+        dh, dweight : ndarray
+            Shaped like the last call's ``h`` and ``weight``.
+        dbias : ndarray or None
+            None where the call had no bias.
+
+        Raises
+        ------
+        RuntimeError
+            If the criterion has not been called yet (or its last call failed).
+        """
+        if self._grads is None:
+            raise RuntimeError("backward() needs a forward call first: "
+                               "crit(h, weight, targets)")
+        return self._grads

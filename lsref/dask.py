@@ -12,6 +12,11 @@ from its rows' ``lse``. Everything is lazy and runs on any scheduler, a
     loss.compute(), grad.to_zarr(...)            # or grad.compute()
 
 The workers need lsref installed. Class-index targets only (numpy or dask, one per row).
+
+``linear_value_and_grad`` is the last layer and the loss (``lsref.linear_value_and_grad``)
+over hidden states chunked by rows, for more rows than one machine holds: each row chunk
+runs the in-memory layer on its rows, and the weight's and bias's gradients are summed over
+the chunks in a tree.
 """
 import numpy as np
 
@@ -22,11 +27,13 @@ except ImportError:                                  # pragma: no cover - exerci
         from None
 
 from . import _params, sharded
-from ._keywords import CROSS_ENTROPY_OPTIONS, fill_doc, given
-from ._validation import check_problem_shape
+from ._keywords import CROSS_ENTROPY_OPTIONS, LINEAR_OPTIONS, N_THREADS, fill_doc, given
+from ._validation import check_linear, check_problem_shape
+from .linear import layer_rows
+from .loss import KernelPlan
 from .loss import loss_dtype as _storage_loss_dtype
 
-__all__ = ["value_and_grad", "cross_entropy", "cross_entropy_grad"]
+__all__ = ["value_and_grad", "cross_entropy", "cross_entropy_grad", "linear_value_and_grad"]
 
 _FIELDS = ("m", "rest", "u", "zt", "has_t", "bad", "wsum", "classes")
 
@@ -288,3 +295,128 @@ def cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reducti
     """
     return value_and_grad(logits, targets, split_every=split_every,
                           **given(locals(), CROSS_ENTROPY_OPTIONS))[1]
+
+
+# --- the linear layer + loss ---------------------------------------------------------------
+
+def _layer_block(h, t, sw, weight, bias, options, chunk_size, n_threads):
+    """One row chunk of lsref.dask.linear_value_and_grad: its rows' losses, the gradients of
+    their sum, and (for "mean") its share of the divisor D, which adds up over row chunks."""
+    n, V = h.shape[0], weight.shape[0]
+    t = t.reshape(n)
+    block = dict(options, sample_weight=None if sw is None else sw.reshape(n))
+    p = check_linear(h, weight, bias, t, dict(block, reduction="sum"))[3]
+    _, row_loss, dh, dW, db = layer_rows(h, weight, bias, p, chunk_size, n_threads, True)
+    D = 0.0
+    if options["reduction"] == "mean":
+        D = KernelPlan(check_problem_shape((n, V), t, **dict(block, axis=-1)), V).divisor
+    return row_loss, dh, dW, db, np.float64(D)
+
+
+def _tree_sum(parts, split_every):
+    """The sum of delayed arrays, in a tree of fan-in ``split_every``."""
+    from dask import delayed
+    add = delayed(lambda *xs: sum(xs[1:], xs[0]), pure=True)
+    while len(parts) > 1:
+        parts = [add(*parts[i:i + split_every]) if len(parts[i:i + split_every]) > 1
+                 else parts[i] for i in range(0, len(parts), split_every)]
+    return parts[0]
+
+
+@fill_doc(LINEAR_OPTIONS, N_THREADS, dict(chunk_size=None, split_every=None))
+def linear_value_and_grad(h, weight, targets, *, bias=None, label_smoothing=0.0,
+                          reduction="mean", smoothing="uniform", class_weight=None,
+                          sample_weight=None, ignore_index=-100, z_loss=0.0, kl=False,
+                          n_threads=None, chunk_size=None, split_every=None):
+    """The last layer and the loss (:func:`lsref.linear_value_and_grad`) of dask rows.
+
+    Parameters
+    ----------
+    h : dask.array.Array of float32 or float64, shape (N, d)
+        Hidden states chunked by rows (the features in one chunk; rechunked if not).
+    %(weight)s
+    targets : array_like of int, shape (N,)
+        Class indices, NumPy or dask.
+    %(bias)s
+    %(label_smoothing)s
+    %(reduction)s
+    %(smoothing)s
+    %(class_weight)s
+    sample_weight : array_like of shape (N,), optional
+        Per-row weights, NumPy or dask.
+    %(ignore_index)s
+    %(z_loss)s
+    %(kl)s
+    %(n_threads)s
+    %(chunk_size)s
+    split_every : int, optional
+        The fan-in of the tree that sums the weight's gradient over row chunks (8).
+
+    Returns
+    -------
+    loss : dask.array.Array
+        As :func:`lsref.linear_cross_entropy` gives it (lazy).
+    dh : dask.array.Array
+        Chunked as ``h`` (lazy).
+    dweight : dask.array.Array
+        ``(V, d)``, one chunk (lazy).
+    dbias : dask.array.Array or None
+        ``(V,)`` (lazy); None without a bias.
+
+    Raises
+    ------
+    %(raises)s
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, lsref, lsref.dask
+    >>> rng = np.random.default_rng(0)
+    >>> h, W, t = rng.standard_normal((12, 4)), rng.standard_normal((6, 4)), np.arange(12) % 6
+    >>> loss, dh, dW, db = lsref.dask.linear_value_and_grad(
+    ...     da.from_array(h, chunks=(5, 4)), W, t, label_smoothing=0.1)
+    >>> ref = lsref.linear_value_and_grad(h, W, t, label_smoothing=0.1)
+    >>> bool(np.isclose(loss.compute(), ref[0])), bool(np.allclose(dW.compute(), ref[2]))
+    (True, True)
+    """
+    from dask import delayed
+    if not isinstance(h, da.Array):
+        raise TypeError(f"h must be a dask array, got {type(h).__name__} (use "
+                        f"lsref.linear_value_and_grad for NumPy arrays)")
+    if h.ndim != 2:
+        raise ValueError(f"h must be 2-D (rows, features), got shape {h.shape}")
+    options = {name: value for name, value in locals().items()
+               if name in LINEAR_OPTIONS and name not in ("bias", "sample_weight")}
+    # the layer's arrays and the options, checked now rather than on the workers
+    _, weight, bias, _ = check_linear(np.empty((0, h.shape[1]), h.dtype), weight, bias,
+                                      np.zeros(0, np.int64), options)
+    split_every = 8 if split_every is None else int(split_every)
+    if split_every < 2:
+        raise ValueError(f"split_every must be at least 2, got {split_every}")
+    h = h.rechunk({1: -1})
+    rows = h.chunks[0]
+    t = _column(targets, rows, "targets")
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"targets must be integer class indices, got dtype {t.dtype}")
+    sw = _column(sample_weight, rows, "sample_weight")
+    V, d, dtype = weight.shape[0], h.shape[1], h.dtype
+    hb, tb = h.to_delayed().ravel(), t.to_delayed().ravel()
+    swb = [None] * len(hb) if sw is None else sw.to_delayed().ravel()
+    block = delayed(_layer_block, nout=5, pure=True)
+    parts = [block(hb[i], tb[i], swb[i], weight, bias, options, chunk_size, n_threads)
+             for i in range(len(hb))]
+    row_loss = da.concatenate([da.from_delayed(p[0], (n,), np.float64)
+                               for p, n in zip(parts, rows)])
+    dh = da.concatenate([da.from_delayed(p[1], (n, d), dtype) for p, n in zip(parts, rows)])
+    dW = da.from_delayed(_tree_sum([p[2] for p in parts], split_every), (V, d), dtype)
+    db = None if bias is None else da.from_delayed(
+        _tree_sum([p[3] for p in parts], split_every), (V,), np.float64)
+    loss_dtype = _storage_loss_dtype(np.dtype(dtype))
+    if reduction == "mean":
+        D = da.from_delayed(_tree_sum([p[4] for p in parts], split_every), (), np.float64)
+        loss = _params.mean(row_loss.sum(), D)    # lazy: the rules of the in-memory path
+        scale = _params.mean_scale(D)
+        dh, dW = (dh * scale).astype(dtype), (dW * scale).astype(dtype)
+        db = None if db is None else db * scale
+    else:
+        loss = row_loss.sum() if reduction == "sum" else row_loss
+    return (loss.astype(loss_dtype), dh, dW, None if db is None else db.astype(dtype))

@@ -22,7 +22,7 @@ from ._keywords import LINEAR_OPTIONS, N_THREADS, fill_doc
 from ._validation import check_linear
 from .loss import KernelPlan, resolve_threads
 
-__all__ = ["linear_cross_entropy", "linear_value_and_grad", "chunk_rows"]
+__all__ = ["linear_cross_entropy", "linear_value_and_grad", "chunk_rows", "layer_rows"]
 
 # The automatic chunk (chunk_rows): the buffer of a chunk's logits takes about 1/LOGITS_SHARE
 # of what all the (N, V) logits would (the goal: extra memory <= 1/8 of them, with room for the
@@ -169,14 +169,24 @@ def linear_cross_entropy(h, weight, targets, *, bias=None, label_smoothing=0.0,
 
 
 def _run(args, *, want_grad):
-    options = {name: args[name] for name in ("label_smoothing", "reduction", "smoothing",
-                                             "class_weight", "sample_weight", "ignore_index",
-                                             "z_loss", "kl")}
+    options = {name: args[name] for name in LINEAR_OPTIONS if name != "bias"}
     h, weight, bias, p = check_linear(args["h"], args["weight"], args["bias"],
                                       args["targets"], options)
+    plan, row_loss, dh, dW, db = layer_rows(h, weight, bias, p, args["chunk_size"],
+                                            args["n_threads"], want_grad)
+    loss = plan.loss(row_loss, h.dtype)
+    if not want_grad:
+        return loss
+    return loss, dh, dW, None if db is None else db.astype(h.dtype)
+
+
+def layer_rows(h, weight, bias, p, chunk_size, n_threads, want_grad):
+    """The chunked pass over checked arrays (``check_linear``): ``(plan, row_loss, dh, dW,
+    db)``, the per-row losses in float64 (carrying 1/D for "mean", as the kernel's rows do),
+    the gradients (None without want_grad; db in float64, None without a bias)."""
     dtype, d, V, N = h.dtype, h.shape[-1], weight.shape[0], p.n_rows
-    rows = chunk_rows(N, V * dtype.itemsize, args["chunk_size"])
-    nt = KERNEL_THREADS if args["n_threads"] is None else resolve_threads(args["n_threads"])
+    rows = chunk_rows(N, V * dtype.itemsize, chunk_size)
+    nt = KERNEL_THREADS if n_threads is None else resolve_threads(n_threads)
     H = np.ascontiguousarray(h.reshape(N, d))
     W = np.ascontiguousarray(weight)
     plan = KernelPlan(p, V)
@@ -200,11 +210,7 @@ def _run(args, *, want_grad):
             accumulate(dW, z, H[chunk])
             if db is not None:
                 db += z.sum(axis=0, dtype=np.float64)
-    loss = plan.loss(row_loss, dtype)
-    if not want_grad:
-        return loss
-    return (loss, dh.reshape(h.shape), dW,
-            None if db is None else db.astype(dtype))
+    return plan, row_loss, None if dh is None else dh.reshape(h.shape), dW, db
 
 
 def _gemm_accumulate(dtype):

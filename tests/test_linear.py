@@ -242,3 +242,86 @@ def test_bad_chunk_size(chunk, error):
     h, W, b, t, _ = _problem(np.float64)
     with pytest.raises(error, match="chunk_size"):
         lsref.linear_cross_entropy(h, W, t, chunk_size=chunk)
+
+
+def test_criterion_keeps_the_gradients_of_its_call():
+    h, W, b, t, rng = _problem(np.float64)
+    sw = rng.random(len(t)) + 0.5
+    crit = lsref.LinearLabelSmoothingLoss(label_smoothing=0.1, z_loss=1e-3, chunk_size=16)
+    loss = crit(h, W, t, bias=b, sample_weight=sw)
+    want = lsref.linear_value_and_grad(h, W, t, bias=b, sample_weight=sw, label_smoothing=0.1,
+                                       z_loss=1e-3, chunk_size=16)
+    assert loss == want[0]
+    for got, ref in zip(crit.backward(), want[1:]):
+        assert_array_equal(got, ref)
+    crit(h, W, t)
+    assert crit.backward()[2] is None                         # no bias, no dbias
+    assert "chunk_size=16" in repr(crit)
+
+
+@pytest.mark.parametrize("make,match,error", [
+    (lambda: lsref.LinearLabelSmoothingLoss(sample_weight=np.ones(3)), "sample_weight",
+     TypeError),
+    (lambda: lsref.LinearLabelSmoothingLoss(bias=np.ones(3)), "bias", TypeError),
+    (lambda: lsref.LinearLabelSmoothingLoss(axis=0), "unexpected keyword", TypeError),
+    (lambda: lsref.LinearLabelSmoothingLoss(label_smoothing=1.5), "label_smoothing",
+     ValueError),
+    (lambda: lsref.LinearLabelSmoothingLoss(chunk_size=0), "chunk_size", ValueError),
+    (lambda: lsref.LinearLabelSmoothingLoss().backward(), "forward call first", RuntimeError),
+])
+def test_criterion_bad_use(make, match, error):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_criterion_failed_call_leaves_no_stale_gradient():
+    h, W, b, t, _ = _problem(np.float64)
+    crit = lsref.LinearLabelSmoothingLoss()
+    crit(h, W, t)
+    with pytest.raises(ValueError):
+        crit(h, W[:, :2], t)
+    with pytest.raises(RuntimeError):
+        crit.backward()
+
+
+@pytest.mark.parametrize("kw", [dict(label_smoothing=0.1), dict(reduction="sum", z_loss=1e-3),
+                                dict(reduction="none", label_smoothing=0.2, smoothing="others"),
+                                dict(label_smoothing=0.1, class_weight="cw", sample_weight="sw",
+                                     ignore_index=2)],
+                         ids=["mean", "sum", "none", "weighted"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_dask_rows_match_the_in_memory_layer(kw, dtype):
+    """lsref.dask.linear_value_and_grad over row chunks (dW and db summed in a tree of
+    fan-in 2, the divisor of "mean" summed over the chunks) gives the in-memory results:
+    float64 within 1e-12 of the oracle, float32 within the layer's bound."""
+    da = require("dask.array")
+    import lsref.dask
+    h, W, b, t, rng = _problem(dtype, N=53, seed=6)
+    t[[0, 9, 30]] = 2
+    kw = _keywords(kw, rng, W.shape[0], t.shape)
+    got = lsref.dask.linear_value_and_grad(da.from_array(h, chunks=(10, 7)), W, t, bias=b,
+                                           split_every=2, chunk_size=4, **kw)
+    got = tuple(x.compute(scheduler="sync") for x in got)
+    assert got[1].dtype == dtype and got[2].dtype == dtype and got[3].dtype == dtype
+    ref = R.linear_value_and_grad(h, W, t, bias=b, **kw)
+    if dtype == np.float64:
+        assert_linear_close64(got, ref)
+    else:
+        assert_linear_close(got, ref, h, W, b, t, **kw)
+
+
+def test_dask_every_row_ignored_and_bad_input():
+    da = require("dask.array")
+    import lsref.dask
+    h, W, b, t, _ = _problem(np.float64, N=12)
+    loss, dh, dW, db = lsref.dask.linear_value_and_grad(da.from_array(h, chunks=5), W,
+                                                        np.full(12, -100), bias=b)
+    assert np.isnan(loss.compute()) and not dW.compute().any() and not db.compute().any()
+    with pytest.raises(TypeError, match="h must be a dask array"):
+        lsref.dask.linear_value_and_grad(h, W, t)
+    with pytest.raises(ValueError, match="weight has 3 features"):
+        lsref.dask.linear_value_and_grad(da.from_array(h), W[:, :3], t)
+    with pytest.raises(ValueError, match="targets must be one value per row"):
+        lsref.dask.linear_value_and_grad(da.from_array(h), W, t[:5])
+    with pytest.raises(ValueError, match="split_every"):
+        lsref.dask.linear_value_and_grad(da.from_array(h), W, t, split_every=1)
