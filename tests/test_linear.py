@@ -325,3 +325,13 @@ def test_dask_every_row_ignored_and_bad_input():
         lsref.dask.linear_value_and_grad(da.from_array(h), W, t[:5])
     with pytest.raises(ValueError, match="split_every"):
         lsref.dask.linear_value_and_grad(da.from_array(h), W, t, split_every=1)
+
+
+def test_weight_gradient_in_tiles_of_classes(monkeypatch):
+    """dW is accumulated tile by tile of classes (a scratch of TILE_BYTES): with tiles of 64
+    classes (V = 300: 4 whole tiles and a short one) the oracle's results still hold."""
+    import lsref.linear
+    monkeypatch.setattr(lsref.linear, "TILE_BYTES", 1)        # the smallest tile: 64 classes
+    h, W, b, t, _ = _problem(np.float64, N=50, d=8, V=300, seed=7)
+    got = lsref.linear_value_and_grad(h, W, t, bias=b, label_smoothing=0.1, chunk_size=16)
+    assert_linear_close64(got, R.linear_value_and_grad(h, W, t, bias=b, label_smoothing=0.1))
