@@ -20,7 +20,28 @@ _STORED = [name for name in (*CROSS_ENTROPY_OPTIONS, *N_THREADS)
            if name not in ("label_smoothing", "sample_weight")]
 
 
-class LabelSmoothingLoss:
+def _stored_keywords(owner, keywords, allowed):
+    """``keywords`` as a criterion stores them; a TypeError naming ``owner`` for any
+    keyword it does not take."""
+    unknown = sorted(set(keywords) - set(allowed))
+    if unknown:
+        raise TypeError(f"{owner} got unexpected keyword(s) {unknown}; it takes "
+                        f"label_smoothing and {sorted(allowed)}")
+    return dict(keywords)
+
+
+class _Criterion:
+    """What the criteria share: their stored options and their repr."""
+
+    label_smoothing: float
+    keywords: dict
+
+    def __repr__(self):
+        kw = "".join(f", {k}={v!r}" for k, v in self.keywords.items())
+        return f"{type(self).__name__}(label_smoothing={self.label_smoothing!r}{kw})"
+
+
+class LabelSmoothingLoss(_Criterion):
     """Label-smoothed softmax cross-entropy as a callable criterion.
 
     Parameters
@@ -71,22 +92,14 @@ class LabelSmoothingLoss:
         if "out" in keywords:
             raise TypeError("LabelSmoothingLoss does not take out=; it allocates each "
                             "gradient (use lsref.value_and_grad(..., out=) to reuse a buffer)")
-        allowed = set(_STORED)
-        unknown = sorted(set(keywords) - allowed)
-        if unknown:
-            raise TypeError(f"LabelSmoothingLoss got unexpected keyword(s) {unknown}; "
-                            f"it takes label_smoothing and {sorted(allowed)}")
+        keywords = _stored_keywords("LabelSmoothingLoss", keywords, _STORED)
         # every option is checked now, with the checks (and messages) of a call, so a typo
         # fails at construction, not mid-training; only what needs the logits (the axis's
         # bounds, the class weights' length) waits for the first call
         check_options(label_smoothing=label_smoothing, **keywords)
         self.label_smoothing = float(label_smoothing)
-        self.keywords = dict(keywords)
+        self.keywords = keywords
         self._grad = None
-
-    def __repr__(self):
-        kw = "".join(f", {k}={v!r}" for k, v in self.keywords.items())
-        return f"LabelSmoothingLoss(label_smoothing={self.label_smoothing!r}{kw})"
 
     def value_and_grad(self, logits, targets, *, sample_weight=None):
         """The loss and its gradient with respect to ``logits`` (kept for :meth:`backward`).
@@ -166,7 +179,7 @@ _LINEAR_STORED = [name for name in (*LINEAR_OPTIONS, *N_THREADS, "chunk_size")
                   if name not in ("bias", "label_smoothing", "sample_weight")]
 
 
-class LinearLabelSmoothingLoss:
+class LinearLabelSmoothingLoss(_Criterion):
     """A model's last layer and label-smoothed cross-entropy as one criterion.
 
     ``crit(h, weight, targets, bias=b)`` is the loss of the logits ``h @ weight.T + b``
@@ -202,22 +215,14 @@ class LinearLabelSmoothingLoss:
             raise TypeError("sample_weight and bias belong to a call: pass them when calling "
                             "the criterion, crit(h, weight, targets, bias=..., "
                             "sample_weight=...)")
-        allowed = set(_LINEAR_STORED)
-        unknown = sorted(set(keywords) - allowed)
-        if unknown:
-            raise TypeError(f"LinearLabelSmoothingLoss got unexpected keyword(s) {unknown}; "
-                            f"it takes label_smoothing and {sorted(allowed)}")
+        keywords = _stored_keywords("LinearLabelSmoothingLoss", keywords, _LINEAR_STORED)
         options = {k: v for k, v in keywords.items() if k != "chunk_size"}
         check_options(label_smoothing=label_smoothing, **options)
         if keywords.get("chunk_size") is not None:
             chunk_rows(1, 1, keywords["chunk_size"])        # its checks, now
         self.label_smoothing = float(label_smoothing)
-        self.keywords = dict(keywords)
+        self.keywords = keywords
         self._grads = None
-
-    def __repr__(self):
-        kw = "".join(f", {k}={v!r}" for k, v in self.keywords.items())
-        return f"LinearLabelSmoothingLoss(label_smoothing={self.label_smoothing!r}{kw})"
 
     def __call__(self, h, weight, targets, *, bias=None, sample_weight=None):
         """The loss of the logits ``h @ weight.T + bias``; the gradients are kept.

@@ -31,7 +31,7 @@ __all__ = ["linear_cross_entropy", "linear_value_and_grad", "chunk_rows", "layer
 # d = 512, V = 32000, the whole step took 2.2 s in chunks of 192 rows, 1.55 s of 512 and
 # 1.27 s of 1024; at d = 1024, 256 rows ran h W^T at 169 GFLOP/s against 182 for 1024), and
 # at most MAX_ROWS rows, past which BLAS gains nothing and the buffer only grows. Whether the
-# buffer fits a cache does not matter here: the kernel's one pass over it is 2-3% of the time.
+# buffer fits a cache does not matter here: the kernel's one pass over it is 1-2% of the time.
 LOGITS_SHARE = 10
 SMALL_BUFFER = 64 * 2 ** 20
 MAX_ROWS = 2048
@@ -113,7 +113,9 @@ def linear_value_and_grad(h, weight, targets, *, bias=None, label_smoothing=0.0,
     -----
     The extra memory is one ``(chunk_size, V)`` buffer (:func:`chunk_rows`), not the
     ``(N, V)`` logits. For ``reduction="none"`` the gradients are those of the sum of the
-    row losses (as :func:`lsref.value_and_grad`'s).
+    row losses (as :func:`lsref.value_and_grad`'s). ``n_threads=None`` runs the kernel on
+    one thread here (BLAS's threads, which run the GEMMs, are still spinning when it
+    starts); the GEMMs run on BLAS's own threads.
 
     Examples
     --------
