@@ -3,6 +3,8 @@
 ``lsref.reference`` is the pure-NumPy oracle (float64, formula for formula); the functions
 re-exported here run the typed Cython kernel over rows in parallel.
 """
+from importlib import metadata as _metadata
+
 from . import reference
 from ._validation import MAX_THREADS
 from .loss import (binary_cross_entropy, binary_cross_entropy_grad, binary_value_and_grad,
@@ -14,7 +16,10 @@ from .reference import smooth_labels
 from .verify import VerificationReport, verify
 from . import calibration, conventions, testing
 
-__version__ = "0.1.0"
+try:                                    # the version is written once, in pyproject.toml
+    __version__ = _metadata.version("lsref")
+except _metadata.PackageNotFoundError:  # a source tree built in place, never installed
+    __version__ = "0+unknown"
 
 __all__ = ["cross_entropy", "cross_entropy_grad", "value_and_grad", "logsumexp",
            "log_softmax", "softmax", "smooth_labels", "binary_cross_entropy",

@@ -15,6 +15,7 @@ import shlex
 import subprocess
 import sys
 import sysconfig
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -345,3 +346,34 @@ def test_block_grad_sweep_sums_are_thread_private(tmp_path):
     assert bodies and loops, "block_grad's parallel loop not found in the generated C"
     for line in loops:
         assert "lastprivate(__pyx_v_se)" in line and "lastprivate(__pyx_v_u)" in line, line
+
+
+def test_the_version_is_written_once():
+    """pyproject.toml holds the version; lsref.__version__ is read from the installed
+    package's metadata (it was written by hand in both places)."""
+    import importlib.metadata
+    import lsref
+    root = Path(__file__).resolve().parents[1]
+    declared = re.search(r'^version = "([^"]+)"$', (root / "pyproject.toml").read_text(),
+                         re.M).group(1)
+    assert lsref.__version__ == importlib.metadata.version("lsref") == declared
+    assert declared not in (root / "lsref" / "__init__.py").read_text()
+
+
+@pytest.mark.slow
+def test_sdist_carries_its_tests_and_no_generated_c(tmp_path):
+    """The source distribution (MANIFEST.in): the LICENSE that BSD-3 requires, the tests with
+    the modules they import (its tests failed with "No module named 'conftest'"), the
+    examples the README shows; not the 6 MB of C that Cython generates at build time."""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "build", "--sdist", "--no-isolation",
+                        "--outdir", str(tmp_path), str(root)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    (sdist,) = tmp_path.glob("*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = tar.getnames()
+    for must in ("LICENSE", "tests/conftest.py", "tests/support.py", "examples/lsref-demo.png",
+                 "lsref/_kernel.pyx", "lsref/_simd.h", "lsref/_rowterms.h", "lsref/py.typed"):
+        assert any(n.endswith("/" + must) for n in names), must
+    assert not [n for n in names if n.endswith((".c", ".so")) and "/lsref/" in n]
