@@ -30,7 +30,6 @@ from . import _params, sharded
 from ._keywords import CROSS_ENTROPY_OPTIONS, LINEAR_OPTIONS, N_THREADS, fill_doc, given
 from ._validation import check_linear, check_problem_shape
 from .linear import layer_rows
-from .loss import KernelPlan
 from .loss import loss_dtype as _storage_loss_dtype
 
 __all__ = ["value_and_grad", "cross_entropy", "cross_entropy_grad", "linear_value_and_grad"]
@@ -302,14 +301,14 @@ def cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reducti
 def _layer_block(h, t, sw, weight, bias, options, chunk_size, n_threads):
     """One row chunk of lsref.dask.linear_value_and_grad: its rows' losses, the gradients of
     their sum, and (for "mean") its share of the divisor D, which adds up over row chunks."""
-    n, V = h.shape[0], weight.shape[0]
+    n = h.shape[0]
     t = t.reshape(n)
-    block = dict(options, sample_weight=None if sw is None else sw.reshape(n))
-    p = check_linear(h, weight, bias, t, dict(block, reduction="sum"))[3]
-    _, row_loss, dh, dW, db = layer_rows(h, weight, bias, p, chunk_size, n_threads, True)
-    D = 0.0
-    if options["reduction"] == "mean":
-        D = KernelPlan(check_problem_shape((n, V), t, **dict(block, axis=-1)), V).divisor
+    block = dict(options, reduction="sum", sample_weight=None if sw is None else sw.reshape(n))
+    p = check_linear(h, weight, bias, t, block)[3]
+    plan, row_loss, dh, dW, db = layer_rows(h, weight, bias, p, chunk_size, n_threads, True)
+    # the block's D from its own plan: the rows that count, their weights (one rule, _params)
+    D = (_params.mean_divisor(p, plan.targets, plan.active)
+         if options["reduction"] == "mean" else 0.0)
     return row_loss, dh, dW, db, np.float64(D)
 
 
