@@ -359,3 +359,40 @@ def test_bench_states_the_thread_rule_lsref_follows():
     below = int(versions["lsref"].split("threads: 1 below ")[1].split()[0])
     assert resolve_threads(None, below - 1) == 1
     assert resolve_threads(None, below) == resolve_threads(None, 10 * below)
+
+
+def test_bench_plot_names_the_command_and_the_machine(monkeypatch, tmp_path):
+    """`lsref bench --plot FILE` draws both regimes into FILE, with the command that produced
+    it and the machine in its title (a speed figure without its CPU cannot be read)."""
+    pytest.importorskip("matplotlib")
+    large = [dict(workload="64x10", impl=impl, seconds=s, vs_copy=s / 1e-4)
+             for impl, s in [("np.copyto (memory floor)", 1e-4),
+                             ("lsref value_and_grad, out=", 2e-4),
+                             ("jax jit value_and_grad", 9e-4)]]
+    small = [dict(workload="1x10", impl=impl, seconds=s)
+             for impl, s in [("lsref value_and_grad, out=", 1e-6),
+                             ("torch F.cross_entropy fwd+bwd", 5e-5)]]
+    monkeypatch.setattr(bench, "run", lambda w, repeat, progress: (large, {"x": "numpy 9"}))
+    monkeypatch.setattr(bench, "run_small", lambda w, repeat, progress: (small, {}))
+    drawn = {}
+    real_plot = bench.plot
+
+    def keep(*args):
+        drawn["fig"] = real_plot(*args)
+        return drawn["fig"]
+    monkeypatch.setattr(bench, "plot", keep)
+    path = tmp_path / "bench.png"
+    assert bench.main(["--quick", "--no-progress", "--plot", str(path)]) == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    title = drawn["fig"]._suptitle.get_text()
+    assert f"lsref bench --quick --no-progress --plot {path}" in title
+    assert bench.machine_line() in title and "numpy 9" in title
+    # one bar per implementation and workload shown: the copy itself is the axis' 1.0
+    bars = [[p.get_width() for p in ax.patches] for ax in drawn["fig"].axes]
+    assert bars == [pytest.approx([2.0, 9.0]), pytest.approx([1.0, 50.0])]
+
+
+def test_bench_plot_refuses_what_it_cannot_draw(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--only", "linear", "--plot", "x.png"])
+    assert e.value.code == 2 and "--plot" in capsys.readouterr().err

@@ -309,6 +309,55 @@ def format_table(rows, versions, markdown=False):
     return "\n".join(lines)
 
 
+# the implementations the figure shows, in its order (a workload lacking one shows no bar)
+PLOT_IMPLS = ["lsref value_and_grad, out=", "lsref loss only", "numpy (careful), out=",
+              "torch F.cross_entropy fwd+bwd", "jax jit value_and_grad"]
+
+
+def plot(rows, small, versions, path, command):
+    """Draw the run's results into ``path`` (PNG, SVG, ...: matplotlib reads the suffix) and
+    return the figure: the large arrays as a multiple of a memory copy of the same array, the
+    small shapes in microseconds per call; the command that produced it, the machine and the
+    versions in its title (a speed figure without its CPU says nothing)."""
+    import matplotlib
+    matplotlib.use("Agg")                 # a file, never a window
+    import matplotlib.pyplot as plt
+    panels = [(rows, "vs_copy", "time / np.copyto of the same array (log)",
+               "Large arrays (1.0 = a memory copy)", 1.0),
+              (small, "seconds", "microseconds per call (log)",
+               "Small calls (a training loop's minibatches)", 1e6)]
+    panels = [p for p in panels if p[0]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.2), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, (data, key, xlabel, title, scale) in zip(axes[0], panels):
+        by = {}
+        for r in data:
+            by.setdefault(r["workload"], {})[r["impl"]] = r.get(key, r["seconds"]) * scale
+        workloads = list(by)
+        height = 0.8 / len(PLOT_IMPLS)
+        for i, impl in enumerate(PLOT_IMPLS):
+            ys = [w for w in range(len(workloads)) if impl in by[workloads[w]]]
+            if ys:
+                ax.barh([y - 0.4 + (i + 0.5) * height for y in ys],
+                        [by[workloads[y]][impl] for y in ys], height=height,
+                        color=colours(i), label=impl)
+        ax.set_yticks(range(len(workloads)), workloads)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=10)
+        if key == "vs_copy":
+            ax.axvline(1.0, color="k", lw=0.8)
+        ax.grid(axis="x", which="both", alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels), frameon=False)
+    fig.suptitle(f"$ {command}\nMachine: {machine_line()}\n" + "; ".join(versions.values()),
+                 fontsize=8, ha="left", x=0.01)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.9))
+    fig.savefig(path, dpi=100)
+    return fig
+
+
 def _parser():
     from .cli import Parser, positive
     p = Parser(prog="lsref bench", description=__doc__.splitlines()[0])
@@ -324,12 +373,25 @@ def _parser():
                         "asked for)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress line (shown only when stderr is a terminal)")
+    p.add_argument("--plot", metavar="FILE",
+                   help="also draw the results into FILE (PNG, SVG, PDF; needs matplotlib), "
+                        "with the command, the machine and the versions in its title "
+                        "(not with --only linear)")
     return p
 
 
 def main(argv=None):
     from .cli import isatty
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.plot is not None:
+        if args.only == "linear":
+            parser.error("--plot draws the large and small regimes, not --only linear")
+        try:
+            import matplotlib  # noqa: F401  (before minutes of timing, not after)
+        except ImportError:
+            parser.error("--plot needs matplotlib: python3 -m pip install matplotlib")
     # the progress line rewrites itself with \r: only a terminal shows that as one line
     progress = not args.no_progress and isatty(sys.stderr)
     if args.only == "linear":
@@ -353,6 +415,9 @@ def main(argv=None):
     if small:
         print(f"\nSmall shapes (a training loop's minibatches), float32, eps = {EPS}:")
         print(format_small_table(small, markdown=args.markdown))
+    if args.plot is not None:
+        plot(rows, small, versions, args.plot, " ".join(["lsref bench", *argv]))
+        print(f"\nfigure: {args.plot}")
     return 0
 
 
