@@ -59,6 +59,7 @@ html_static_path = ["_static"]
 html_css_files = ["lsref.css"]
 html_theme_options = {
     "navigation_with_keys": False,
+    "header_links_before_dropdown": 3,
     "show_toc_level": 2,
     "secondary_sidebar_items": ["page-toc"],
     "footer_start": ["copyright"],
@@ -66,6 +67,8 @@ html_theme_options = {
     # nothing fetched from the network when a page is opened
     "icon_links": [],
 }
-html_sidebars = {"index": []}
+# the section navigation only where a page has sections of its own: the API pages
+# (the Markdown pages have none: pydata-sphinx-theme would show an empty column)
+html_sidebars = {page.stem: [] for page in DOCS.glob("*.md")}
 html_show_sourcelink = False
 html_copy_source = False

@@ -11,8 +11,7 @@ import string
 GENERATED = pathlib.Path(__file__).resolve().parents[1] / "_generated"
 TABLE = GENERATED / "conventions_table.md"
 
-HEADER = ("Convention", "The framework call it describes", "Its arguments", "What it computes",
-          "Read from")
+HEADER = ("Convention", "The framework call, and the arguments it takes", "What it computes")
 
 
 def _text(s):
@@ -42,15 +41,16 @@ def _arguments(record):
 
 def _source(record):
     if not record.source:
-        return "lsref"
+        return ""
     repo, _, path = record.source.partition(":")
-    return f"{_text(repo.strip())}: {_code(path.strip())}"
+    return f" Read from {_text(repo.strip())}: {_code(path.strip())}\\."
 
 
 def rows():
     """One tuple of Markdown cells per record, in the order of ``CONVENTIONS``."""
     from lsref.conventions import CONVENTIONS
-    return [(_code(name), _code(c.call), _arguments(c), _text(c.notes), _source(c))
+    return [(_code(name), f"{_code(c.call)}\\; arguments: {_arguments(c)}",
+             _text(c.notes) + _source(c))
             for name, c in CONVENTIONS.items()]
 
 
