@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import lsref
+from support import require
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
 API = DOCS / "api.rst"
@@ -46,7 +47,7 @@ def test_api_page_lists_every_public_name():
 @pytest.mark.parametrize("module", SUBMODULES)
 def test_api_page_lists_every_public_name_of_the_submodules(module):
     if module == "dask":
-        pytest.importorskip("dask.array")
+        require("dask")
     mod = importlib.import_module(f"lsref.{module}")
     assert f"lsref.{module}" in documented_names()
     missing = [n for n in mod.__all__ if f"lsref.{module}.{n}" not in documented_names()]
@@ -57,7 +58,7 @@ def test_api_page_names_only_what_exists():
     for name in documented_names():
         module, _, attr = name.rpartition(".")
         if module == "lsref.dask":
-            pytest.importorskip("dask.array")
+            require("dask")
         assert hasattr(importlib.import_module(module), attr), name
 
 
@@ -77,6 +78,10 @@ def test_conventions_table_has_a_row_per_record():
 
 
 PAGES = sorted(DOCS.glob("*.md"))
+# what a page's blocks may import beyond the test extra: skipped without it, except in CI
+# (LSREF_REQUIRE_FRAMEWORKS=1), where a missing one fails
+OPTIONAL = ("dask", "distributed", "torch", "jax", "optax", "tensorflow", "keras",
+            "transformers")
 
 
 def test_toctree_has_every_page():
@@ -96,6 +101,11 @@ def test_page_python_blocks_run(page, tmp_path, monkeypatch):
     blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), flags=re.S | re.M)
     if not blocks:
         pytest.skip(f"{page.name} has no Python block")
+    code = "\n".join(blocks)
+    for name in OPTIONAL:
+        if re.search(rf"^\s*(import|from) {name}\b", code, flags=re.M) or (
+                name == "dask" and "lsref.dask" in code):
+            require(name)
     monkeypatch.chdir(tmp_path)                 # a block that writes a file writes it here
     namespace = {"__name__": page.stem}         # one session per page, blocks in order
     for block in blocks:
