@@ -18,10 +18,16 @@ SUBMODULES = ["reference", "testing", "calibration", "conventions", "sharded", "
 
 
 def documented_names():
-    """The fully qualified names of api.rst's autosummary entries (each gets its own page):
-    an entry is qualified by the ``currentmodule`` directive above it."""
+    """The fully qualified names of api.rst's autosummary entries (each gets its own page)
+    and ``data`` directives (constants): each is qualified by the ``currentmodule`` directive
+    above it."""
     names, module, in_summary = set(), None, False
     for line in API.read_text().splitlines():
+        m = re.match(r"\.\. (?:py:)?data:: (\S+)", line)      # a constant, described by hand
+        if m:
+            names.add(f"{module}.{m.group(1)}")
+            in_summary = False
+            continue
         m = re.match(r"\.\. currentmodule:: (\S+)", line)
         if m:
             module, in_summary = m.group(1), False
