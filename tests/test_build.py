@@ -12,10 +12,12 @@ import importlib.util
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import sysconfig
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -377,3 +379,35 @@ def test_sdist_carries_its_tests_and_no_generated_c(tmp_path):
                  "lsref/_kernel.pyx", "lsref/_simd.h", "lsref/_rowterms.h", "lsref/py.typed"):
         assert any(n.endswith("/" + must) for n in names), must
     assert not [n for n in names if n.endswith((".c", ".so")) and "/lsref/" in n]
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_package_and_no_generated_c(tmp_path):
+    """The wheel (pyproject's package data): every module, the built extension, the typing
+    files (py.typed, the stub) and the kernel's sources that tests/test_stub.py reads beside
+    the stub (_kernel.pyx, the headers), the LICENSE; not the 6 MB of C that Cython generates
+    (the wheel shipped lsref/_kernel.c). Built from the sdist, as a release is: the working
+    tree's build/ folder could hand the wheel stale files, and the source tree is left as
+    it was (no build/, no regenerated _kernel.c)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "setup.py").exists():
+        pytest.skip("setup.py is not beside the tests (not a source checkout)")
+    cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")[0]
+    if not shutil.which(cc):
+        pytest.skip(f"no C compiler ({cc}) to build the wheel with")
+    r = subprocess.run([sys.executable, "-m", "build", "--no-isolation",
+                        "--outdir", str(tmp_path), str(root)],
+                       capture_output=True, text=True, timeout=540)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    with zipfile.ZipFile(wheel) as whl:
+        names = set(whl.namelist())
+    package = {n for n in names if n.startswith("lsref/")}
+    assert not [n for n in names if n.endswith(".c")], "generated C in the wheel"
+    expected = {p.relative_to(root).as_posix()
+                for pattern in ("lsref/*.py", "lsref/app/*.py", "lsref/*.h")
+                for p in root.glob(pattern)}
+    expected |= {"lsref/py.typed", "lsref/_kernel.pyi", "lsref/_kernel.pyx",
+                 "lsref/_kernel" + sysconfig.get_config_var("EXT_SUFFIX")}
+    assert package == expected, (sorted(package - expected), sorted(expected - package))
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
