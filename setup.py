@@ -273,8 +273,20 @@ if __name__ == "__main__":
                     include_dirs=["lsref", numpy.get_include()],
                     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
                     depends=["lsref/_simd.h", "lsref/_rowterms.h"])
+    # Cython regenerates lsref/_kernel.c only when a source is newer than it, not when the
+    # directives change: LSREF_CYTHON_DEBUG=1 after a default build compiled the old C without
+    # bounds checks while `lsref info` said "[debug checks]" (and the reverse). The directives
+    # of the C in the tree are kept in build/; other ones regenerate it. CYTHON_FORCE_REGEN=1
+    # still forces it (force=None leaves that to Cython).
+    cython_config = {"directives": DIRECTIVES, "annotate": _flag("LSREF_CYTHON_ANNOTATE")}
+    cython_stamp = os.path.join("build", "lsref-cython-config.json")
+    ext_modules = cythonize([ext], compiler_directives=DIRECTIVES,
+                            annotate=cython_config["annotate"],
+                            force=build_config_changed(cython_stamp, cython_config) or None)
+    os.makedirs("build", exist_ok=True)
+    with open(cython_stamp, "w") as f:
+        json.dump(cython_config, f)
     setup(
-        ext_modules=cythonize([ext], compiler_directives=DIRECTIVES,
-                              annotate=_flag("LSREF_CYTHON_ANNOTATE")),
+        ext_modules=ext_modules,
         cmdclass={"build_ext": _build_ext_class()},
     )

@@ -194,6 +194,37 @@ def test_a_changed_build_configuration_recompiles(S, tmp_path):
     assert S.build_config_changed(stamp, dict(gcc_config, compile_args=[]))
 
 
+@pytest.mark.slow
+def test_changed_cython_directives_regenerate_the_c(tmp_path):
+    """LSREF_CYTHON_DEBUG=1 after a default build must regenerate lsref/_kernel.c with the
+    bounds checks (Cython only compares timestamps: the debug build compiled the old C while
+    `lsref info` said "[debug checks]"); the same directives again must not."""
+    pytest.importorskip("Cython")
+    root = Path(ROOT)
+    if not (root / "setup.py").exists():
+        pytest.skip("setup.py is not beside the tests (not a source checkout)")
+    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE"):
+        (tmp_path / name).write_bytes((root / name).read_bytes())
+    shutil.copytree(root / "lsref", tmp_path / "lsref",
+                    ignore=shutil.ignore_patterns("*.so", "*.c", "*.html", "__pycache__"))
+    c_file = tmp_path / "lsref" / "_kernel.c"
+
+    def generate(debug):
+        env = dict(os.environ, LSREF_CYTHON_DEBUG=debug, LSREF_CYTHON_ANNOTATE="0")
+        env.pop("CYTHON_FORCE_REGEN", None)
+        r = subprocess.run([sys.executable, "setup.py", "--name"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        # a bounds check raises through this helper; without boundscheck it is never called
+        return c_file.read_text().count("__Pyx_RaiseBufferIndexError"), c_file.stat().st_mtime_ns
+
+    checks, _ = generate("0")
+    assert checks == 0
+    checks, when = generate("1")
+    assert checks > 0
+    assert generate("1") == (checks, when)           # unchanged directives: not regenerated
+
+
 def _c_preprocessor():
     cc = sysconfig.get_config_var("CC")
     if not cc or os.name == "nt":
@@ -352,7 +383,7 @@ def test_block_grad_sweep_sums_are_thread_private(tmp_path):
 
 def test_the_version_is_written_once():
     """pyproject.toml holds the version; lsref.__version__ is read from the installed
-    package's metadata (it was written by hand in both places)."""
+    package's metadata (it was written by hand in both places); CITATION.cff has none."""
     import importlib.metadata
     import lsref
     root = Path(__file__).resolve().parents[1]
@@ -360,6 +391,8 @@ def test_the_version_is_written_once():
                          re.M).group(1)
     assert lsref.__version__ == importlib.metadata.version("lsref") == declared
     assert declared not in (root / "lsref" / "__init__.py").read_text()
+    # CITATION.cff names no version (CFF makes it optional): a second copy would go stale
+    assert not re.search(r"^version\s*:", (root / "CITATION.cff").read_text(), re.M)
 
 
 @pytest.mark.slow
