@@ -21,9 +21,16 @@ can call it with the wrong default.
 This module imports nothing from lsref, so that the oracle (which must not import the
 kernel side), the front door, the criterion and the conventions can all use it.
 """
+from __future__ import annotations
+
 import inspect
 import re
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
+from typing import Any, TypeVar
+
+# a decorated function keeps its own type (its annotations are what type checkers see)
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 __all__ = ["CROSS_ENTROPY_OPTIONS", "BINARY_OPTIONS", "LINEAR_OPTIONS", "EXECUTION_OPTIONS",
            "N_THREADS",
@@ -261,7 +268,7 @@ PARAMETERS = MappingProxyType(PARAMETERS)
 _PLACEHOLDER = re.compile(r"^([ \t]*)%\((\w+)\)s[ \t]*$", re.MULTILINE)
 
 
-def fill_doc(*option_sets):
+def fill_doc(*option_sets: Mapping[str, object]) -> Callable[[_F], _F]:
     """Decorator: fill a docstring's placeholders and check the keyword-only parameters.
 
     Parameters
@@ -285,7 +292,7 @@ def fill_doc(*option_sets):
     TypeError
         If the signature does not match ``option_sets``.
     """
-    def decorate(func):
+    def decorate(func: _F) -> _F:
         if option_sets:
             check_signature(func, *option_sets)
         if func.__doc__ is not None:          # None under python -OO
@@ -294,7 +301,7 @@ def fill_doc(*option_sets):
     return decorate
 
 
-def _fill(doc):
+def _fill(doc: str) -> str:
     def entry(match):
         indent, name = match.groups()
         return "\n".join(indent + line if line else line
@@ -302,7 +309,7 @@ def _fill(doc):
     return _PLACEHOLDER.sub(entry, doc)
 
 
-def check_signature(func, *option_sets):
+def check_signature(func: Callable[..., Any], *option_sets: Mapping[str, object]) -> None:
     """Check that ``func``'s keyword-only parameters are exactly ``option_sets``.
 
     Parameters
@@ -335,7 +342,7 @@ def _format(pairs):
     return "(" + ", ".join(f"{n}={d!r}" for n, d in pairs) + ")"
 
 
-def given(arguments, *option_sets):
+def given(arguments: Mapping[str, Any], *option_sets: Mapping[str, object]) -> dict[str, Any]:
     """``{name: arguments[name]}`` for every option of ``option_sets``, in their order.
 
     A public function passes its own options on with ``given(locals(), OPTIONS)`` as its

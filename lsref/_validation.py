@@ -6,14 +6,17 @@ Every error names the argument and the offending value (SEMANTICS.md, "Bad input
 """
 import numbers
 import operator
+import typing
 from dataclasses import dataclass
 
 import numpy as np
 
 from ._keywords import BINARY_OPTIONS, CROSS_ENTROPY_OPTIONS
+from ._typing import Reduction, Smoothing
 
-REDUCTIONS = ("none", "sum", "mean")
-SMOOTHINGS = ("uniform", "others")
+# the values the annotations' Literal types name (lsref/_typing.py)
+REDUCTIONS = typing.get_args(Reduction)
+SMOOTHINGS = typing.get_args(Smoothing)
 
 
 @dataclass(frozen=True)

@@ -15,17 +15,23 @@ confidences, so the bins hold (nearly) equal numbers of predictions. Both follow
 
 Also here: the optimum that label smoothing aims at, for either smoothing form.
 """
+from __future__ import annotations
+
+import typing
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
-from ._validation import SMOOTHINGS, check_real, check_choice
+from ._typing import FloatArray, Smoothing, Strategy
+from ._validation import SMOOTHINGS, check_choice, check_real
 
 __all__ = ["optimal_probabilities", "optimal_logit_gap", "reliability_diagram",
            "expected_calibration_error", "maximum_calibration_error", "plot_reliability",
            "ReliabilityDiagram"]
 
-STRATEGIES = ("uniform", "quantile")
+STRATEGIES = typing.get_args(Strategy)     # the values of its Literal type
 
 
 # --- the optimum of the smoothed loss ------------------------------------------------------
@@ -40,7 +46,8 @@ def _check_classes(num_classes, smoothing):
     return int(num_classes)
 
 
-def optimal_probabilities(num_classes, label_smoothing, *, smoothing="uniform"):
+def optimal_probabilities(num_classes: int, label_smoothing: float, *,
+                          smoothing: Smoothing = "uniform") -> tuple[float, float]:
     """The predicted probabilities that minimise the smoothed loss: the smoothed target.
 
     Cross-entropy against a target ``q`` is minimised by ``p = q``, so the optimum puts
@@ -87,7 +94,8 @@ def optimal_probabilities(num_classes, label_smoothing, *, smoothing="uniform"):
     return 1.0 - eps, eps / (K - 1)
 
 
-def optimal_logit_gap(num_classes, label_smoothing, *, smoothing="uniform"):
+def optimal_logit_gap(num_classes: int, label_smoothing: float, *,
+                      smoothing: Smoothing = "uniform") -> float:
     """The logit gap between the labelled class and each other class at the optimum.
 
     ``log(p_target / p_other)``: finite for ``eps > 0``, ``inf`` without smoothing (the
@@ -141,14 +149,14 @@ class ReliabilityDiagram:
     computed from these arrays.
     """
 
-    bin_edges: np.ndarray       # (n_bins + 1,)
-    counts: np.ndarray          # (n_bins,) predictions per bin
-    confidence: np.ndarray      # (n_bins,) mean confidence in the bin
-    accuracy: np.ndarray        # (n_bins,) fraction right in the bin
-    strategy: str
+    bin_edges: FloatArray       # (n_bins + 1,)
+    counts: NDArray[np.intp]    # (n_bins,) predictions per bin
+    confidence: FloatArray      # (n_bins,) mean confidence in the bin
+    accuracy: FloatArray        # (n_bins,) fraction right in the bin
+    strategy: Strategy
 
     @property
-    def ece(self):
+    def ece(self) -> float:
         """Expected calibration error: the count-weighted mean of ``|accuracy - confidence|``."""
         nz = self.counts > 0
         n = self.counts.sum()
@@ -156,7 +164,7 @@ class ReliabilityDiagram:
                             np.abs(self.accuracy[nz] - self.confidence[nz])))
 
     @property
-    def mce(self):
+    def mce(self) -> float:
         """Maximum calibration error: the largest ``|accuracy - confidence|`` of a non-empty bin."""
         nz = self.counts > 0
         return float(np.max(np.abs(self.accuracy[nz] - self.confidence[nz])))
@@ -208,7 +216,8 @@ def _check_bins(n_bins, strategy):
     return int(n_bins)
 
 
-def reliability_diagram(probs, labels, *, n_bins=15, strategy="uniform"):
+def reliability_diagram(probs: ArrayLike, labels: ArrayLike, *, n_bins: int = 15,
+                        strategy: Strategy = "uniform") -> ReliabilityDiagram:
     """Bin predictions by confidence: the data of a reliability diagram.
 
     Parameters
@@ -265,7 +274,8 @@ def reliability_diagram(probs, labels, *, n_bins=15, strategy="uniform"):
     return ReliabilityDiagram(edges, counts, confidence, accuracy, strategy)
 
 
-def expected_calibration_error(probs, labels, *, n_bins=15, strategy="uniform"):
+def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, *, n_bins: int = 15,
+                               strategy: Strategy = "uniform") -> float:
     """ECE: ``sum_b (n_b / n) |acc_b - conf_b|`` over confidence bins.
 
     0 for a perfectly calibrated model; the fraction of predictions whose confidence is
@@ -310,7 +320,8 @@ def expected_calibration_error(probs, labels, *, n_bins=15, strategy="uniform"):
     return reliability_diagram(probs, labels, n_bins=n_bins, strategy=strategy).ece
 
 
-def maximum_calibration_error(probs, labels, *, n_bins=15, strategy="uniform"):
+def maximum_calibration_error(probs: ArrayLike, labels: ArrayLike, *, n_bins: int = 15,
+                              strategy: Strategy = "uniform") -> float:
     """MCE: the largest ``|acc_b - conf_b|`` over non-empty confidence bins.
 
     Parameters
@@ -349,7 +360,7 @@ def maximum_calibration_error(probs, labels, *, n_bins=15, strategy="uniform"):
     return reliability_diagram(probs, labels, n_bins=n_bins, strategy=strategy).mce
 
 
-def pyplot():
+def pyplot() -> Any:
     """matplotlib.pyplot, or an ImportError that says how to install it (an optional
     dependency)."""
     try:
@@ -360,8 +371,10 @@ def pyplot():
     return plt
 
 
-def plot_reliability(probs=None, labels=None, *, diagram=None, n_bins=15, strategy="uniform",
-                     ax=None, title=None):
+def plot_reliability(probs: ArrayLike | None = None, labels: ArrayLike | None = None, *,
+                     diagram: ReliabilityDiagram | None = None, n_bins: int = 15,
+                     strategy: Strategy = "uniform", ax: Any = None,
+                     title: str | None = None) -> Any:
     """Draw a reliability diagram with matplotlib (an optional dependency).
 
     Pass ``probs`` and ``labels`` (binned as in :func:`reliability_diagram`), or a

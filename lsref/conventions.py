@@ -24,11 +24,17 @@ True
 >>> lsref.verify(z, labels, loss, shift_labels=False, **kw).passed
 False
 """
+from __future__ import annotations
+
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+from ._typing import Reduction
 
 from ._keywords import CROSS_ENTROPY_OPTIONS
 from ._validation import targets_are_probabilities
@@ -52,11 +58,11 @@ class Plan:
     distribution from them.
     """
 
-    kwargs: dict
-    reduction: str = "mean"
-    divisor: object = "lsref"
+    kwargs: dict[str, Any]
+    reduction: Reduction = "mean"
+    divisor: str | float = "lsref"
     empty: float = math.nan
-    targets: object = None
+    targets: np.ndarray[Any, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,14 +75,17 @@ class Convention:
 
     name: str
     call: str                     # the framework call this record describes
-    params: tuple                 # the argument names it accepts, as the framework spells them
+    params: tuple[str, ...]       # the argument names it accepts, as the framework spells them
     smoothing_param: str          # the name of its smoothing argument (for `lsref verify`)
-    weight_param: object          # the name of its per-class/per-row weight argument, if any
-    plan: Callable = field(repr=False)   # (logits, targets, params) -> Plan
+    weight_param: str | None      # the name of its per-class/per-row weight argument, if any
+    # (logits, targets, params) -> Plan
+    plan: Callable[[np.ndarray[Any, Any], np.ndarray[Any, Any], dict[str, Any]], Plan] = \
+        field(repr=False)
     notes: str = ""
     source: str = ""              # "owner/repo: path" of the framework source it was read from
 
-    def make_plan(self, logits, targets, params):
+    def make_plan(self, logits: ArrayLike, targets: ArrayLike,
+                  params: Mapping[str, Any]) -> Plan:
         """What the reference computes for this framework call.
 
         Parameters
@@ -401,7 +410,7 @@ def _tf1(logits, targets, p):
     return Plan(kwargs=kw, reduction="mean", divisor=divisor, empty=0.0, targets=t)
 
 
-CONVENTIONS = {c.name: c for c in [
+CONVENTIONS: dict[str, Convention] = {c.name: c for c in [
     Convention("lsref", "lsref.cross_entropy", tuple(CROSS_ENTROPY_OPTIONS),
                "label_smoothing", "class_weight", _lsref,
                "lsref's own keywords and divisors (PyTorch's)."),
@@ -508,7 +517,7 @@ CONVENTIONS = {c.name: c for c in [
 ]}
 
 
-def get_convention(name):
+def get_convention(name: str | Convention) -> Convention:
     """The record of a framework call, by name.
 
     Parameters

@@ -5,11 +5,17 @@ computes both in one fused pass. The criterion keeps the gradient of its last ca
 hand-written model can call ``crit(logits, y)`` in its forward pass and ``crit.backward()``
 in its backward pass without a second sweep over the logits.
 """
-import numpy as np
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from numpy.typing import ArrayLike
 
 from ._keywords import CROSS_ENTROPY_OPTIONS, LINEAR_OPTIONS, N_THREADS
 from ._validation import check_options
 from .linear import chunk_rows, linear_value_and_grad
+from ._typing import FloatArray, Loss
 from .loss import value_and_grad
 
 __all__ = ["LabelSmoothingLoss", "LinearLabelSmoothingLoss"]
@@ -20,7 +26,8 @@ _STORED = [name for name in (*CROSS_ENTROPY_OPTIONS, *N_THREADS)
            if name not in ("label_smoothing", "sample_weight")]
 
 
-def _stored_keywords(owner, keywords, allowed):
+def _stored_keywords(owner: str, keywords: Mapping[str, Any],
+                     allowed: Collection[str]) -> dict[str, Any]:
     """``keywords`` as a criterion stores them; a TypeError naming ``owner`` for any
     keyword it does not take."""
     unknown = sorted(set(keywords) - set(allowed))
@@ -34,9 +41,9 @@ class _Criterion:
     """What the criteria share: their stored options and their repr."""
 
     label_smoothing: float
-    keywords: dict
+    keywords: dict[str, Any]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         kw = "".join(f", {k}={v!r}" for k, v in self.keywords.items())
         return f"{type(self).__name__}(label_smoothing={self.label_smoothing!r}{kw})"
 
@@ -85,7 +92,7 @@ class LabelSmoothingLoss(_Criterion):
     True
     """
 
-    def __init__(self, label_smoothing=0.1, **keywords):
+    def __init__(self, label_smoothing: float = 0.1, **keywords: Any) -> None:
         if "sample_weight" in keywords:
             raise TypeError("sample_weight belongs to a batch: pass it when calling the "
                             "criterion, crit(logits, targets, sample_weight=...)")
@@ -99,9 +106,10 @@ class LabelSmoothingLoss(_Criterion):
         check_options(label_smoothing=label_smoothing, **keywords)
         self.label_smoothing = float(label_smoothing)
         self.keywords = keywords
-        self._grad = None
+        self._grad: FloatArray | None = None
 
-    def value_and_grad(self, logits, targets, *, sample_weight=None):
+    def value_and_grad(self, logits: ArrayLike, targets: ArrayLike, *,
+                       sample_weight: ArrayLike | None = None) -> tuple[Loss, FloatArray]:
         """The loss and its gradient with respect to ``logits`` (kept for :meth:`backward`).
 
         Parameters
@@ -133,7 +141,8 @@ class LabelSmoothingLoss(_Criterion):
         self._grad = grad
         return loss, grad
 
-    def __call__(self, logits, targets, *, sample_weight=None):
+    def __call__(self, logits: ArrayLike, targets: ArrayLike, *,
+                 sample_weight: ArrayLike | None = None) -> Loss:
         """The loss; its gradient is kept for :meth:`backward`.
 
         Parameters
@@ -152,7 +161,7 @@ class LabelSmoothingLoss(_Criterion):
         """
         return self.value_and_grad(logits, targets, sample_weight=sample_weight)[0]
 
-    def backward(self):
+    def backward(self) -> FloatArray:
         """The gradient of the last call's loss with respect to its logits.
 
         It was computed in the same pass as the loss; nothing is recomputed.
@@ -210,7 +219,7 @@ class LinearLabelSmoothingLoss(_Criterion):
     True
     """
 
-    def __init__(self, label_smoothing=0.1, **keywords):
+    def __init__(self, label_smoothing: float = 0.1, **keywords: Any) -> None:
         if "sample_weight" in keywords or "bias" in keywords:
             raise TypeError("sample_weight and bias belong to a call: pass them when calling "
                             "the criterion, crit(h, weight, targets, bias=..., "
@@ -222,9 +231,10 @@ class LinearLabelSmoothingLoss(_Criterion):
             chunk_rows(1, 1, keywords["chunk_size"])        # its checks, now
         self.label_smoothing = float(label_smoothing)
         self.keywords = keywords
-        self._grads = None
+        self._grads: tuple[FloatArray, FloatArray, FloatArray | None] | None = None
 
-    def __call__(self, h, weight, targets, *, bias=None, sample_weight=None):
+    def __call__(self, h: ArrayLike, weight: ArrayLike, targets: ArrayLike, *,
+                 bias: ArrayLike | None = None, sample_weight: ArrayLike | None = None) -> Loss:
         """The loss of the logits ``h @ weight.T + bias``; the gradients are kept.
 
         Parameters
@@ -247,13 +257,13 @@ class LinearLabelSmoothingLoss(_Criterion):
             As :func:`lsref.linear_cross_entropy`.
         """
         self._grads = None                      # a call that fails leaves no stale gradient
-        loss, *grads = linear_value_and_grad(h, weight, targets, bias=bias,
-                                             label_smoothing=self.label_smoothing,
-                                             sample_weight=sample_weight, **self.keywords)
-        self._grads = tuple(grads)
+        loss, dh, dweight, dbias = linear_value_and_grad(
+            h, weight, targets, bias=bias, label_smoothing=self.label_smoothing,
+            sample_weight=sample_weight, **self.keywords)
+        self._grads = (dh, dweight, dbias)
         return loss
 
-    def backward(self):
+    def backward(self) -> tuple[FloatArray, FloatArray, FloatArray | None]:
         """The gradients of the last call's loss: ``(dh, dweight, dbias)``.
 
         Returns

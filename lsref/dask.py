@@ -18,7 +18,10 @@ over hidden states chunked by rows, for more rows than one machine holds: each r
 runs the in-memory layer on its rows, and the weight's and bias's gradients are summed over
 the chunks in a tree.
 """
+from __future__ import annotations
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 try:
     import dask.array as da
@@ -29,6 +32,7 @@ except ImportError:                                  # pragma: no cover - exerci
 from . import _params, sharded
 from ._keywords import CROSS_ENTROPY_OPTIONS, LINEAR_OPTIONS, N_THREADS, fill_doc, given
 from ._validation import check_linear, check_problem_shape
+from ._typing import Reduction, Smoothing
 from .linear import layer_rows
 from .loss import loss_dtype as _storage_loss_dtype
 
@@ -144,10 +148,12 @@ def _terms(logits, t, sw, kw, K, split_every):
 
 
 @fill_doc(CROSS_ENTROPY_OPTIONS, dict(split_every=None))
-def value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
-                   smoothing="uniform", class_weight=None, sample_weight=None,
-                   ignore_index=-100, z_loss=0.0, kl=False,
-                   split_every=None):
+def value_and_grad(logits: da.Array, targets: ArrayLike | da.Array, *, label_smoothing: float = 0.0,
+                   axis: int = -1, reduction: Reduction = "mean", smoothing: Smoothing = "uniform",
+                   class_weight: ArrayLike | None = None,
+                   sample_weight: ArrayLike | da.Array | None = None,
+                   ignore_index: int | None = -100, z_loss: float = 0.0, kl: bool = False,
+                   split_every: int | None = None) -> tuple[da.Array, da.Array]:
     """The loss and its gradient of dask logits, both lazy.
 
     Parameters
@@ -217,10 +223,12 @@ def value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="
 
 
 @fill_doc(CROSS_ENTROPY_OPTIONS, dict(split_every=None))
-def cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
-                  smoothing="uniform", class_weight=None, sample_weight=None,
-                  ignore_index=-100, z_loss=0.0, kl=False,
-                  split_every=None):
+def cross_entropy(logits: da.Array, targets: ArrayLike | da.Array, *, label_smoothing: float = 0.0,
+                  axis: int = -1, reduction: Reduction = "mean", smoothing: Smoothing = "uniform",
+                  class_weight: ArrayLike | None = None,
+                  sample_weight: ArrayLike | da.Array | None = None,
+                  ignore_index: int | None = -100, z_loss: float = 0.0, kl: bool = False,
+                  split_every: int | None = None) -> da.Array:
     """The loss alone (lazy).
 
     Parameters
@@ -257,10 +265,12 @@ def cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="m
 
 
 @fill_doc(CROSS_ENTROPY_OPTIONS, dict(split_every=None))
-def cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
-                       smoothing="uniform", class_weight=None, sample_weight=None,
-                       ignore_index=-100, z_loss=0.0, kl=False,
-                       split_every=None):
+def cross_entropy_grad(logits: da.Array, targets: ArrayLike | da.Array, *,
+                       label_smoothing: float = 0.0, axis: int = -1, reduction: Reduction = "mean",
+                       smoothing: Smoothing = "uniform", class_weight: ArrayLike | None = None,
+                       sample_weight: ArrayLike | da.Array | None = None,
+                       ignore_index: int | None = -100, z_loss: float = 0.0, kl: bool = False,
+                       split_every: int | None = None) -> da.Array:
     """The gradient alone (lazy).
 
     Parameters
@@ -323,10 +333,15 @@ def _tree_sum(parts, split_every):
 
 
 @fill_doc(LINEAR_OPTIONS, N_THREADS, dict(chunk_size=None, split_every=None))
-def linear_value_and_grad(h, weight, targets, *, bias=None, label_smoothing=0.0,
-                          reduction="mean", smoothing="uniform", class_weight=None,
-                          sample_weight=None, ignore_index=-100, z_loss=0.0, kl=False,
-                          n_threads=None, chunk_size=None, split_every=None):
+def linear_value_and_grad(h: da.Array, weight: ArrayLike, targets: ArrayLike | da.Array, *,
+                          bias: ArrayLike | None = None, label_smoothing: float = 0.0,
+                          reduction: Reduction = "mean", smoothing: Smoothing = "uniform",
+                          class_weight: ArrayLike | None = None,
+                          sample_weight: ArrayLike | da.Array | None = None,
+                          ignore_index: int | None = -100, z_loss: float = 0.0, kl: bool = False,
+                          n_threads: int | None = None, chunk_size: int | None = None,
+                          split_every: int | None = None
+                          ) -> tuple[da.Array, da.Array, da.Array, da.Array | None]:
     """The last layer and the loss (:func:`lsref.linear_value_and_grad`) of dask rows.
 
     Parameters

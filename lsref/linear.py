@@ -16,10 +16,14 @@ The kernel's results do not depend on ``n_threads`` (bit for bit); the GEMMs are
 BLAS's own threads. ``lsref.reference.linear_value_and_grad`` is the oracle (the logits
 materialised in float64).
 """
+from __future__ import annotations
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from ._keywords import LINEAR_OPTIONS, N_THREADS, fill_doc
-from ._validation import check_linear
+from ._typing import FloatArray, Loss, Reduction, Smoothing
+from ._validation import Problem, check_linear
 from .loss import KernelPlan, resolve_threads
 
 __all__ = ["linear_cross_entropy", "linear_value_and_grad", "chunk_rows", "layer_rows"]
@@ -44,7 +48,7 @@ KERNEL_THREADS = 1
 TILE_BYTES = 8 * 2 ** 20
 
 
-def chunk_rows(n_rows, row_bytes, chunk_size=None):
+def chunk_rows(n_rows: int, row_bytes: int, chunk_size: int | None = None) -> int:
     """Rows per chunk: ``chunk_size`` when given (checked), else the automatic choice for
     ``n_rows`` rows of logits of ``row_bytes`` bytes each (see LOGITS_SHARE above).
 
@@ -69,10 +73,14 @@ def chunk_rows(n_rows, row_bytes, chunk_size=None):
 
 
 @fill_doc(LINEAR_OPTIONS, N_THREADS, dict(chunk_size=None))
-def linear_value_and_grad(h, weight, targets, *, bias=None, label_smoothing=0.0,
-                          reduction="mean", smoothing="uniform", class_weight=None,
-                          sample_weight=None, ignore_index=-100, z_loss=0.0, kl=False,
-                          n_threads=None, chunk_size=None):
+def linear_value_and_grad(h: ArrayLike, weight: ArrayLike, targets: ArrayLike, *,
+                          bias: ArrayLike | None = None, label_smoothing: float = 0.0,
+                          reduction: Reduction = "mean", smoothing: Smoothing = "uniform",
+                          class_weight: ArrayLike | None = None,
+                          sample_weight: ArrayLike | None = None, ignore_index: int | None = -100,
+                          z_loss: float = 0.0, kl: bool = False, n_threads: int | None = None,
+                          chunk_size: int | None = None
+                          ) -> tuple[Loss, FloatArray, FloatArray, FloatArray | None]:
     """The loss of a linear layer's logits and its gradients, without the logits.
 
     The loss is ``cross_entropy(h @ weight.T + bias, targets)``; the gradients are with
@@ -132,10 +140,13 @@ def linear_value_and_grad(h, weight, targets, *, bias=None, label_smoothing=0.0,
 
 
 @fill_doc(LINEAR_OPTIONS, N_THREADS, dict(chunk_size=None))
-def linear_cross_entropy(h, weight, targets, *, bias=None, label_smoothing=0.0,
-                         reduction="mean", smoothing="uniform", class_weight=None,
-                         sample_weight=None, ignore_index=-100, z_loss=0.0, kl=False,
-                         n_threads=None, chunk_size=None):
+def linear_cross_entropy(h: ArrayLike, weight: ArrayLike, targets: ArrayLike, *,
+                         bias: ArrayLike | None = None, label_smoothing: float = 0.0,
+                         reduction: Reduction = "mean", smoothing: Smoothing = "uniform",
+                         class_weight: ArrayLike | None = None,
+                         sample_weight: ArrayLike | None = None, ignore_index: int | None = -100,
+                         z_loss: float = 0.0, kl: bool = False, n_threads: int | None = None,
+                         chunk_size: int | None = None) -> Loss:
     """Label-smoothed cross-entropy of the logits ``h @ weight.T + bias``, without them.
 
     Parameters
@@ -184,7 +195,10 @@ def _run(args, *, want_grad):
     return loss, dh, dW, None if db is None else db.astype(h.dtype)
 
 
-def layer_rows(h, weight, bias, p, chunk_size, n_threads, want_grad):
+def layer_rows(h: FloatArray, weight: FloatArray, bias: FloatArray | None, p: Problem,
+               chunk_size: int | None, n_threads: int | None, want_grad: bool
+               ) -> tuple[KernelPlan, NDArray[np.float64], FloatArray | None,
+                          FloatArray | None, NDArray[np.float64] | None]:
     """The chunked pass over checked arrays (``check_linear``): ``(plan, row_loss, dh, dW,
     db)``, the per-row losses in float64 (carrying 1/D for "mean", as the kernel's rows do),
     the gradients (None without want_grad; db in float64, None without a bias)."""

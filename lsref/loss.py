@@ -6,13 +6,18 @@ the caller's layout is not already that. The kernel writes per-row losses (in fl
 gradient rows; the reduction over rows happens here, with NumPy's pairwise summation, so the
 result does not depend on the number of threads.
 """
+from __future__ import annotations
+
 import os
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _kernel, _params
 from ._keywords import (BINARY_OPTIONS, CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS, N_THREADS,
                         fill_doc)
+from ._typing import FloatArray, Loss, Reduction, Smoothing
 from ._validation import (as_array, check_arguments, check_axis, check_binary_arguments,
                           check_float_array, check_n_threads, is_bfloat16, MAX_THREADS)
 
@@ -21,7 +26,7 @@ __all__ = ["cross_entropy", "cross_entropy_grad", "value_and_grad", "logsumexp",
            "binary_value_and_grad"]
 
 
-def default_threads():
+def default_threads() -> int:
     if not _kernel.OPENMP_ENABLED:
         return 1
     try:
@@ -45,7 +50,7 @@ _kernel.configure_fast_path(index_call=_params.index_call, default_threads=defau
                            small_problem=SMALL_PROBLEM, max_threads=MAX_THREADS)
 
 
-def resolve_threads(n_threads, size=None):
+def resolve_threads(n_threads: int | None, size: int | None = None) -> int:
     """The kernel's thread count: ``n_threads`` checked, or the default for ``size`` logits."""
     n = check_n_threads(n_threads)
     if n is not None:
@@ -258,9 +263,11 @@ class KernelPlan:
 
 
 @fill_doc(CROSS_ENTROPY_OPTIONS, N_THREADS)
-def cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
-                  smoothing="uniform", class_weight=None, sample_weight=None,
-                  ignore_index=-100, z_loss=0.0, kl=False, n_threads=None):
+def cross_entropy(logits: ArrayLike, targets: ArrayLike, *, label_smoothing: float = 0.0,
+                  axis: int = -1, reduction: Reduction = "mean", smoothing: Smoothing = "uniform",
+                  class_weight: ArrayLike | None = None, sample_weight: ArrayLike | None = None,
+                  ignore_index: int | None = -100, z_loss: float = 0.0, kl: bool = False,
+                  n_threads: int | None = None) -> Loss:
     """Label-smoothed softmax cross-entropy.
 
     Parameters
@@ -300,16 +307,19 @@ def cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="m
     >>> round(float(lsref.cross_entropy(logits, [0], label_smoothing=0.1)), 4)
     0.3365
     """
-    fast = _kernel.index_fast(logits, targets, label_smoothing, axis, reduction, smoothing,
-                              class_weight, sample_weight, ignore_index, z_loss, kl, n_threads,
-                              None, False)
+    fast: Any = _kernel.index_fast(logits, targets, label_smoothing, axis, reduction, smoothing,
+                                   class_weight, sample_weight, ignore_index, z_loss, kl, n_threads,
+                                   None, False)
     return _run(locals(), want_grad=False)[0] if fast is None else fast
 
 
 @fill_doc(CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS)
-def value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
-                   smoothing="uniform", class_weight=None, sample_weight=None,
-                   ignore_index=-100, z_loss=0.0, kl=False, n_threads=None, out=None):
+def value_and_grad(logits: ArrayLike, targets: ArrayLike, *, label_smoothing: float = 0.0,
+                   axis: int = -1, reduction: Reduction = "mean", smoothing: Smoothing = "uniform",
+                   class_weight: ArrayLike | None = None, sample_weight: ArrayLike | None = None,
+                   ignore_index: int | None = -100, z_loss: float = 0.0, kl: bool = False,
+                   n_threads: int | None = None,
+                   out: FloatArray | None = None) -> tuple[Loss, FloatArray]:
     """The loss and its gradient with respect to ``logits``, in one pass.
 
     Parameters
@@ -352,16 +362,19 @@ def value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="
     >>> bool(np.isclose(grad.sum(), 0))
     True
     """
-    fast = _kernel.index_fast(logits, targets, label_smoothing, axis, reduction, smoothing,
-                              class_weight, sample_weight, ignore_index, z_loss, kl, n_threads,
-                              out, True)
+    fast: Any = _kernel.index_fast(logits, targets, label_smoothing, axis, reduction, smoothing,
+                                   class_weight, sample_weight, ignore_index, z_loss, kl, n_threads,
+                                   out, True)
     return _run(locals(), want_grad=True) if fast is None else fast
 
 
 @fill_doc(CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS)
-def cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
-                       smoothing="uniform", class_weight=None, sample_weight=None,
-                       ignore_index=-100, z_loss=0.0, kl=False, n_threads=None, out=None):
+def cross_entropy_grad(logits: ArrayLike, targets: ArrayLike, *, label_smoothing: float = 0.0,
+                       axis: int = -1, reduction: Reduction = "mean",
+                       smoothing: Smoothing = "uniform", class_weight: ArrayLike | None = None,
+                       sample_weight: ArrayLike | None = None, ignore_index: int | None = -100,
+                       z_loss: float = 0.0, kl: bool = False, n_threads: int | None = None,
+                       out: FloatArray | None = None) -> FloatArray:
     """The gradient of :func:`cross_entropy` with respect to ``logits``.
 
     It is the fused pass of :func:`value_and_grad`, with the loss discarded.
@@ -394,9 +407,9 @@ def cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reducti
     >>> g[0]                                  # (softmax - q) / 2 rows
     array([ 0.1125, -0.3375,  0.1125,  0.1125])
     """
-    fast = _kernel.index_fast(logits, targets, label_smoothing, axis, reduction, smoothing,
-                              class_weight, sample_weight, ignore_index, z_loss, kl, n_threads,
-                              out, True)
+    fast: Any = _kernel.index_fast(logits, targets, label_smoothing, axis, reduction, smoothing,
+                                   class_weight, sample_weight, ignore_index, z_loss, kl, n_threads,
+                                   out, True)
     return (_run(locals(), want_grad=True) if fast is None else fast)[1]
 
 
@@ -416,7 +429,8 @@ def _row_layout(x, axis):
 
 
 @fill_doc(N_THREADS)
-def logsumexp(x, axis=-1, keepdims=False, *, n_threads=None):
+def logsumexp(x: ArrayLike, axis: int = -1, keepdims: bool = False, *,
+              n_threads: int | None = None) -> FloatArray:
     """Compute ``log(sum(exp(x), axis=axis))`` stably, in one kernel pass.
 
     Sums are accumulated in float64. Special values and degenerate shapes follow
@@ -482,7 +496,7 @@ def _softmax(x, axis, n_threads, log_space):
 
 
 @fill_doc(N_THREADS)
-def softmax(x, axis=-1, *, n_threads=None):
+def softmax(x: ArrayLike, axis: int = -1, *, n_threads: int | None = None) -> FloatArray:
     """Compute ``exp(x - logsumexp(x))`` along ``axis``.
 
     An empty ``axis`` or batch gives an empty result; a 0-d ``x`` gives 1 (NaN for
@@ -521,7 +535,7 @@ def softmax(x, axis=-1, *, n_threads=None):
 
 
 @fill_doc(N_THREADS)
-def log_softmax(x, axis=-1, *, n_threads=None):
+def log_softmax(x: ArrayLike, axis: int = -1, *, n_threads: int | None = None) -> FloatArray:
     """Compute ``x - logsumexp(x)`` along ``axis``, without forming ``exp(x)``.
 
     Shapes, dtypes and degenerate inputs as :func:`softmax` (a 0-d ``x`` gives 0, as
@@ -602,9 +616,12 @@ def _run_binary(args, *, want_grad):
 
 
 @fill_doc(BINARY_OPTIONS, EXECUTION_OPTIONS)
-def binary_value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
-                          class_weight=None, sample_weight=None, ignore_index=-100,
-                          n_threads=None, out=None):
+def binary_value_and_grad(logits: ArrayLike, targets: ArrayLike, *, label_smoothing: float = 0.0,
+                          axis: int = -1, reduction: Reduction = "mean",
+                          class_weight: ArrayLike | None = None,
+                          sample_weight: ArrayLike | None = None, ignore_index: int | None = -100,
+                          n_threads: int | None = None,
+                          out: FloatArray | None = None) -> tuple[Loss, FloatArray]:
     """Binary (sigmoid) cross-entropy with logits, and its gradient, in one pass.
 
     Each logit is an independent yes/no score.
@@ -653,9 +670,11 @@ def binary_value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, redu
 
 
 @fill_doc(BINARY_OPTIONS, N_THREADS)
-def binary_cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
-                         class_weight=None, sample_weight=None, ignore_index=-100,
-                         n_threads=None):
+def binary_cross_entropy(logits: ArrayLike, targets: ArrayLike, *, label_smoothing: float = 0.0,
+                         axis: int = -1, reduction: Reduction = "mean",
+                         class_weight: ArrayLike | None = None,
+                         sample_weight: ArrayLike | None = None, ignore_index: int | None = -100,
+                         n_threads: int | None = None) -> Loss:
     """Binary (sigmoid) cross-entropy with logits.
 
     The loss of :func:`binary_value_and_grad`, without the gradient.
@@ -695,9 +714,12 @@ def binary_cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduc
 
 
 @fill_doc(BINARY_OPTIONS, EXECUTION_OPTIONS)
-def binary_cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1,
-                              reduction="mean", class_weight=None, sample_weight=None,
-                              ignore_index=-100, n_threads=None, out=None):
+def binary_cross_entropy_grad(logits: ArrayLike, targets: ArrayLike, *,
+                              label_smoothing: float = 0.0, axis: int = -1,
+                              reduction: Reduction = "mean", class_weight: ArrayLike | None = None,
+                              sample_weight: ArrayLike | None = None,
+                              ignore_index: int | None = -100, n_threads: int | None = None,
+                              out: FloatArray | None = None) -> FloatArray:
     """The gradient of :func:`binary_cross_entropy` with respect to ``logits``.
 
     The gradient of :func:`binary_value_and_grad`, without the loss.

@@ -35,10 +35,16 @@ C. Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", 
 (label smoothing). P. Blanchard, D. J. Higham, N. J. Higham, "Accurately computing the
 log-sum-exp and softmax functions", IMA J. Numer. Anal. 41 (2021).
 """
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._keywords import (BINARY_OPTIONS, CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS,
                         LINEAR_OPTIONS, N_THREADS, fill_doc, given)
+from ._typing import Float64Array, Loss64, Reduction, Smoothing
 from ._validation import (SMOOTHINGS, check_axis, check_binary_problem, check_choice,
                           check_float_array, check_linear, check_num_classes,
                           check_problem, check_problem_shape)
@@ -95,7 +101,7 @@ def _as_axis(x, axis):
 
 
 @fill_doc()
-def logsumexp(x, axis=-1, keepdims=False):
+def logsumexp(x: ArrayLike, axis: int = -1, keepdims: bool = False) -> Float64Array:
     """Compute ``log(sum(exp(x), axis))`` in float64, stably.
 
     Special values as scipy.special's: a slice holding NaN gives NaN, one holding +inf (and
@@ -141,7 +147,7 @@ def logsumexp(x, axis=-1, keepdims=False):
 
 
 @fill_doc()
-def log_softmax(x, axis=-1):
+def log_softmax(x: ArrayLike, axis: int = -1) -> Float64Array:
     """Compute ``(x - m) - log(sum(exp(x - m)))`` along ``axis`` (float64), ``m`` the max.
 
     A slice holding NaN or +inf, or only -inf, is NaN throughout (SEMANTICS.md: it has no
@@ -178,7 +184,7 @@ def log_softmax(x, axis=-1):
 
 
 @fill_doc()
-def softmax(x, axis=-1):
+def softmax(x: ArrayLike, axis: int = -1) -> Float64Array:
     """Compute ``exp(log_softmax(x))`` along ``axis`` (float64).
 
     Parameters
@@ -209,7 +215,8 @@ def softmax(x, axis=-1):
 
 
 @fill_doc()
-def smooth_labels(targets, num_classes, label_smoothing, *, smoothing="uniform", axis=-1):
+def smooth_labels(targets: ArrayLike, num_classes: int, label_smoothing: float, *,
+                  smoothing: Smoothing = "uniform", axis: int = -1) -> Float64Array:
     """The smoothed target distribution ``q`` (float64), the class axis at ``axis``.
 
     Parameters
@@ -362,7 +369,7 @@ def _rows(logits, targets, kw):
     return p, row_loss, grad, divisor, terms
 
 
-def gradient_terms(logits, targets, **kw):
+def gradient_terms(logits: ArrayLike, targets: ArrayLike, **kw: Any) -> dict[str, Any]:
     """For tolerance models: the per-element sizes ``|s C p_j|`` and ``|s w_j q_j|`` of the
     gradient's two terms, the log-probabilities and each row's lse, in the caller's layout
     (rows, not reduced: a caller applies its own 1/D). Not part of the formulas above."""
@@ -413,8 +420,8 @@ def _reduce(p, row_loss, grad, divisor):
     return loss, np.moveaxis(grad.reshape(p.batch_shape + (p.n_classes,)), -1, p.axis)
 
 
-def mean_divisor(targets, num_classes, *, class_weight=None, sample_weight=None,
-                 ignore_index=-100):
+def mean_divisor(targets: ArrayLike, num_classes: int, *, class_weight: ArrayLike | None = None,
+                 sample_weight: ArrayLike | None = None, ignore_index: int | None = -100) -> float:
     """The divisor ``D`` of ``reduction="mean"`` for class-index targets.
 
     The sum over the rows that are not ignored of sample weight times the target's class
@@ -465,9 +472,11 @@ def mean_divisor(targets, num_classes, *, class_weight=None, sample_weight=None,
 
 
 @fill_doc(CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS)
-def value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
-                   smoothing="uniform", class_weight=None, sample_weight=None,
-                   ignore_index=-100, z_loss=0.0, kl=False, n_threads=None, out=None):
+def value_and_grad(logits: ArrayLike, targets: ArrayLike, *, label_smoothing: float = 0.0,
+                   axis: int = -1, reduction: Reduction = "mean", smoothing: Smoothing = "uniform",
+                   class_weight: ArrayLike | None = None, sample_weight: ArrayLike | None = None,
+                   ignore_index: int | None = -100, z_loss: float = 0.0, kl: bool = False,
+                   n_threads: int | None = None, out: None = None) -> tuple[Loss64, Float64Array]:
     """The loss and its gradient with respect to ``logits`` (float64), computed directly.
 
     The keywords are those of :func:`lsref.value_and_grad`, so that a call runs on either
@@ -512,9 +521,11 @@ def value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="
 
 
 @fill_doc(CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS)
-def cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
-                  smoothing="uniform", class_weight=None, sample_weight=None,
-                  ignore_index=-100, z_loss=0.0, kl=False, n_threads=None, out=None):
+def cross_entropy(logits: ArrayLike, targets: ArrayLike, *, label_smoothing: float = 0.0,
+                  axis: int = -1, reduction: Reduction = "mean", smoothing: Smoothing = "uniform",
+                  class_weight: ArrayLike | None = None, sample_weight: ArrayLike | None = None,
+                  ignore_index: int | None = -100, z_loss: float = 0.0, kl: bool = False,
+                  n_threads: int | None = None, out: None = None) -> Loss64:
     """The label-smoothed cross-entropy (float64).
 
     The keywords are those of :func:`lsref.cross_entropy` (and ``out=None``), so that a
@@ -552,9 +563,12 @@ def cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="m
 
 
 @fill_doc(CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS)
-def cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
-                       smoothing="uniform", class_weight=None, sample_weight=None,
-                       ignore_index=-100, z_loss=0.0, kl=False, n_threads=None, out=None):
+def cross_entropy_grad(logits: ArrayLike, targets: ArrayLike, *, label_smoothing: float = 0.0,
+                       axis: int = -1, reduction: Reduction = "mean",
+                       smoothing: Smoothing = "uniform", class_weight: ArrayLike | None = None,
+                       sample_weight: ArrayLike | None = None, ignore_index: int | None = -100,
+                       z_loss: float = 0.0, kl: bool = False, n_threads: int | None = None,
+                       out: None = None) -> Float64Array:
     """The gradient of :func:`cross_entropy` with respect to ``logits`` (float64).
 
     Parameters
@@ -611,9 +625,12 @@ def _softplus(x):
 
 
 @fill_doc(BINARY_OPTIONS, EXECUTION_OPTIONS)
-def binary_value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
-                          class_weight=None, sample_weight=None, ignore_index=-100, n_threads=None,
-                          out=None):
+def binary_value_and_grad(logits: ArrayLike, targets: ArrayLike, *, label_smoothing: float = 0.0,
+                          axis: int = -1, reduction: Reduction = "mean",
+                          class_weight: ArrayLike | None = None,
+                          sample_weight: ArrayLike | None = None, ignore_index: int | None = -100,
+                          n_threads: int | None = None,
+                          out: None = None) -> tuple[Loss64, Float64Array]:
     """Binary cross-entropy with logits and its gradient (float64), element by element.
 
     The keywords are those of :func:`lsref.binary_value_and_grad`, so that a call runs on
@@ -691,9 +708,11 @@ def binary_value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, redu
 
 
 @fill_doc(BINARY_OPTIONS, EXECUTION_OPTIONS)
-def binary_cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
-                         class_weight=None, sample_weight=None, ignore_index=-100, n_threads=None,
-                         out=None):
+def binary_cross_entropy(logits: ArrayLike, targets: ArrayLike, *, label_smoothing: float = 0.0,
+                         axis: int = -1, reduction: Reduction = "mean",
+                         class_weight: ArrayLike | None = None,
+                         sample_weight: ArrayLike | None = None, ignore_index: int | None = -100,
+                         n_threads: int | None = None, out: None = None) -> Loss64:
     """Binary cross-entropy with logits (float64).
 
     The loss of :func:`binary_value_and_grad`, without the gradient.
@@ -735,9 +754,12 @@ def binary_cross_entropy(logits, targets, *, label_smoothing=0.0, axis=-1, reduc
 
 
 @fill_doc(BINARY_OPTIONS, EXECUTION_OPTIONS)
-def binary_cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1,
-                              reduction="mean", class_weight=None, sample_weight=None,
-                              ignore_index=-100, n_threads=None, out=None):
+def binary_cross_entropy_grad(logits: ArrayLike, targets: ArrayLike, *,
+                              label_smoothing: float = 0.0, axis: int = -1,
+                              reduction: Reduction = "mean", class_weight: ArrayLike | None = None,
+                              sample_weight: ArrayLike | None = None,
+                              ignore_index: int | None = -100, n_threads: int | None = None,
+                              out: None = None) -> Float64Array:
     """The gradient of :func:`binary_cross_entropy` with respect to ``logits`` (float64).
 
     Parameters
@@ -779,10 +801,14 @@ def binary_cross_entropy_grad(logits, targets, *, label_smoothing=0.0, axis=-1,
 # --- the linear layer + loss ---------------------------------------------------------------
 
 @fill_doc(LINEAR_OPTIONS, N_THREADS, dict(chunk_size=None))
-def linear_value_and_grad(h, weight, targets, *, bias=None, label_smoothing=0.0,
-                          reduction="mean", smoothing="uniform", class_weight=None,
-                          sample_weight=None, ignore_index=-100, z_loss=0.0, kl=False,
-                          n_threads=None, chunk_size=None):
+def linear_value_and_grad(h: ArrayLike, weight: ArrayLike, targets: ArrayLike, *,
+                          bias: ArrayLike | None = None, label_smoothing: float = 0.0,
+                          reduction: Reduction = "mean", smoothing: Smoothing = "uniform",
+                          class_weight: ArrayLike | None = None,
+                          sample_weight: ArrayLike | None = None, ignore_index: int | None = -100,
+                          z_loss: float = 0.0, kl: bool = False, n_threads: int | None = None,
+                          chunk_size: int | None = None
+                          ) -> tuple[Loss64, Float64Array, Float64Array, Float64Array | None]:
     """The oracle of :func:`lsref.linear_value_and_grad` (float64), the logits made whole.
 
     The logits ``h @ weight.T + bias``, then :func:`value_and_grad` of them and the chain
@@ -839,10 +865,13 @@ def linear_value_and_grad(h, weight, targets, *, bias=None, label_smoothing=0.0,
 
 
 @fill_doc(LINEAR_OPTIONS, N_THREADS, dict(chunk_size=None))
-def linear_cross_entropy(h, weight, targets, *, bias=None, label_smoothing=0.0,
-                         reduction="mean", smoothing="uniform", class_weight=None,
-                         sample_weight=None, ignore_index=-100, z_loss=0.0, kl=False,
-                         n_threads=None, chunk_size=None):
+def linear_cross_entropy(h: ArrayLike, weight: ArrayLike, targets: ArrayLike, *,
+                         bias: ArrayLike | None = None, label_smoothing: float = 0.0,
+                         reduction: Reduction = "mean", smoothing: Smoothing = "uniform",
+                         class_weight: ArrayLike | None = None,
+                         sample_weight: ArrayLike | None = None, ignore_index: int | None = -100,
+                         z_loss: float = 0.0, kl: bool = False, n_threads: int | None = None,
+                         chunk_size: int | None = None) -> Loss64:
     """The oracle of :func:`lsref.linear_cross_entropy` (float64).
 
     The loss of :func:`linear_value_and_grad`.

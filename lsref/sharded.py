@@ -22,17 +22,22 @@ so the gradient of any block needs only that block and its rows' ``m`` and ``1 +
 and the gradient are computed by the Cython kernel; merging and finishing are O(rows).
 Class-index targets only (probability targets have no single target logit to carry).
 """
+from __future__ import annotations
+
 import os
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _kernel, _params
 from ._validation import as_array, check_problem_shape
 from ._keywords import CROSS_ENTROPY_OPTIONS, N_THREADS, fill_doc, given
 from ._npy import new_npy, npy_header
+from ._typing import Float64Array, FloatArray, Loss64, Reduction, Smoothing
 from .loss import cross_entropy, resolve_threads, value_and_grad
 
 __all__ = ["PartialStats", "RowTerms", "partial_stats", "merge", "concat_rows", "finish",
@@ -44,17 +49,17 @@ __all__ = ["PartialStats", "RowTerms", "partial_stats", "merge", "concat_rows", 
 class PartialStats:
     """Per-row statistics of one (row block, class block), or of several merged."""
 
-    m: np.ndarray           # (n,) max over the classes covered (-inf: no mass there)
-    rest: np.ndarray        # (n,) sum of exp(z - m), minus the max's own 1
-    u: np.ndarray           # (n,) sum of w_k (z_k - m) over w_k != 0
-    zt: np.ndarray          # (n,) the target's logit (0 where it is not covered)
-    has_t: np.ndarray       # (n,) bool: the target's class is covered
-    bad: np.ndarray         # (n,) bool: a NaN or +inf among the covered logits
+    m: Float64Array         # (n,) max over the classes covered (-inf: no mass there)
+    rest: Float64Array      # (n,) sum of exp(z - m), minus the max's own 1
+    u: Float64Array         # (n,) sum of w_k (z_k - m) over w_k != 0
+    zt: Float64Array        # (n,) the target's logit (0 where it is not covered)
+    has_t: NDArray[np.bool_]   # (n,) the target's class is covered
+    bad: NDArray[np.bool_]     # (n,) a NaN or +inf among the covered logits
     wsum: float             # sum of the nonzero class weights covered
     classes: int            # how many classes are covered
 
     @property
-    def n_rows(self):
+    def n_rows(self) -> int:
         """The number of rows the statistics describe."""
         return self.m.shape[0]
 
@@ -92,7 +97,9 @@ def _block_weights(class_weight, offset, kb):
     return wb, float(wb[wb != 0].sum())
 
 
-def partial_stats(z_block, targets, *, class_offset=0, class_weight=None, n_threads=None):
+def partial_stats(z_block: ArrayLike, targets: ArrayLike, *, class_offset: int = 0,
+                  class_weight: ArrayLike | None = None,
+                  n_threads: int | None = None) -> PartialStats:
     """The statistics of one block of logits, to merge with the other blocks' statistics.
 
     Parameters
@@ -170,7 +177,7 @@ def _merge2(a, b):
                         a.bad | b.bad, a.wsum + b.wsum, a.classes + b.classes)
 
 
-def merge(*stats):
+def merge(*stats: PartialStats) -> PartialStats:
     """Merge the statistics of class blocks of the same rows.
 
     The merge is associative and commutative up to rounding: any order and grouping.
@@ -198,7 +205,7 @@ def merge(*stats):
     return out
 
 
-def concat_rows(stats):
+def concat_rows(stats: Iterable[PartialStats]) -> PartialStats:
     """Stack the statistics of consecutive row blocks (each covering the same classes).
 
     Parameters
@@ -228,14 +235,14 @@ def concat_rows(stats):
 class RowTerms:
     """A finished problem: the loss, and what every block's gradient needs per row."""
 
-    loss: object            # the reduced loss (float64 scalar, or (n,) for "none")
-    row_loss: np.ndarray    # (n,) s * loss_row (before any 1/D)
-    m: np.ndarray           # (n,) the row max (0 on ignored rows)
-    coef_e: np.ndarray      # (n,) s (C + 2 lam lse) / (D se): g_k = coef_e exp(z_k - m) - ...
-    coef_q: np.ndarray      # (n,) s / D, 0 on ignored rows
+    loss: Loss64            # the reduced loss (float64 scalar, or (n,) for "none")
+    row_loss: Float64Array  # (n,) s * loss_row (before any 1/D)
+    m: Float64Array         # (n,) the row max (0 on ignored rows)
+    coef_e: Float64Array    # (n,) s (C + 2 lam lse) / (D se): g_k = coef_e exp(z_k - m) - ...
+    coef_q: Float64Array    # (n,) s / D, 0 on ignored rows
     q_t: float
     beta: float
-    class_weight: object    # (K,) float64 or None
+    class_weight: Float64Array | None   # (K,)
     divisor: float          # D of "mean" (1 for "sum" and "none")
 
 
@@ -250,8 +257,8 @@ def _problem(targets, num_classes, kw):
 
 
 @fill_doc()
-def divisor(targets, num_classes, *, class_weight=None, sample_weight=None,
-            ignore_index=-100):
+def divisor(targets: ArrayLike, num_classes: int, *, class_weight: ArrayLike | None = None,
+            sample_weight: ArrayLike | None = None, ignore_index: int | None = -100) -> float:
     """The divisor ``D`` of ``reduction="mean"``, from the targets and weights alone.
 
     ``D`` is the sum over the non-ignored rows of the sample weight times the target's
@@ -294,9 +301,11 @@ def _divisor(p):
 
 
 @fill_doc(CROSS_ENTROPY_OPTIONS)
-def finish(stats, targets, num_classes, *, label_smoothing=0.0, axis=-1, reduction="mean",
-           smoothing="uniform", class_weight=None, sample_weight=None,
-           ignore_index=-100, z_loss=0.0, kl=False):
+def finish(stats: PartialStats, targets: ArrayLike, num_classes: int, *,
+           label_smoothing: float = 0.0, axis: int = -1, reduction: Reduction = "mean",
+           smoothing: Smoothing = "uniform", class_weight: ArrayLike | None = None,
+           sample_weight: ArrayLike | None = None, ignore_index: int | None = -100,
+           z_loss: float = 0.0, kl: bool = False) -> RowTerms:
     """The loss from merged statistics, and the per-row terms of every block's gradient.
 
     Parameters
@@ -357,8 +366,9 @@ def finish(stats, targets, num_classes, *, label_smoothing=0.0, axis=-1, reducti
                     D if mean else 1.0)
 
 
-def block_gradient(z_block, targets, terms, *, class_offset=0, rows=slice(None), out=None,
-                   n_threads=None):
+def block_gradient(z_block: ArrayLike, targets: ArrayLike, terms: RowTerms, *,
+                   class_offset: int = 0, rows: slice | ArrayLike = slice(None),
+                   out: FloatArray | None = None, n_threads: int | None = None) -> FloatArray:
     """The gradient of one block of logits, from the finished terms of all rows.
 
     Parameters
@@ -416,9 +426,13 @@ def _offsets(shards):
 
 
 @fill_doc(CROSS_ENTROPY_OPTIONS)
-def vocab_parallel_value_and_grad(shards, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
-                                  smoothing="uniform", class_weight=None, sample_weight=None,
-                                  ignore_index=-100, z_loss=0.0, kl=False):
+def vocab_parallel_value_and_grad(shards: Sequence[ArrayLike], targets: ArrayLike, *,
+                                  label_smoothing: float = 0.0, axis: int = -1,
+                                  reduction: Reduction = "mean", smoothing: Smoothing = "uniform",
+                                  class_weight: ArrayLike | None = None,
+                                  sample_weight: ArrayLike | None = None,
+                                  ignore_index: int | None = -100, z_loss: float = 0.0,
+                                  kl: bool = False) -> tuple[Loss64, list[FloatArray]]:
     """The exact loss and gradient of logits split along the vocabulary, one array per rank.
 
     This is how a tensor-parallel run holds them.
@@ -455,7 +469,9 @@ def vocab_parallel_value_and_grad(shards, targets, *, label_smoothing=0.0, axis=
     return terms.loss, grads
 
 
-def megatron_vocab_parallel(shards, targets, label_smoothing):
+def megatron_vocab_parallel(shards: Sequence[ArrayLike], targets: ArrayLike,
+                            label_smoothing: float
+                            ) -> tuple[list[Float64Array], list[Float64Array]]:
     """What Megatron-LM's ``vocab_parallel_cross_entropy`` computes on each rank.
 
     It returns the per-token losses and the logits' gradients, one per rank.
@@ -526,10 +542,15 @@ def megatron_vocab_parallel(shards, targets, label_smoothing):
 # --- streaming over memory-mapped .npy files -----------------------------------------------
 
 @fill_doc(CROSS_ENTROPY_OPTIONS, dict(grad=None, memory=256 << 20, progress=True), N_THREADS)
-def stream_value_and_grad(logits, targets, *, label_smoothing=0.0, axis=-1, reduction="mean",
-                          smoothing="uniform", class_weight=None, sample_weight=None,
-                          ignore_index=-100, z_loss=0.0, kl=False,
-                          grad=None, memory=256 << 20, progress=True, n_threads=None):
+def stream_value_and_grad(logits: str | os.PathLike[str],
+                          targets: ArrayLike | str | os.PathLike[str], *,
+                          label_smoothing: float = 0.0, axis: int = -1,
+                          reduction: Reduction = "mean", smoothing: Smoothing = "uniform",
+                          class_weight: ArrayLike | None = None,
+                          sample_weight: ArrayLike | str | os.PathLike[str] | None = None,
+                          ignore_index: int | None = -100, z_loss: float = 0.0, kl: bool = False,
+                          grad: str | os.PathLike[str] | None = None, memory: int = 256 << 20,
+                          progress: bool = True, n_threads: int | None = None) -> Loss64:
     """The loss (and the gradient) of logits in an ``.npy`` file larger than memory.
 
     The file is read in row windows of about ``memory`` bytes. The "mean" divisor depends

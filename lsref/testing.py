@@ -1,24 +1,33 @@
 """Assertions for users' own test suites (pytest-friendly), and a conformance check of the
 user's own loss function (:func:`check_loss_function`)."""
+from __future__ import annotations
+
 import dataclasses
 import inspect
 import math
 import sys
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._tolerances import (WITNESS_RTOL, WITNESS_SAFETY, WITNESS_STEP, verify_eps,
                           verify_growth)
 from .conventions import get_convention
-from .verify import to_numpy, verify
+from .verify import VerificationReport, to_numpy, verify
 
 __all__ = ["assert_matches_reference", "check_loss_function", "LossFunctionReport",
            "CaseResult"]
 
 
-def assert_matches_reference(logits, targets, loss=None, grad=None, *, convention="lsref",
-                             rtol=None, atol=None, **params):
+def assert_matches_reference(logits: ArrayLike, targets: ArrayLike,
+                             loss: ArrayLike | None = None, grad: ArrayLike | None = None, *,
+                             convention: str = "lsref", rtol: float | None = None,
+                             atol: float | None = None,
+                             **params: Any) -> VerificationReport:
     """Raise ``AssertionError`` unless a framework's loss and gradient match the reference.
 
     The reference is lsref's float64 oracle; the arguments are those of
@@ -74,7 +83,9 @@ def assert_matches_reference(logits, targets, loss=None, grad=None, *, conventio
 
 # --- check_loss_function: the user's own function over a matrix of cases ---------------------
 
-KINDS = ("torch", "jax", "numpy")
+# How the candidate is called and differentiated (check_loss_function's kind=)
+Kind = Literal["torch", "jax", "numpy"]
+KINDS = typing.get_args(Kind)
 
 # The per-class (or per-row) weight and ignore arguments, by convention, as each spells them.
 _WEIGHT = {"torch": ("weight", "class"), "lsref": ("class_weight", "class"),
@@ -121,17 +132,17 @@ class CaseResult:
     name: str
     verdict: str
     dtype: str
-    shape: tuple
-    params: dict
-    diagnosis: list = field(default_factory=list)
-    report: object = None
-    witness: dict = field(default_factory=dict)
+    shape: tuple[int, ...]
+    params: dict[str, Any]
+    diagnosis: list[str] = field(default_factory=list)
+    report: VerificationReport | None = None
+    witness: dict[str, Any] = field(default_factory=dict)
     loss: str = ""
     reproducer: str = ""
-    shrunk_shape: tuple = ()
+    shrunk_shape: tuple[int, ...] = ()
 
     @property
-    def passed(self):
+    def passed(self) -> bool:
         """The case's verdict is "pass"."""
         return self.verdict == "pass"
 
@@ -147,26 +158,26 @@ class LossFunctionReport:
     function: str
     kind: str
     convention: str
-    params: dict
-    cases: list = field(default_factory=list)
-    skipped: list = field(default_factory=list)      # (case name, reason)
+    params: dict[str, Any]
+    cases: list[CaseResult] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)      # (case name, reason)
 
     @property
-    def n_run(self):
+    def n_run(self) -> int:
         """The number of cases that ran."""
         return len(self.cases)
 
     @property
-    def failures(self):
+    def failures(self) -> list[CaseResult]:
         """The cases that ran and did not pass."""
         return [c for c in self.cases if not c.passed]
 
     @property
-    def passed(self):
+    def passed(self) -> bool:
         """Every case that ran passed, and at least one ran."""
         return self.n_run > 0 and not self.failures
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """The report as plain JSON types.
 
         Returns
@@ -184,7 +195,7 @@ class LossFunctionReport:
                                 report=None if c.report is None else c.report.to_dict(),
                                 reproducer=c.reproducer) for c in self.cases])
 
-    def table(self, markdown=False):
+    def table(self, markdown: bool = False) -> str:
         """The cases as a table, one line each.
 
         Parameters
@@ -211,7 +222,7 @@ class LossFunctionReport:
                   for b in body]
         return "\n".join(lines)
 
-    def __str__(self):
+    def __str__(self) -> str:
         verdict = "PASSED" if self.passed else "FAILED"
         n_fail = len(self.failures)
         lines = [f"lsref.testing.check_loss_function: {verdict}  [{self.function} ({self.kind})"
@@ -607,8 +618,10 @@ def _reproducer(fn, kind, conv, z, t, params):
 
 # --- the entry point ----------------------------------------------------------------------
 
-def check_loss_function(fn, *, convention, kind=None, quick=False, inputs=None, shrink=True,
-                        seed=0, **params):
+def check_loss_function(fn: Callable[..., Any], *, convention: str, kind: Kind | None = None,
+                        quick: bool = False, inputs: tuple[ArrayLike, ArrayLike] | None = None,
+                        shrink: bool = True, seed: int = 0,
+                        **params: Any) -> LossFunctionReport:
     """Run a user's own label-smoothed loss function over a matrix of cases, and judge it.
 
     Each result is judged against lsref's float64 reference under ``convention``.

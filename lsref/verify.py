@@ -5,11 +5,16 @@ The reference is the float64 oracle (``lsref.reference``) on the exact inputs, u
 framework's convention (``lsref.conventions``); the tolerance model is in
 ``lsref._tolerances`` (one model, per candidate dtype and K).
 """
+from __future__ import annotations
+
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import reference as R
 from ._npy import npy_header
@@ -22,6 +27,8 @@ from .conventions import Plan, get_convention
 __all__ = ["verify", "VerificationReport", "Comparison"]
 
 _MAX_LISTED = 8
+
+_Path = str | os.PathLike[str]     # an .npy file (verify_files)
 
 
 def to_numpy(x):
@@ -43,24 +50,25 @@ class Comparison:
     """The candidate against the reference, for the loss or the gradient."""
 
     name: str
-    shape: tuple
+    shape: tuple[int, ...]
     n_checked: int = 0
     n_failed: int = 0
     max_abs_error: float = 0.0
     max_rel_error: float = 0.0
     max_error_eps: float = 0.0          # max relative error in units of the candidate's eps
-    worst_index: tuple = ()
+    worst_index: tuple[int, ...] = ()
     worst_candidate: float = math.nan
     worst_reference: float = math.nan
     worst_tolerance: float = math.nan
     max_error_ratio: float = 0.0        # the verdict's figure: worst error / its tolerance
     row_factor: float = 0.0             # gradient: the largest common factor of a row (model)
     row_factor_bound: float = 0.0       # ... and what that row's sums allow
-    nonfinite: list = field(default_factory=list)   # disagreements in inf/NaN, listed apart
+    # disagreements in inf/NaN, listed apart
+    nonfinite: list[dict[str, Any]] = field(default_factory=list)
     n_nonfinite: int = 0
 
     @property
-    def passed(self):
+    def passed(self) -> bool:
         """Every element inside its tolerance, and no non-finite disagreement."""
         return self.n_failed == 0 and self.n_nonfinite == 0
 
@@ -79,13 +87,13 @@ class VerificationReport:
     call: str
     dtype: str
     n_classes: int
-    params: dict
-    loss: object = None                 # Comparison or None
-    grad: object = None                 # Comparison or None
-    diagnosis: list = field(default_factory=list)
+    params: dict[str, Any]
+    loss: Comparison | None = None
+    grad: Comparison | None = None
+    diagnosis: list[str] = field(default_factory=list)
     tolerance: str = ""
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """The report as plain JSON types (non-finite numbers as the strings "inf", "nan").
 
         Returns
@@ -98,7 +106,7 @@ class VerificationReport:
         d["params"] = {k: _jsonable(v) for k, v in self.params.items()}
         return json.loads(json.dumps(_finite(d), default=_jsonable, allow_nan=False))
 
-    def __str__(self):
+    def __str__(self) -> str:
         verdict = "PASSED" if self.passed else "FAILED"
         lines = [f"lsref.verify: {verdict}  [{self.convention}: {self.call}]",
                  f"  candidate dtype {self.dtype}, K = {self.n_classes}, "
@@ -349,8 +357,10 @@ def _check(z, t, plan, loss, grad, eps, tiny, rtol, atol):
     return lc, gc, (ref_loss, ref_grad, terms)
 
 
-def verify(logits, targets, loss=None, grad=None, *, convention="lsref", rtol=None,
-           atol=None, **params):
+def verify(logits: ArrayLike, targets: ArrayLike, loss: ArrayLike | None = None,
+           grad: ArrayLike | None = None, *, convention: str = "lsref",
+           rtol: float | None = None, atol: float | None = None,
+           **params: Any) -> VerificationReport:
     """Check a framework's loss and/or gradient against the float64 reference.
 
     Parameters
@@ -484,8 +494,11 @@ def _merge_comparisons(parts, name, shape, eps):
     return out
 
 
-def verify_files(logits, targets, loss=None, grad=None, *, convention="lsref", rtol=None,
-                 atol=None, memory=128 << 20, progress=False, **params):
+def verify_files(logits: _Path, targets: ArrayLike | _Path, loss: ArrayLike | _Path | None = None,
+                 grad: _Path | None = None, *, convention: str = "lsref",
+                 rtol: float | None = None, atol: float | None = None,
+                 memory: int = 128 << 20, progress: bool = False,
+                 **params: Any) -> VerificationReport:
     """:func:`verify` for logits (and a gradient) in ``.npy`` files larger than memory.
 
     ``logits`` and ``grad`` are paths of 2-D C-order ``.npy`` files (rows, classes), read in

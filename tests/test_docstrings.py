@@ -7,10 +7,10 @@ import pydoc
 
 import pytest
 
-numpydoc_validate = pytest.importorskip("numpydoc.validate")
-
 import lsref
 from lsref import _keywords
+
+numpydoc_validate = pytest.importorskip("numpydoc.validate")
 
 # The modules whose ``__all__`` is public API (lsref.dask only where dask is installed).
 MODULES = ["lsref", "lsref.loss", "lsref.reference", "lsref.criterion", "lsref.verify",
@@ -167,6 +167,8 @@ def test_fill_doc_indents_each_entry_to_its_placeholder():
 
 def test_help_shows_the_explicit_signature_and_the_filled_docstring():
     text = pydoc.render_doc(lsref.cross_entropy, renderer=pydoc.plaintext)
-    assert "label_smoothing=0.0, axis=-1, reduction='mean'" in text
+    # the annotations are strings (``from __future__ import annotations``): short names
+    assert ("label_smoothing: 'float' = 0.0, axis: 'int' = -1, reduction: 'Reduction' = 'mean'"
+            in text)
     assert "%(" not in text
     assert "ignore_index : int or None, default=-100" in text
