@@ -34,9 +34,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._typing import Reduction
-
 from ._keywords import CROSS_ENTROPY_OPTIONS
+from ._typing import Reduction
 from ._validation import targets_are_probabilities
 
 __all__ = ["Plan", "Convention", "CONVENTIONS", "get_convention"]
@@ -60,7 +59,7 @@ class Plan:
 
     kwargs: dict[str, Any]
     reduction: Reduction = "mean"
-    divisor: str | float = "lsref"
+    divisor: str | float | None = "lsref"     # None where the reduction is not a mean
     empty: float = math.nan
     targets: np.ndarray[Any, Any] | None = None
 
