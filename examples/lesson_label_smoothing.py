@@ -11,7 +11,6 @@ target, the other common form, which the torch convention does not describe.
     lsref conformance --callable lesson_label_smoothing:others_loss --convention torch \\
         --param reduction=none
 """
-import torch
 import torch.nn as nn
 
 

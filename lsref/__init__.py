@@ -5,16 +5,23 @@ re-exported here run the typed Cython kernel over rows in parallel.
 """
 from importlib import metadata as _metadata
 
-from . import reference
+from . import calibration, conventions, reference, testing
 from ._validation import MAX_THREADS
-from .loss import (binary_cross_entropy, binary_cross_entropy_grad, binary_value_and_grad,
-                   cross_entropy, cross_entropy_grad, log_softmax, logsumexp, softmax,
-                   value_and_grad)
 from .criterion import LabelSmoothingLoss, LinearLabelSmoothingLoss
 from .linear import linear_cross_entropy, linear_value_and_grad
+from .loss import (
+    binary_cross_entropy,
+    binary_cross_entropy_grad,
+    binary_value_and_grad,
+    cross_entropy,
+    cross_entropy_grad,
+    log_softmax,
+    logsumexp,
+    softmax,
+    value_and_grad,
+)
 from .reference import smooth_labels
 from .verify import VerificationReport, verify
-from . import calibration, conventions, testing
 
 try:                                    # the version is written once, in pyproject.toml
     __version__ = _metadata.version("lsref")

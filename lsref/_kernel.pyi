@@ -9,7 +9,8 @@
 # two of different fused types (the logits' storage and the gradient's) vary independently.
 # float16 arrives viewed as uint16 and bfloat16 as int16 (their bits; the integer type only
 # selects the decoder).
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -55,7 +56,8 @@ class KernelParams:
     def __init__(self, *, q_t: float = 1.0, a: float = 1.0, beta: float = 0.0,
                  class_weight: NDArray[np.float64] | None = None, W: float = 0.0,
                  sample_weight: NDArray[np.float64] | None = None, scale: float = 1.0,
-                 z_loss: float = 0.0, kl: bool = False, ignore_index: int | None = None) -> None: ...
+                 z_loss: float = 0.0, kl: bool = False,
+                 ignore_index: int | None = None) -> None: ...
 
 # --- the entry points of lsref.loss (one KernelParams record each) --------------------------
 
@@ -80,7 +82,8 @@ def index_fast(logits: object, targets: object, label_smoothing: object, axis: o
                reduction: object, smoothing: object, class_weight: object,
                sample_weight: object, ignore_index: object, z_loss: object, kl: object,
                n_threads: object, out: object, want_grad: bool
-               ) -> tuple[np.floating | NDArray[np.floating], NDArray[np.floating]] | np.floating | NDArray[np.floating] | None: ...
+               ) -> (tuple[np.floating | NDArray[np.floating], NDArray[np.floating]]
+                     | np.floating | NDArray[np.floating] | None): ...
 def pairwise_sum(a: NDArray[np.float64]) -> float: ...
 def logsumexp_rows(x: NDArray[_StoredIn], out: NDArray[np.float64], n_threads: int) -> None: ...
 def softmax_rows(x: NDArray[_StoredIn], out: NDArray[_StoredOut], log_space: bool,

@@ -28,8 +28,9 @@ digits, and the bound for the KL form is stated against the cross-entropy it com
 
 float16 / bfloat16: computed as float32 (the inputs decode exactly), then rounded once to the
 16-bit type: half an ulp (``finfo(dtype).eps / 2``: 2**-11 = 4.9e-4 for float16, 2**-8 = 3.9e-3
-for bfloat16) of the value, plus the float32 computation's bound. Where a 16-bit result is subnormal its relative
-precision is gone; the tests compare such values absolutely (half the smallest subnormal).
+for bfloat16) of the value, plus the float32 computation's bound. Where a 16-bit result is
+subnormal its relative precision is gone; the tests compare such values absolutely (half the
+smallest subnormal).
 """
 import math
 from collections import namedtuple

@@ -5,7 +5,7 @@ checks use (``lsref._validation.REDUCTIONS``, ...) are read from them, so that a
 checks accept is one the annotations accept. Arrays are NumPy's typing: any array-like in,
 an ``ndarray`` of floating dtype out (its precision is the caller's: float64, float32, ...).
 """
-from typing import Any, Literal, TypeAlias, Union
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,8 +24,8 @@ FloatArray: TypeAlias = NDArray[np.floating[Any]]
 # A loss: a NumPy scalar for reduction "mean" and "sum", an array for "none". One union
 # rather than overloads on ``reduction``: ``float(loss)`` works on either, and each public
 # signature is then written once.
-Loss: TypeAlias = Union[np.floating[Any], FloatArray]
+Loss: TypeAlias = np.floating[Any] | FloatArray
 
 # The oracle's results (lsref.reference) are float64 whatever the inputs.
 Float64Array: TypeAlias = NDArray[np.float64]
-Loss64: TypeAlias = Union[np.float64, Float64Array]
+Loss64: TypeAlias = np.float64 | Float64Array

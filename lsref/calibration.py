@@ -364,7 +364,7 @@ def pyplot() -> Any:
     """matplotlib.pyplot, or an ImportError that says how to install it (an optional
     dependency)."""
     try:
-        import matplotlib.pyplot as plt     # headless, matplotlib picks its Agg backend itself
+        import matplotlib.pyplot as plt  # headless, matplotlib picks its Agg backend itself
     except ImportError:
         raise ImportError("plot_reliability needs matplotlib, which is optional: "
                           "python3 -m pip install matplotlib (or \"lsref[demo]\")") from None

@@ -13,9 +13,9 @@ from typing import Any
 from numpy.typing import ArrayLike
 
 from ._keywords import CROSS_ENTROPY_OPTIONS, LINEAR_OPTIONS, N_THREADS
+from ._typing import FloatArray, Loss
 from ._validation import check_options
 from .linear import chunk_rows, linear_value_and_grad
-from ._typing import FloatArray, Loss
 from .loss import value_and_grad
 
 __all__ = ["LabelSmoothingLoss", "LinearLabelSmoothingLoss"]

@@ -31,8 +31,8 @@ except ImportError:                                  # pragma: no cover - exerci
 
 from . import _params, sharded
 from ._keywords import CROSS_ENTROPY_OPTIONS, LINEAR_OPTIONS, N_THREADS, fill_doc, given
-from ._validation import check_linear, check_problem_shape
 from ._typing import Reduction, Smoothing
+from ._validation import check_linear, check_problem_shape
 from .linear import layer_rows
 from .loss import loss_dtype as _storage_loss_dtype
 
@@ -142,7 +142,10 @@ def _terms(logits, t, sw, kw, K, split_every):
                           keepdims=True, dtype=np.float64, split_every=split_every,
                           concatenate=True, meta=np.empty((0, 0, 0)))
     args = [merged[:, 0, :], t] + ([sw] if sw is not None else [])
-    finish = (lambda st, tt, ss=None: _finish_block(st, tt, ss, num_classes=K, kw=kw))
+
+    def finish(st, tt, ss=None):
+        return _finish_block(st, tt, ss, num_classes=K, kw=kw)
+
     return da.map_blocks(finish, *args, chunks=(logits.chunks[0], (5,)), dtype=np.float64,
                          meta=np.empty((0, 0)))
 

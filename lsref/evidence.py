@@ -1,4 +1,5 @@
-"""Moved to :mod:`lsref.app.evidence`; this old path (and ``python -m lsref.evidence``) is that module."""
+"""Moved to :mod:`lsref.app.evidence`; this old path (and ``python -m lsref.evidence``) is that
+module."""
 import sys
 
 from lsref.app import evidence as _module

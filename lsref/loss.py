@@ -15,11 +15,18 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _kernel, _params
-from ._keywords import (BINARY_OPTIONS, CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS, N_THREADS,
-                        fill_doc)
+from ._keywords import BINARY_OPTIONS, CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS, N_THREADS, fill_doc
 from ._typing import FloatArray, Loss, Reduction, Smoothing
-from ._validation import (as_array, check_arguments, check_axis, check_binary_arguments,
-                          check_float_array, check_n_threads, is_bfloat16, MAX_THREADS)
+from ._validation import (
+    MAX_THREADS,
+    as_array,
+    check_arguments,
+    check_axis,
+    check_binary_arguments,
+    check_float_array,
+    check_n_threads,
+    is_bfloat16,
+)
 
 __all__ = ["cross_entropy", "cross_entropy_grad", "value_and_grad", "logsumexp",
            "log_softmax", "softmax", "binary_cross_entropy", "binary_cross_entropy_grad",

@@ -42,12 +42,27 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._keywords import (BINARY_OPTIONS, CROSS_ENTROPY_OPTIONS, EXECUTION_OPTIONS,
-                        LINEAR_OPTIONS, N_THREADS, fill_doc, given)
+from ._keywords import (
+    BINARY_OPTIONS,
+    CROSS_ENTROPY_OPTIONS,
+    EXECUTION_OPTIONS,
+    LINEAR_OPTIONS,
+    N_THREADS,
+    fill_doc,
+    given,
+)
 from ._typing import Float64Array, Loss64, Reduction, Smoothing
-from ._validation import (SMOOTHINGS, check_axis, check_binary_problem, check_choice,
-                          check_float_array, check_linear, check_num_classes,
-                          check_problem, check_problem_shape)
+from ._validation import (
+    SMOOTHINGS,
+    check_axis,
+    check_binary_problem,
+    check_choice,
+    check_float_array,
+    check_linear,
+    check_num_classes,
+    check_problem,
+    check_problem_shape,
+)
 
 __all__ = ["logsumexp", "log_softmax", "softmax", "smooth_labels", "cross_entropy",
            "cross_entropy_grad", "value_and_grad", "binary_cross_entropy",

@@ -18,8 +18,8 @@ merged statistics, with ``L = log1p(rest)`` and ``lse = m + L``::
     loss_row = s [ beta (W L - U) + (q_t - beta) w_t (m - z_t + L) + lam lse^2 (+ KL const) ]
     g_k      = s [ (C + 2 lam lse) exp(z_k - lse) - w_k q_k ],   C = beta W + (q_t - beta) w_t
 
-so the gradient of any block needs only that block and its rows' ``m`` and ``1 + rest``. The statistics
-and the gradient are computed by the Cython kernel; merging and finishing are O(rows).
+so the gradient of any block needs only that block and its rows' ``m`` and ``1 + rest``. The
+statistics and the gradient are computed by the Cython kernel; merging and finishing are O(rows).
 Class-index targets only (probability targets have no single target logit to carry).
 """
 from __future__ import annotations
@@ -34,10 +34,10 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _kernel, _params
-from ._validation import as_array, check_problem_shape
 from ._keywords import CROSS_ENTROPY_OPTIONS, N_THREADS, fill_doc, given
 from ._npy import new_npy, npy_header
 from ._typing import Float64Array, FloatArray, Loss64, Reduction, Smoothing
+from ._validation import as_array, check_problem_shape
 from .loss import cross_entropy, resolve_threads, value_and_grad
 
 __all__ = ["PartialStats", "RowTerms", "partial_stats", "merge", "concat_rows", "finish",
@@ -350,7 +350,10 @@ def finish(stats: PartialStats, targets: ArrayLike, num_classes: int, *,
         scale=scale, z_loss=p.z_loss, kl=p.kl, ignore_index=ignore)
     n = p.n_rows
     row, coef_e = np.empty(n), np.empty(n)
-    f64 = (lambda a: np.ascontiguousarray(a, np.float64))
+
+    def f64(a: ArrayLike) -> Float64Array:
+        return np.ascontiguousarray(a, np.float64)
+
     _kernel.finish_index(m=f64(stats.m), rest=f64(stats.rest), u=f64(stats.u),
                          zt=f64(stats.zt), bad=np.ascontiguousarray(stats.bad, np.uint8),
                          targets=t, params=params, loss_out=row, coef_out=coef_e,

@@ -14,8 +14,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._tolerances import (WITNESS_RTOL, WITNESS_SAFETY, WITNESS_STEP, verify_eps,
-                          verify_growth)
+from ._tolerances import WITNESS_RTOL, WITNESS_SAFETY, WITNESS_STEP, verify_eps, verify_growth
 from .conventions import get_convention
 from .verify import VerificationReport, to_numpy, verify
 
@@ -253,7 +252,7 @@ def _accepted(fn, names):
     """The argument names out of ``names`` that fn takes (all of them for **kwargs)."""
     target = fn
     if hasattr(fn, "forward") and type(fn).__module__.split(".")[0] != "builtins":
-        target = getattr(fn, "forward")           # a torch.nn.Module: its forward's signature
+        target = fn.forward                       # a torch.nn.Module: its forward's signature
     try:
         sig = inspect.signature(target)
     except (TypeError, ValueError):

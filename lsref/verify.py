@@ -17,11 +17,10 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import reference as R
-from ._npy import npy_header
-from ._tolerances import (VERIFY_SAFETY, verify_eps, verify_growth,
-                          verify_row_factor_bound)
-from ._validation import targets_are_probabilities
 from ._diagnosis import diagnose
+from ._npy import npy_header
+from ._tolerances import VERIFY_SAFETY, verify_eps, verify_growth, verify_row_factor_bound
+from ._validation import targets_are_probabilities
 from .conventions import Plan, get_convention
 
 __all__ = ["verify", "VerificationReport", "Comparison"]
@@ -513,8 +512,12 @@ def verify_files(logits: _Path, targets: ArrayLike | _Path, loss: ArrayLike | _P
         raise ValueError(f"{logits}: need a 2-D C-order .npy of (rows, classes), got shape "
                          f"{shape}, fortran_order={fortran}")
     N, K = shape
-    load = (lambda a: np.load(a) if isinstance(a, (str, bytes)) or hasattr(a, "__fspath__")
-            else (None if a is None else np.asarray(a)))
+
+    def load(a):
+        if isinstance(a, (str, bytes)) or hasattr(a, "__fspath__"):
+            return np.load(a)
+        return None if a is None else np.asarray(a)
+
     t = load(targets)
     loss = load(loss) if not isinstance(loss, (int, float)) else np.float64(loss)
     g_info = None

@@ -76,7 +76,7 @@ def fd_gradient(f, z, h=FD_STEP):
     """4th-order central differences of the scalar f, one logit at a time."""
     g = np.empty_like(z)
     for idx in np.ndindex(z.shape):
-        def at(delta):
+        def at(delta, idx=idx):
             zz = z.copy()
             zz[idx] += delta
             return f(zz)

@@ -5,9 +5,14 @@ import numpy as np
 import pytest
 
 from lsref import reference as R
-from lsref.calibration import (expected_calibration_error, maximum_calibration_error,
-                               optimal_logit_gap, optimal_probabilities, plot_reliability,
-                               reliability_diagram)
+from lsref.calibration import (
+    expected_calibration_error,
+    maximum_calibration_error,
+    optimal_logit_gap,
+    optimal_probabilities,
+    plot_reliability,
+    reliability_diagram,
+)
 from support import CALIBRATION_ATOL, hide_module, require
 
 

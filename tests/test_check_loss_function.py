@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import lsref
-from support import require
 from lsref.testing import check_loss_function
+from support import require
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 

@@ -1,11 +1,21 @@
 """The `lsref` command, run as a user runs it."""
+import argparse
+import doctest
 import os
+import pathlib
+import pty
 import shutil
 import subprocess
 import sys
 import tempfile
 
+import numpy as np
+import pytest
+
+import lsref
 import lsref._kernel
+from lsref import conventions, reference
+from lsref.app import bench, cli
 
 # The console script installed beside this interpreter (what a user types), run from a
 # neutral folder so that the source tree cannot shadow the installed package.
@@ -44,19 +54,6 @@ def test_usage_error_exit_code():
 
 # --- exit status, one-line errors, pipes, terminals ----------------------------------------
 # 0 = passed, 1 = verified wrong, 2 = could not run (bad usage, unreadable input)
-
-import argparse
-import doctest
-import os
-import pathlib
-import pty
-
-import numpy as np
-import pytest
-
-import lsref
-from lsref import conventions, reference
-from lsref.app import bench, cli
 
 
 def run_module(*args, **kw):

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from support import require
-from lsref.app import conformance as C
 from lsref import verify
+from lsref.app import conformance as C
+from support import require
 
 FRAMEWORK_MODULE = {"torch": "torch", "jax": "optax", "keras": "keras"}
 

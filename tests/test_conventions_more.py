@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import lsref
-from support import require, stable_seed
 from lsref.conventions import CONVENTIONS
+from support import require, stable_seed
 
 
 def rng(*parts):

@@ -7,8 +7,8 @@ import pytest
 import lsref
 from lsref import criterion, reference as R
 from lsref._tolerances import kernel_accuracy
-from lsref.calibration import optimal_logit_gap
 from lsref.app.demo import MLP, logit_gap
+from lsref.calibration import optimal_logit_gap
 from support import CHECK_GRAD_RTOL, FD_GRAD_RTOL, FIT_GAP_ATOL, fd_gradient
 
 F64 = kernel_accuracy(np.float64)

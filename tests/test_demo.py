@@ -37,7 +37,7 @@ def test_quick_demo_prints_the_table_and_draws_two_diagrams(tmp_path):
     assert "scikit-learn digits" in text
     table = table_rows(text)
     assert sorted(table) == [0.0, 0.1]
-    for eps, (acc, nll, ece, conf, gap, opt) in table.items():
+    for acc, nll, ece, conf, _gap, _opt in table.values():
         assert 0.9 < acc <= 1.0 and nll > 0 and 0 <= ece <= 1 and 0.1 <= conf <= 1
     # smoothing lowers the confidence and pulls the logit gap toward its finite optimum
     assert table[0.1][3] < table[0.0][3]

@@ -1,14 +1,10 @@
 """The examples people read run: docstrings (doctest) and the README's Python blocks."""
 import doctest
+import importlib
 import pathlib
 import re
 
-import numpy as np
 import pytest
-
-import importlib
-
-import lsref
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 

@@ -10,9 +10,9 @@ import math
 import numpy as np
 import pytest
 
-from support import require
-from lsref.app import evidence as E
 from lsref import reference as R
+from lsref.app import evidence as E
+from support import require
 
 QUICK = E.cases(quick=True)
 
@@ -41,7 +41,7 @@ def _require(framework, dtype=None):
         require("ml_dtypes")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def result(case):
     return E.evaluate(case)
 

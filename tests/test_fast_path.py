@@ -15,7 +15,6 @@ import pytest
 import lsref
 from lsref import _kernel, loss
 from lsref.reference import value_and_grad as oracle_value_and_grad
-
 from support import stable_seed
 
 
@@ -182,7 +181,8 @@ def _declined_calls():
     ]
 
 
-@pytest.mark.parametrize("name,z,t,kw", _declined_calls(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("name,z,t,kw", _declined_calls(),
+                         ids=lambda v: v if isinstance(v, str) else "")
 def test_what_the_fast_path_declines_runs_the_general_path(name, z, t, kw):
     assert not _fast_taken(z, t, **kw), name
     try:

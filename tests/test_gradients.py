@@ -32,7 +32,9 @@ def test_gradient_matches_finite_differences(kw, impl, kind):
     else:
         t = rng.random((6, 7)) * 0.5                # unnormalised on purpose: (sum q) p - q
     mod = R if impl == "oracle" else lsref
-    loss = lambda zz: np.sum(mod.cross_entropy(zz, t, **kw))
+    def loss(zz):
+        return np.sum(mod.cross_entropy(zz, t, **kw))
+
     g = mod.cross_entropy_grad(z, t, **kw)
     g_fd = fd_gradient(loss, z)
     assert_allclose(g, g_fd, rtol=0, atol=FD_GRAD_RTOL * np.max(np.abs(g_fd)))
@@ -45,9 +47,13 @@ def test_check_grad_all_directions_and_random(impl):
     mod = R if impl == "oracle" else lsref
     for shape, direction in [((5, 4), "all"), ((64, 300), "random")]:
         t = rng.integers(0, shape[1], shape[0])
-        f = lambda x: float(mod.cross_entropy(x.reshape(shape), t, label_smoothing=0.1))
-        g = lambda x: mod.cross_entropy_grad(x.reshape(shape), t,
-                                             label_smoothing=0.1).ravel()
+        # each closure is used within this iteration; the defaults bind its shape and targets
+        def f(x, shape=shape, t=t):
+            return float(mod.cross_entropy(x.reshape(shape), t, label_smoothing=0.1))
+
+        def g(x, shape=shape, t=t):
+            return mod.cross_entropy_grad(x.reshape(shape), t, label_smoothing=0.1).ravel()
+
         x0 = rng.standard_normal(shape[0] * shape[1]) * 3
         kwargs = dict(direction=direction)
         if direction == "random":
@@ -62,7 +68,7 @@ def test_check_grad_all_directions_and_random(impl):
             scale *= np.sqrt(x0.size)
         assert err <= CHECK_GRAD_RTOL * scale, (shape, err, scale)
         if direction == "all":                             # and the check can fail
-            assert check_grad(f, lambda x: 1.01 * g(x), x0, **kwargs) > CHECK_GRAD_RTOL * scale
+            assert check_grad(f, lambda x, g=g: 1.01 * g(x), x0, **kwargs) > CHECK_GRAD_RTOL * scale
 
 
 NEW_TERMS = [

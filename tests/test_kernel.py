@@ -1,7 +1,7 @@
 """The kernel (through the front door) against the float64 oracle, over the layout grid."""
 import numpy as np
 import pytest
-from numpy.testing import assert_array_equal, assert_allclose
+from numpy.testing import assert_allclose, assert_array_equal
 from scipy import special
 
 import lsref

@@ -11,8 +11,6 @@ import collections
 import functools
 import pathlib
 
-import pytest
-
 PACKAGE = "lsref"
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parents[1] / PACKAGE
 

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from lsref import _params
+from lsref import _params, reference as R
 from lsref._validation import check_problem_shape
-from lsref import reference as R
 
 
 @pytest.mark.parametrize("smoothing", ["uniform", "others"])

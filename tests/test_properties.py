@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, strategies as st              # noqa: E402
-from hypothesis.extra import numpy as hynp                  # noqa: E402
+from hypothesis import given, strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hynp  # noqa: E402
 
-import lsref                                                # noqa: E402
-from lsref import reference as R                            # noqa: E402
-from support import assert_close_to_oracle                  # noqa: E402
+import lsref  # noqa: E402
+from lsref import reference as R  # noqa: E402
+from support import assert_close_to_oracle  # noqa: E402
 
 
 @st.composite

@@ -144,7 +144,7 @@ def test_16bit_encoders_round_correctly(codec):
         [0.0, -0.0, np.inf, -np.inf, 65504.0, 65519.9, 65520.0, 1e6, 1e-30, -1e-30],
         # values halfway between adjacent 16-bit numbers, and just off them
         (lambda v: np.concatenate([v, np.nextafter(v, np.inf), np.nextafter(v, -np.inf)]))(
-            (np.arange(1, 3000, dtype=np.float64) / 512 + 1 / 4096)),
+            np.arange(1, 3000, dtype=np.float64) / 512 + 1 / 4096),
     ])
     got = np.empty(x.size, bits)
     encode(np.ascontiguousarray(x), got)

@@ -137,8 +137,8 @@ def test_small_k_block_kernel_matches_oracle_and_row_path():
     """float32 rows with K <= 16 go through the across-rows kernel (on AVX2 CPUs); with
     every term and every special value the results equal the oracle's within the documented
     accuracy, the special values exactly, for any thread count."""
-    from lsref import reference as R
     import lsref
+    from lsref import reference as R
     rng = np.random.default_rng(81)
     # each way a row is loaded and stored (K <, =, > 8; whole and short groups of 8 classes;
     # the partial sums flushed every 16 classes), up to SMALL_K_MAX and one past it; every K
@@ -221,8 +221,8 @@ def _dominated_rows(K, n=4096, seed=5):
 
 
 def _dominated_loss_error(K, eps):
-    from lsref import reference as R
     import lsref
+    from lsref import reference as R
     z, t = _dominated_rows(K)
     ref = R.cross_entropy(z.astype(np.float64), t, label_smoothing=eps, reduction="none")
     loss = lsref.cross_entropy(z, t, label_smoothing=eps, reduction="none")
@@ -263,8 +263,9 @@ def test_row_max_sweep_special_values_every_length_and_position(dtype):
     -DBL_MAX, not -inf, so a `reduction(max:)` built by clang gave -1.8e308 and -inf), NaN
     entries are passed over by the max and surface as NaN, the max is found in every lane
     and in the tail. Run on each vector path by .ci/run (LSREF_SIMD)."""
-    import lsref
     from scipy import special
+
+    import lsref
     for n in list(range(1, 71)) + [95, 96, 97, 127, 128, 129, 1000, 1001]:
         x = _max_sweep_rows(n, dtype)
         x64 = x.astype(np.float64)

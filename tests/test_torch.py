@@ -5,7 +5,6 @@ import pytest
 
 import lsref
 from lsref import reference as R
-
 from support import require
 
 torch = require("torch")

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import lsref
-from support import require
 from lsref import reference as R
 from lsref.conventions import CONVENTIONS
+from support import require
 
 
 def problem(rng, dtype=np.float32, n=48, k=10, ignore=True):

@@ -53,9 +53,10 @@ class Dask(Benchmark):
         try:
             import dask
             import dask.array as da
+
             import lsref.dask  # noqa: F401
         except ImportError:
-            raise NotImplementedError("dask is not installed")
+            raise NotImplementedError("dask is not installed") from None
         self.dask = dask
         self.z = get_logits(N, K, np.dtype("float32"))
         self.t = get_targets(N, K)

@@ -97,6 +97,7 @@ def _impls(h, W, t, threads):
 def run_linear(workloads, repeat=3, progress=True, stream=None):
     """Time and memory of every implementation on every workload; return (rows, versions)."""
     import sys
+
     from lsref.loss import default_threads
     stream = stream or sys.stderr
     rows, versions = [], {}

@@ -18,8 +18,8 @@ import zlib
 import numpy as np
 
 from lsref import __version__, _kernel, reference
-from lsref.loss import default_threads, value_and_grad
 from lsref._tolerances import kernel_accuracy
+from lsref.loss import default_threads, value_and_grad
 
 
 def _info(args):

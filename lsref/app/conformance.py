@@ -5,8 +5,6 @@ A runner per framework builds the case's inputs in the case's dtype, calls the f
 way its users do, and returns the loss, the gradient with respect to the logits, and the
 convention and arguments to verify them with. The inputs are the same bits on both sides.
 """
-import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field

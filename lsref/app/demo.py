@@ -255,7 +255,7 @@ def _table(rows, K, markdown):
 
 
 def _figure(rows, path, title):
-    from lsref.calibration import pyplot, plot_reliability
+    from lsref.calibration import plot_reliability, pyplot
     plt = pyplot()
     fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 4.6), squeeze=False)
     for ax, (eps, r) in zip(axes[0], rows):
@@ -287,9 +287,9 @@ def run(*, dataset=None, eps=(0.0, 0.1), out="lsref-demo.png", quick=False, seed
             rows.append((e, evaluate(model, theta, Xtr, ytr, Xte, yte)))
     print("", file=stream)
     print(_table(rows, K, markdown), file=stream)
-    print(f"\nECE: 15 equal-width bins of the test set's max probability. Logit gap: mean "
-          f"over training rows of z_label - mean(z_other); at the loss's optimum it is "
-          f"log((1 - eps + eps/K) / (eps/K)).", file=stream)
+    print("\nECE: 15 equal-width bins of the test set's max probability. Logit gap: mean "
+          "over training rows of z_label - mean(z_other); at the loss's optimum it is "
+          "log((1 - eps + eps/K) / (eps/K)).", file=stream)
     if out:
         try:
             _figure(rows, out, f"lsref demo: {desc}")

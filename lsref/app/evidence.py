@@ -46,8 +46,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from lsref._tolerances import finfo
-from .conformance import Runner as _ConformanceRunner
 from lsref.verify import to_numpy, verify
+
+from .conformance import Runner as _ConformanceRunner
 
 __all__ = ["Case", "cases", "make_inputs", "RUNNERS", "MISTAKES", "evaluate", "run",
            "format_markdown", "main"]
@@ -779,7 +780,7 @@ def format_markdown(ev, date=None, listed=12):
               f"| injected mistake | cases where it applies (moves a value by >= "
                   f"{CLEAR_ROUNDINGS} roundings) | detected (verify FAILS) | "
                   "named by the diagnosis |", "|---|---:|---:|---:|"]
-    for name, title, n, d, named in ev.mistake_rows():
+    for _name, title, n, d, named in ev.mistake_rows():
         lines.append(f"| {title} | {n} | {d} ({_pct(d, n)}) | "
                      f"{'-' if named is None else f'{named} of {n}'} |")
     if fa:
