@@ -8,11 +8,16 @@ run checks the values with plain asserts.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from typing_extensions import assert_type
+
+if sys.version_info >= (3, 11):
+    from typing import assert_type
+else:                                   # Python 3.10: typing_extensions (a mypy dependency)
+    from typing_extensions import assert_type
 
 import lsref
 import lsref.calibration
