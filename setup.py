@@ -24,7 +24,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 
 def _flag(name, default="0"):
@@ -176,7 +177,8 @@ def plan_build(compiler_type: str, platform: str, mode: str,
 
 
 def _c_string(text):
-    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
 
 
 def libomp_prefixes(platform, environ=os.environ, brew=None):
@@ -263,10 +265,9 @@ def _build_ext_class():
 
 
 if __name__ == "__main__":
+    import numpy
     from Cython.Build import cythonize
     from setuptools import Extension, setup
-
-    import numpy
 
     # NumPy's headers: the front door's fast path (index_fast) reads array headers in C
     ext = Extension("lsref._kernel", ["lsref/_kernel.pyx"],

@@ -97,7 +97,7 @@ def test_clang_without_libomp_builds_single_threaded_and_says_why(S):
     assert "-fopenmp" not in plan.compile_args and plan.link_args == []
     assert "-fopenmp-simd" in plan.compile_args          # the sweeps still vectorise
     assert "install libomp" in plan.note
-    assert macros(plan)["LSREF_OPENMP_NOTE"] == '"%s"' % plan.note
+    assert macros(plan)["LSREF_OPENMP_NOTE"] == f'"{plan.note}"'
 
 
 def test_apple_clang_takes_homebrew_libomp(S, tmp_path):
@@ -385,6 +385,7 @@ def test_the_version_is_written_once():
     """pyproject.toml holds the version; lsref.__version__ is read from the installed
     package's metadata (it was written by hand in both places); CITATION.cff has none."""
     import importlib.metadata
+
     import lsref
     root = Path(__file__).resolve().parents[1]
     declared = re.search(r'^version = "([^"]+)"$', (root / "pyproject.toml").read_text(),
@@ -397,9 +398,10 @@ def test_the_version_is_written_once():
 
 @pytest.mark.slow
 def test_sdist_carries_its_tests_and_no_generated_c(tmp_path):
-    """The source distribution (MANIFEST.in): the LICENSE that BSD-3 requires, the tests with
-    the modules they import (its tests failed with "No module named 'conftest'"), the
-    examples the README shows; not the 6 MB of C that Cython generates at build time."""
+    """The source distribution (MANIFEST.in): the LICENSE that BSD-3 requires, the files the
+    README links to (CHANGELOG.md, CITATION.cff, CONTRIBUTING.md), the tests with the modules
+    they import (its tests failed with "No module named 'conftest'"), the examples the README
+    shows; not the 6 MB of C that Cython generates at build time."""
     root = Path(__file__).resolve().parents[1]
     r = subprocess.run([sys.executable, "-m", "build", "--sdist", "--no-isolation",
                         "--outdir", str(tmp_path), str(root)],
@@ -408,7 +410,8 @@ def test_sdist_carries_its_tests_and_no_generated_c(tmp_path):
     (sdist,) = tmp_path.glob("*.tar.gz")
     with tarfile.open(sdist) as tar:
         names = tar.getnames()
-    for must in ("LICENSE", "tests/conftest.py", "tests/support.py", "examples/lsref-demo.png",
+    for must in ("LICENSE", "CHANGELOG.md", "CITATION.cff", "CONTRIBUTING.md",
+                 "tests/conftest.py", "tests/support.py", "examples/lsref-demo.png",
                  "lsref/_kernel.pyx", "lsref/_simd.h", "lsref/_rowterms.h", "lsref/py.typed"):
         assert any(n.endswith("/" + must) for n in names), must
     assert not [n for n in names if n.endswith((".c", ".so")) and "/lsref/" in n]
