@@ -16,8 +16,7 @@ import time
 import numpy as np
 
 from lsref import __version__, _kernel
-from lsref.loss import (SMALL_PROBLEM, cross_entropy, default_threads, logsumexp,
-                        value_and_grad)
+from lsref.loss import SMALL_PROBLEM, cross_entropy, default_threads, logsumexp, value_and_grad
 
 EPS = 0.1
 
@@ -195,7 +194,9 @@ def run(workloads, repeat=5, progress=True, stream=sys.stderr):
         floor = results["np.copyto (memory floor)"]
         for label, secs in results.items():
             rows.append(dict(workload=name, impl=label, seconds=secs, vs_copy=secs / floor))
-        del z, out
+        # free this workload's arrays before the next one's are made (rebound rather than
+        # deleted: the closures above, all timed by now, refer to these names)
+        z = out = None
     if progress:
         stream.write("\r" + " " * 90 + "\r")
     return rows, versions
@@ -263,11 +264,12 @@ def machine_line():
     try:
         with open("/proc/cpuinfo") as f:
             info = f.read()
-        model = next((l.split(":", 1)[1].strip() for l in info.splitlines()
-                      if l.startswith("model name")), platform.processor())
-        mhz = next((l.split(":", 1)[1].strip() for l in info.splitlines()
-                    if l.startswith("cpu MHz")), "?")
-        have = set(next(l for l in info.splitlines() if l.startswith("flags")).split())
+        model = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                      if line.startswith("model name")), platform.processor())
+        mhz = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                    if line.startswith("cpu MHz")), "?")
+        have = set(next(line for line in info.splitlines()
+                        if line.startswith("flags")).split())
         flags = " ".join(f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f") if f in have)
         model = f"{model} @ {float(mhz):.0f} MHz"
     except (OSError, StopIteration, ValueError):
@@ -395,8 +397,12 @@ def main(argv=None):
     # the progress line rewrites itself with \r: only a terminal shows that as one line
     progress = not args.no_progress and isatty(sys.stderr)
     if args.only == "linear":
-        from .bench_linear import QUICK as LQUICK, WORKLOADS as LWORKLOADS
-        from .bench_linear import format_linear_table, run_linear
+        from .bench_linear import (
+            QUICK as LQUICK,
+            WORKLOADS as LWORKLOADS,
+            format_linear_table,
+            run_linear,
+        )
         rows, versions = run_linear(LQUICK if args.quick else LWORKLOADS,
                                     repeat=args.repeat, progress=progress)
         print(format_table([], {"lsref": f"lsref {__version__}", **versions}))
