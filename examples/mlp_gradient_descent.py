@@ -6,7 +6,8 @@ the chain rule does the rest by hand.
 
     python3 examples/mlp_gradient_descent.py
 
-needs scikit-learn for the digits (``python3 -m pip install "lsref[demo]"``).
+needs scikit-learn for the digits (``python3 -m pip install scikit-learn``; the ``demo`` extra
+of a source checkout, ``pip install ".[demo]"``, brings it).
 """
 import numpy as np
 from sklearn.datasets import load_digits

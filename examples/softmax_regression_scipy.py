@@ -6,7 +6,8 @@ the gradient with respect to ``W`` and ``b``, which is what ``minimize(..., jac=
 
     python3 examples/softmax_regression_scipy.py
 
-needs scipy, and scikit-learn for the digits (``python3 -m pip install "lsref[demo]"``).
+needs scipy, and scikit-learn for the digits (``python3 -m pip install scipy scikit-learn``;
+the ``demo`` extra of a source checkout, ``pip install ".[demo]"``, brings both).
 """
 import numpy as np
 from scipy.optimize import minimize

@@ -367,7 +367,7 @@ def pyplot() -> Any:
         import matplotlib.pyplot as plt  # headless, matplotlib picks its Agg backend itself
     except ImportError:
         raise ImportError("plot_reliability needs matplotlib, which is optional: "
-                          "python3 -m pip install matplotlib (or \"lsref[demo]\")") from None
+                          "python3 -m pip install matplotlib") from None
     return plt
 
 

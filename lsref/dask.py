@@ -26,7 +26,8 @@ from numpy.typing import ArrayLike
 try:
     import dask.array as da
 except ImportError:                                  # pragma: no cover - exercised by hand
-    raise ImportError("lsref.dask needs dask: python3 -m pip install \"lsref[dask]\"") \
+    raise ImportError("lsref.dask needs dask: python3 -m pip install \"dask[array]\" "
+                      "distributed") \
         from None
 
 from . import _params, sharded

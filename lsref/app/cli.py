@@ -370,7 +370,7 @@ def _demo(args):
         from scipy.optimize import minimize  # noqa: F401  (the demo trains with L-BFGS)
     except ImportError:
         print("lsref demo needs scipy (and scikit-learn for the digits, matplotlib for the "
-              "picture): python3 -m pip install \"lsref[demo]\"", file=sys.stderr)
+              "picture): python3 -m pip install scipy scikit-learn matplotlib", file=sys.stderr)
         return 2
     from . import demo
     try:

@@ -80,7 +80,7 @@ def load_dataset(path=None, *, seed=0, stream=None):
     except ImportError:
         print("scikit-learn is not installed, so the digits are not available: using a "
               "synthetic 10-class Gaussian mixture instead (python3 -m pip install "
-              "\"lsref[demo]\" for the digits)", file=stream or sys.stdout, flush=True)
+              "scikit-learn for the digits)", file=stream or sys.stdout, flush=True)
         X, y = _synthetic(seed)
         return X, y, f"synthetic Gaussian mixture ({X.shape[0]} samples, 20 features, " \
                      f"10 classes)"
