@@ -631,13 +631,14 @@ static inline void lsref_block_load8(const float *base, Py_ssize_t K, Py_ssize_t
 /* g = A e - B for the 8 classes from k0 (n <= 8 of them) of the block's 8 rows (the rows in
  * dom: A ex - s beta from their exps in double, exd, with their own A and s beta, DA and DB),
  * turned back into rows and stored at dst + j K + k0 with full 8-wide stores: a short end
- * spills into the rows after it (and up to 8 floats past the block: dst has room for them),
- * which are written later. */
+ * spills into the rows after it, which are written later, and up to 8 floats past the block
+ * (dst has room for them), unless last_exact: then a store that would pass the block's end
+ * is masked to its n classes. */
 __attribute__((target("avx2,fma")))
 static inline void lsref_block_store8(float *dst, Py_ssize_t K, Py_ssize_t k0, Py_ssize_t n,
                                       const __m256 *e, __m256 Av, __m256 Bv, unsigned dom,
                                       const double (*exd)[8], const __m256d *DA,
-                                      const __m256d *DB)
+                                      const __m256d *DB, int last_exact)
 {
     __m256 r[8];
     Py_ssize_t k;
@@ -658,22 +659,35 @@ static inline void lsref_block_store8(float *dst, Py_ssize_t K, Py_ssize_t k0, P
                 _mm256_cvtpd_ps(_mm256_fmsub_pd(DA[0], _mm256_loadu_pd(exd[k0 + k]), DB[0]))), sel);
     }
     lsref_transpose8(r);
-    for (j = 0; j < 8; j++) _mm256_storeu_ps(dst + j * K + k0, r[j]);
+    if (n < 8 && last_exact) {
+        /* a row whose 8-wide store would pass the block's end (the last row; at K < 4 the
+           ones before it too) stores exactly its n classes */
+        const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n),
+                                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        for (j = 0; j < 8; j++) {
+            if (j * K + k0 + 8 > 8 * K) _mm256_maskstore_ps(dst + j * K + k0, keep, r[j]);
+            else _mm256_storeu_ps(dst + j * K + k0, r[j]);
+        }
+    } else {
+        for (j = 0; j < 8; j++) _mm256_storeu_ps(dst + j * K + k0, r[j]);
+    }
 }
 
-/* Every gradient row of the block into dst (stride K, room for 8 K + 8 floats): the short end
+/* Every gradient row of the block into dst (stride K, room for 8 K + 8 floats, or 8 K with
+ * last_exact): the short end
  * of the classes first, row after row, so that each spill is overwritten by the row it
  * spilled into (its short end, or its first 8 classes). */
 __attribute__((target("avx2,fma")))
-static void lsref_block_store(float *dst, Py_ssize_t K, const __m256 *e, __m256 Av, __m256 Bv,
-                              unsigned dom, const double (*exd)[8], const __m256d *DA,
-                              const __m256d *DB)
+static inline void lsref_block_store(float *dst, Py_ssize_t K, const __m256 *e, __m256 Av,
+                                     __m256 Bv, unsigned dom, const double (*exd)[8],
+                                     const __m256d *DA, const __m256d *DB, int last_exact)
 {
     const Py_ssize_t full = K & ~(Py_ssize_t)7;
     Py_ssize_t k0;
-    if (full < K) lsref_block_store8(dst, K, full, K - full, e, Av, Bv, dom, exd, DA, DB);
+    if (full < K)
+        lsref_block_store8(dst, K, full, K - full, e, Av, Bv, dom, exd, DA, DB, last_exact);
     for (k0 = 0; k0 < full; k0 += 8)
-        lsref_block_store8(dst, K, k0, 8, e, Av, Bv, dom, exd, DA, DB);
+        lsref_block_store8(dst, K, k0, 8, e, Av, Bv, dom, exd, DA, DB, last_exact);
 }
 
 /* The row algebra of the small-K blocks (_rowterms.h, w = 1) for 4 rows at once, one per
@@ -932,14 +946,30 @@ static void lsref_small8_body(const float *z, Py_ssize_t i0, const Py_ssize_t K,
        finished rows (in place, g is the logits the row path has yet to read). */
     float buf[8 * LSREF_BLOCK_K + 8];
     double gt[8];
-    lsref_block_store(buf, K, e, Av, Bv, dom, exd, DA, DB);
     _mm256_storeu_pd(gt, G[0]);
     _mm256_storeu_pd(gt + 4, G[1]);
-    for (j = 0; j < 8; j++) buf[j * K + tt[j]] = (float)gt[j];
-    if (fine == 0xFFu && K <= 16) {
+    if (fine == 0xFFu && K >= 8 && K <= 16) {
+        /* Few classes (8 to 16; below 8, the masked stores of up to 3 rows cost more): the block's 8 rows are one short stretch of g (80 floats at K = 10),
+           written in place; the last row's short end is stored exactly (a spill past the
+           block could reach rows of another thread's, or, in place, logits not yet read),
+           then the targets. Through buf and a copy, the copy's loads waited on the scalar
+           target stores (8% of the time at 262144 x 10). */
         float *out = g + i0 * K;
-        /* the empty asm keeps the compiler from turning this copy into a call to memcpy
-           (which, for K = 10, took 5% of the call) */
+        lsref_block_store(out, K, e, Av, Bv, dom, exd, DA, DB, 1);
+        for (j = 0; j < 8; j++) out[j * K + tt[j]] = (float)gt[j];
+        return;
+    }
+    lsref_block_store(buf, K, e, Av, Bv, dom, exd, DA, DB, 0);
+    for (j = 0; j < 8; j++) buf[j * K + tt[j]] = (float)gt[j];
+    if (fine == 0xFFu && K < 8) {
+        float *out = g + i0 * K;
+        /* the empty asm keeps the compiler from turning this copy into a call to memcpy */
+        for (k = 0; k < K; k++) {
+            _mm256_storeu_ps(out + 8 * k, _mm256_loadu_ps(buf + 8 * k));
+            __asm__ volatile("" ::: "memory");
+        }
+    } else if (fine == 0xFFu) {                   /* the 8 rows are one stretch of g */
+        float *out = g + i0 * K;
         for (k = 0; k < K; k++) {
             _mm256_storeu_ps(out + 8 * k, _mm256_loadu_ps(buf + 8 * k));
             __asm__ volatile("" ::: "memory");

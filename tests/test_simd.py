@@ -185,6 +185,37 @@ def test_small_k_block_kernel_matches_oracle_and_row_path():
             assert_close_to_oracle(ref_loss, grad2[fin], ref_loss, ref_grad[fin], np.float32)
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("K", [*range(2, 18), 33, 100])
+def test_small_k_blocks_write_nothing_past_their_rows(K, n_threads):
+    """The small-K blocks store whole vectors of 8 classes; a row's short end spills into the
+    rows after it, which are written later. The last block's last rows must not spill past the
+    array: out= is a view of a longer buffer whose tail is a sentinel (48 rows, 6 blocks,
+    whose last one ends where the array does; split between threads at a block boundary),
+    both out of place and in place over logits followed by more logits."""
+    import lsref
+    from lsref import reference as R
+    rng = np.random.default_rng(700 + K)
+    N = 48
+    z = (rng.standard_normal((N, K)) * 2).astype(np.float32)
+    t = rng.integers(0, K, N)
+    ref_loss, ref_grad = R.value_and_grad(z, t, label_smoothing=0.1, reduction="none")
+    buf = np.full(N * K + 16, 12345.0, dtype=np.float32)
+    out = buf[:N * K].reshape(N, K)
+    loss, grad = lsref.value_and_grad(z, t, label_smoothing=0.1, reduction="none", out=out,
+                                      n_threads=n_threads)
+    assert grad is out
+    assert_array_equal(buf[N * K:], np.float32(12345.0))
+    assert_close_to_oracle(loss, grad, ref_loss, ref_grad, np.float32)
+    # in place over the first 48 rows of 96: rows 48.. are logits that must stay as they are
+    both = np.concatenate([z, z]).ravel()
+    head = both[:N * K].reshape(N, K)
+    lsref.value_and_grad(head, t, label_smoothing=0.1, reduction="none", out=head,
+                         n_threads=n_threads)
+    assert_array_equal(both[N * K:], z.ravel())
+    assert_array_equal(head, grad)
+
+
 @pytest.mark.parametrize("K", [3, 10, 17, 100])
 def test_dominated_row_does_not_depend_on_its_neighbours(K):
     """The small-K blocks finish a dominated row's gradient from its exps in double: all 8 rows
