@@ -273,9 +273,9 @@ cdef extern from "_simd.h" nogil:
         int64_t ignore_index
         int has_ignore
         int refine_if_target_max, refine_if_other_max
-    void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const int64_t *t,
-                          const lsref_small_params *P, double *loss, float *g,
-                          unsigned char *redo) noexcept nogil
+    void lsref_small_pair_f32(const float *z, Py_ssize_t b, Py_ssize_t nblocks, Py_ssize_t K,
+                              const int64_t *t, const lsref_small_params *P, double *loss,
+                              float *g, unsigned char *redo) noexcept nogil
     int lsref_small8_available() noexcept nogil
     enum: LSREF_BLOCK_K
     float lsref_exp_neg_f32(float) noexcept nogil
@@ -996,19 +996,21 @@ cdef int _index_rows(const stored_in *z, const int64_t *targets, Py_ssize_t N, P
     # region would not wait for each other). On one thread the loops run without a region
     # (starting one costs more than a row of 10 classes).
     if stored_in is float:
+        # whole blocks of 8 rows, in pairs (lsref_small_pair_f32: at once on AVX-512);
+        # redo[] flags the rows they leave
         if small and nt == 1:
             with nogil:
-                for b in range(N // 8):
-                    if _interrupted(&tk, 0, 8 * K):
+                for b in range((N // 8 + 1) // 2):
+                    if _interrupted(&tk, 0, 16 * K):
                         break
-                    lsref_small8_f32(z, b * 8, K, targets, &P, loss_out, g32, redo)
-        elif small:                         # whole blocks of 8 rows; redo[] flags the others
+                    lsref_small_pair_f32(z, b, N // 8, K, targets, &P, loss_out, g32, redo)
+        elif small:
             with nogil, parallel(num_threads=nt):
                 tid = lsref_thread_num()
-                for b in prange(N // 8, schedule="static"):
-                    if _interrupted(&tk, tid, 8 * K):
+                for b in prange((N // 8 + 1) // 2, schedule="static"):
+                    if _interrupted(&tk, tid, 16 * K):
                         continue
-                    lsref_small8_f32(z, b * 8, K, targets, &P, loss_out, g32, redo)
+                    lsref_small_pair_f32(z, b, N // 8, K, targets, &P, loss_out, g32, redo)
         if lsref_stopped(&tk):
             _raise_pending()
     # The rows before the first one the blocks handed back are done: the row loop starts

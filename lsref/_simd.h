@@ -690,6 +690,49 @@ static inline void lsref_block_store(float *dst, Py_ssize_t K, const __m256 *e, 
         lsref_block_store8(dst, K, k0, 8, e, Av, Bv, dom, exd, DA, DB, last_exact);
 }
 
+/* The gradient rows of a block of 8 (lsref_block_store's arguments; tt and gt: the targets and
+ * their gradient entries) into g, the finished rows only (bits of fine). The rows go into buf
+ * (in L1) first, then are copied to g: 8 rows written in 8 interleaved streams straight into
+ * g cost more than the copy (up to 1.5x the block's time at K = 64..128). A block with a row
+ * left to the row path copies only its finished rows (in place, g is the logits the row path
+ * has yet to read). */
+__attribute__((target("avx2,fma")))
+static inline void lsref_small8_put(float *g, Py_ssize_t i0, Py_ssize_t K, const __m256 *e,
+                                    __m256 Av, __m256 Bv, unsigned dom,
+                                    const double (*exd)[8], const __m256d *DA,
+                                    const __m256d *DB, unsigned fine, const int32_t *tt,
+                                    const double *gt)
+{
+    float buf[8 * LSREF_BLOCK_K + 8];
+    float *const out = g + i0 * K;
+    Py_ssize_t j, k;
+    if (fine == 0xFFu && K >= 8 && K <= 16) {
+        /* 8 to 16 classes: the block's 8 rows are one short stretch of g (80 floats at
+           K = 10), written in place; a store that would pass the block's end is masked (a
+           spill could reach another thread's rows, or, in place, logits not yet read), then
+           the targets. Through buf and a copy, the copy's loads waited on the scalar target
+           stores (8% of the time at 262144 x 10). Below 8 classes, the masked stores of up
+           to 3 rows cost more than the copy. */
+        lsref_block_store(out, K, e, Av, Bv, dom, exd, DA, DB, 1);
+        for (j = 0; j < 8; j++) out[j * K + tt[j]] = (float)gt[j];
+        return;
+    }
+    lsref_block_store(buf, K, e, Av, Bv, dom, exd, DA, DB, 0);
+    for (j = 0; j < 8; j++) buf[j * K + tt[j]] = (float)gt[j];
+    if (fine == 0xFFu) {                           /* the 8 rows are one stretch of g */
+        /* the empty asm keeps the compiler from turning this copy into a call to memcpy
+           (which, for K = 10, took 5% of the call; per row at K = 100, 11%) */
+        for (k = 0; k < K; k++) {
+            _mm256_storeu_ps(out + 8 * k, _mm256_loadu_ps(buf + 8 * k));
+            __asm__ volatile("" ::: "memory");
+        }
+    } else {
+        for (j = 0; j < 8; j++)
+            if ((fine >> j) & 1u)
+                memcpy(out + j * K, buf + j * K, (size_t)K * sizeof(float));
+    }
+}
+
 /* The row algebra of the small-K blocks (_rowterms.h, w = 1) for 4 rows at once, one per
  * lane, in double: _rowterms.h's lsref_ce_index, lsref_kl_cancels, lsref_row_loss and
  * lsref_grad_factor written again in vectors (called lane by lane instead, 262144 x 10 took
@@ -737,28 +780,22 @@ static inline unsigned lsref_small_rows4(const lsref_small_params *P, double c, 
  * gradient finished from its exps in double (below). The gradient is
  * written with full vector stores (masked stores, microcoded on some CPUs, cost more than
  * the rest of the block). */
+static inline void lsref_small8_finish(const float *z, Py_ssize_t i0, const Py_ssize_t K,
+                                       const int64_t *t, const lsref_small_params *Pin,
+                                       double *loss, float *g, unsigned char *redo, __m256 m,
+                                       const __m256 *e, __m256d SE0, __m256d SE1, __m256d U0,
+                                       __m256d U1);
+
 __attribute__((target("avx2,fma")))
-static void lsref_small8_body(const float *z, Py_ssize_t i0, const Py_ssize_t K,
-                                     const int64_t *t, const lsref_small_params *Pin,
+static inline void lsref_small8_body(const float *z, Py_ssize_t i0, const Py_ssize_t K,
+                                     const int64_t *t, const lsref_small_params *P,
                                      double *loss, float *g, unsigned char *redo)
 {
-    /* the parameters copied: the stores into loss and g cannot touch a local, so they stay
-       in registers and their tests are not repeated */
-    const lsref_small_params Pc = *Pin, *const P = &Pc;
     /* v[k]: class k of the 8 rows; e[k], its exp, takes v[k]'s place (the block's working
        set stays small enough for L1 beside the rows it reads and writes) */
     __m256 v[LSREF_BLOCK_K8], *const e = v;
-    int32_t tt[8];                                 /* the targets, 0 where not valid */
-    unsigned fine;                                 /* bit j: row j is finished here */
-    Py_ssize_t j, k, k0;
+    Py_ssize_t k, k0;
     const float *base = z + i0 * K;
-    fine = 0;
-    for (j = 0; j < 8; j++) {
-        int64_t tj = t[i0 + j];
-        int ok = tj >= 0 && tj < K && !(P->has_ignore && tj == P->ignore_index);
-        fine |= (unsigned)ok << j;
-        tt[j] = ok ? (int32_t)tj : 0;              /* a safe index for the gather */
-    }
     /* The block reads 8 rows' worth of contiguous memory in 8 interleaved streams, which the
        hardware prefetchers follow less well than one row after another: the next block's
        logits are asked for now (1.4x on the loss at K = 100; a prefetch never faults, past
@@ -796,6 +833,33 @@ static void lsref_small8_body(const float *z, Py_ssize_t i0, const Py_ssize_t K,
     }
     const __m256d SE0 = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(nmax)), R0);
     const __m256d SE1 = _mm256_add_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(nmax, 1)), R1);
+    lsref_small8_finish(z, i0, K, t, P, loss, g, redo, m, e, SE0, SE1, U0, U1);
+}
+
+/* The rest of a block of 8 rows, from its max m, its exps e[k] (class k of the 8 rows), se
+ * (SE0: rows 0..3, SE1: 4..7) and u (U0, U1) as summed above: the targets' terms, which rows
+ * are finished here, the row algebra in double, the dominated rows, the gradient's stores. */
+__attribute__((target("avx2,fma")))
+static inline void lsref_small8_finish(const float *z, Py_ssize_t i0, const Py_ssize_t K,
+                                       const int64_t *t, const lsref_small_params *Pin,
+                                       double *loss, float *g, unsigned char *redo, __m256 m,
+                                       const __m256 *e, __m256d SE0, __m256d SE1, __m256d U0,
+                                       __m256d U1)
+{
+    /* the parameters copied: the stores into loss and g cannot touch a local, so they stay
+       in registers and their tests are not repeated */
+    const lsref_small_params Pc = *Pin, *const P = &Pc;
+    int32_t tt[8];                                 /* the targets, 0 where not valid */
+    unsigned fine;                                 /* bit j: row j is finished here */
+    Py_ssize_t j, k, k0;
+    const float *base = z + i0 * K;
+    fine = 0;
+    for (j = 0; j < 8; j++) {
+        int64_t tj = t[i0 + j];
+        int ok = tj >= 0 && tj < K && !(P->has_ignore && tj == P->ignore_index);
+        fine |= (unsigned)ok << j;
+        tt[j] = ok ? (int32_t)tj : 0;              /* a safe index for the gather */
+    }
     const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
                                            _mm256_set1_epi32((int)K));
     const __m256 zt = _mm256_i32gather_ps(base, _mm256_add_epi32(idx,
@@ -940,45 +1004,10 @@ static void lsref_small8_body(const float *z, Py_ssize_t i0, const Py_ssize_t K,
     const __m256d beta = _mm256_set1_pd(P->beta);
     const __m256 Bv = _mm256_set_m128(_mm256_cvtpd_ps(_mm256_mul_pd(S[1], beta)),
                                       _mm256_cvtpd_ps(_mm256_mul_pd(S[0], beta)));
-    /* The rows into buf (in L1) first, then copied to g one after another: 8 rows written
-       in 8 interleaved streams straight into g cost more than the copy (up to 1.5x the
-       block's time at K = 64..128). A block with a row left to the row path copies only its
-       finished rows (in place, g is the logits the row path has yet to read). */
-    float buf[8 * LSREF_BLOCK_K + 8];
     double gt[8];
     _mm256_storeu_pd(gt, G[0]);
     _mm256_storeu_pd(gt + 4, G[1]);
-    if (fine == 0xFFu && K >= 8 && K <= 16) {
-        /* Few classes (8 to 16; below 8, the masked stores of up to 3 rows cost more): the block's 8 rows are one short stretch of g (80 floats at K = 10),
-           written in place; the last row's short end is stored exactly (a spill past the
-           block could reach rows of another thread's, or, in place, logits not yet read),
-           then the targets. Through buf and a copy, the copy's loads waited on the scalar
-           target stores (8% of the time at 262144 x 10). */
-        float *out = g + i0 * K;
-        lsref_block_store(out, K, e, Av, Bv, dom, exd, DA, DB, 1);
-        for (j = 0; j < 8; j++) out[j * K + tt[j]] = (float)gt[j];
-        return;
-    }
-    lsref_block_store(buf, K, e, Av, Bv, dom, exd, DA, DB, 0);
-    for (j = 0; j < 8; j++) buf[j * K + tt[j]] = (float)gt[j];
-    if (fine == 0xFFu && K < 8) {
-        float *out = g + i0 * K;
-        /* the empty asm keeps the compiler from turning this copy into a call to memcpy */
-        for (k = 0; k < K; k++) {
-            _mm256_storeu_ps(out + 8 * k, _mm256_loadu_ps(buf + 8 * k));
-            __asm__ volatile("" ::: "memory");
-        }
-    } else if (fine == 0xFFu) {                   /* the 8 rows are one stretch of g */
-        float *out = g + i0 * K;
-        for (k = 0; k < K; k++) {
-            _mm256_storeu_ps(out + 8 * k, _mm256_loadu_ps(buf + 8 * k));
-            __asm__ volatile("" ::: "memory");
-        }
-    } else {
-        for (j = 0; j < 8; j++)
-            if ((fine >> j) & 1u)
-                memcpy(g + (i0 + j) * K, buf + j * K, (size_t)K * sizeof(float));
-    }
+    lsref_small8_put(g, i0, K, e, Av, Bv, dom, exd, DA, DB, fine, tt, gt);
 }
 
 /* The block kernel compiled once more for each K from 2 to 16 with K a constant, so that the
@@ -1012,13 +1041,263 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
     if (K >= 2 && K <= 16) lsref_small8_by_k[K](z, i0, t, P, loss, g, redo);
     else lsref_small8_body(z, i0, K, t, P, loss, g, redo);
 }
+
+/* ---- AVX-512: two blocks at once ------------------------------------------------------------
+ * Two blocks of 8 rows (i0..i0+15) with the max and the exp sweep at 16 lanes, one row per
+ * lane: each block is loaded and transposed as in lsref_small8_body and the two joined into
+ * zmm registers; then each block is finished as the 8-row kernel finishes it
+ * (lsref_small8_finish), from its half of the lanes. Every lane does what the 8-row kernel's
+ * lane does, in the same order (lsref_exp_neg_v16 is lsref_exp_neg_v8 at 16 lanes; a masked
+ * add of e where the 8-row kernel adds e or 0), so a row's results are the same bits in
+ * either kernel (tests/test_simd.py). The exp sweep is most of a block's work: on an AVX-512
+ * AMD EPYC (Zen 4, whose 512-bit operations take two passes through 256-bit units) the row
+ * sweep at 16 lanes took 0.65x the time of the one at 8. */
+/* lsref_log_v4d at 8 lanes: the same operations in the same order, so the same bits. */
+__attribute__((target("avx512f,avx2,fma")))
+static inline __m512d lsref_log_v8d(__m512d x)
+{
+    const __m512i sqrt_half = _mm512_set1_epi64(0x3FE6A09E667F3BCDll);
+    __m512i bits = _mm512_castpd_si512(x);
+    __m512i k = _mm512_srli_epi64(_mm512_sub_epi64(bits, sqrt_half), 52);
+    __m512d f = _mm512_castsi512_pd(_mm512_sub_epi64(bits, _mm512_slli_epi64(k, 52)));
+    __m512d kd = _mm512_sub_pd(_mm512_castsi512_pd(_mm512_or_si512(
+                     k, _mm512_set1_epi64(0x4330000000000000ll))),
+                 _mm512_set1_pd(4503599627370496.0));
+    __m512d s = _mm512_div_pd(_mm512_sub_pd(f, _mm512_set1_pd(1.0)),
+                              _mm512_add_pd(f, _mm512_set1_pd(1.0)));
+    __m512d z = _mm512_mul_pd(s, s);
+    __m512d p = _mm512_set1_pd(2.0 / 21.0);
+    p = _mm512_fmadd_pd(p, z, _mm512_set1_pd(2.0 / 19.0));
+    p = _mm512_fmadd_pd(p, z, _mm512_set1_pd(2.0 / 17.0));
+    p = _mm512_fmadd_pd(p, z, _mm512_set1_pd(2.0 / 15.0));
+    p = _mm512_fmadd_pd(p, z, _mm512_set1_pd(2.0 / 13.0));
+    p = _mm512_fmadd_pd(p, z, _mm512_set1_pd(2.0 / 11.0));
+    p = _mm512_fmadd_pd(p, z, _mm512_set1_pd(2.0 / 9.0));
+    p = _mm512_fmadd_pd(p, z, _mm512_set1_pd(2.0 / 7.0));
+    p = _mm512_fmadd_pd(p, z, _mm512_set1_pd(2.0 / 5.0));
+    p = _mm512_fmadd_pd(p, z, _mm512_set1_pd(2.0 / 3.0));
+    __m512d lo = _mm512_fmadd_pd(_mm512_mul_pd(s, z), p,
+                                 _mm512_mul_pd(kd, _mm512_set1_pd(1.90821492927058770002e-10)));
+    __m512d logf = _mm512_add_pd(_mm512_add_pd(s, s), lo);
+    return _mm512_fmadd_pd(kd, _mm512_set1_pd(6.93147180369123816490e-01), logf);
+}
+
+/* lsref_small_rows4 at 8 lanes (rows 0..7 of a block; the same operations in the same order,
+ * so the same bits): returns the lanes where the KL form cancels. */
+__attribute__((target("avx512f,avx2,fma")))
+static inline unsigned lsref_small_rows8(const lsref_small_params *P, double c, __m512d m,
+                                         __m512d se, __m512d dt, __m512d u, __m512d s,
+                                         __m512d *loss, __m512d *lse, __m512d *A)
+{
+    const __m512d L = lsref_log_v8d(se);
+    __m512d ce = _mm512_setzero_pd(), lh, cz = _mm512_set1_pd(c);
+    unsigned cancels = 0;
+    if (P->q_t != 0.0) ce = _mm512_mul_pd(_mm512_set1_pd(P->q_t), _mm512_sub_pd(L, dt));
+    if (P->beta != 0.0)
+        ce = _mm512_add_pd(ce, _mm512_mul_pd(_mm512_set1_pd(P->beta), _mm512_sub_pd(
+                 _mm512_mul_pd(_mm512_set1_pd(P->W - 1.0), L), _mm512_sub_pd(u, dt))));
+    *lse = _mm512_add_pd(m, L);
+    lh = ce;
+    if (P->kl_const != 0.0) {                      /* lsref_kl_cancels */
+        lh = _mm512_add_pd(ce, _mm512_set1_pd(P->kl_const));
+        cancels = (unsigned)_mm512_cmp_pd_mask(
+            _mm512_abs_pd(lh), _mm512_mul_pd(_mm512_set1_pd(1e-2), _mm512_abs_pd(ce)),
+            _CMP_LT_OQ);
+    }
+    if (P->lam != 0.0) {
+        lh = _mm512_add_pd(lh, _mm512_mul_pd(_mm512_mul_pd(_mm512_set1_pd(P->lam), *lse), *lse));
+        cz = _mm512_add_pd(cz, _mm512_mul_pd(_mm512_set1_pd(2.0 * P->lam), *lse));
+    }
+    *loss = _mm512_mul_pd(lh, s);
+    *A = _mm512_div_pd(_mm512_mul_pd(s, cz), se);
+    return cancels;
+}
+
+/* The two blocks' finish (SE0/U0: rows 0..7, SE1/U1: 8..15): the targets' terms at 16 lanes,
+ * then each block of 8 whose gradient has no dominated row to finish (most blocks of random
+ * logits; every block of the loss alone) at 8 lanes in one zmm register, lsref_small8_finish's
+ * operations lane by lane (the same bits); a block with one is finished by
+ * lsref_small8_finish itself. */
+__attribute__((target("avx512f,avx2,fma")))
+static inline void lsref_small16_finish(const float *z, Py_ssize_t i0, const Py_ssize_t K,
+                                        const int64_t *t, const lsref_small_params *Pin,
+                                        double *loss, float *g, unsigned char *redo, __m512 m,
+                                        const __m512 *e, __m512d SE0, __m512d SE1,
+                                        __m512d U0, __m512d U1)
+{
+    const lsref_small_params Pc = *Pin, *const P = &Pc;
+    int32_t tt[16];
+    unsigned fine = 0;
+    Py_ssize_t j, k;
+    const float *base = z + i0 * K;
+    __m256 h[LSREF_BLOCK_K8];                      /* one block's exps, class by class */
+    for (j = 0; j < 16; j++) {
+        int64_t tj = t[i0 + j];
+        int ok = tj >= 0 && tj < K && !(P->has_ignore && tj == P->ignore_index);
+        fine |= (unsigned)ok << j;
+        tt[j] = ok ? (int32_t)tj : 0;
+    }
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
+                                                             11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32((int)K));
+    const __m512 zt = _mm512_i32gather_ps(_mm512_add_epi32(idx, _mm512_loadu_si512(tt)),
+                                          base, 4);
+    const __m512 et = lsref_exp_neg_v16(_mm512_sub_ps(zt, m));
+    {
+        const __m512 inf = _mm512_set1_ps(INFINITY);
+        const __m512d infd = _mm512_set1_pd(INFINITY);
+        fine &= (unsigned)_mm512_cmp_ps_mask(_mm512_abs_ps(m), inf, _CMP_LT_OQ)
+              & (unsigned)_mm512_cmp_ps_mask(_mm512_abs_ps(zt), inf, _CMP_LT_OQ);
+        fine &= (unsigned)_mm512_cmp_pd_mask(_mm512_abs_pd(SE0), infd, _CMP_LT_OQ)
+              | ((unsigned)_mm512_cmp_pd_mask(_mm512_abs_pd(SE1), infd, _CMP_LT_OQ) << 8);
+    }
+    const unsigned at_max = (unsigned)_mm512_cmp_ps_mask(zt, m, _CMP_EQ_OQ);
+    const __m512d two = _mm512_set1_pd(2.0);
+    const unsigned below2 = (unsigned)_mm512_cmp_pd_mask(SE0, two, _CMP_LT_OQ)
+        | ((unsigned)_mm512_cmp_pd_mask(SE1, two, _CMP_LT_OQ) << 8);
+    if (P->refine_if_target_max) fine &= ~(at_max & below2);
+    if (P->refine_if_other_max) fine &= ~(~at_max & below2);
+    /* the rows lsref_small8_finish would finish as dominated (before the KL test, which can
+       only take rows out) */
+    const unsigned dom = g != NULL ? fine & at_max & below2 : 0u;
+    const double c = lsref_target_mass(P->q_t, P->beta, P->W - 1.0);
+    const __m128i bit = _mm_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 0, 0, 0, 0, 0, 0, 0, 0);
+    for (j = 0; j < 2; j++) {
+#define LSREF_HALF8(x) (j ? _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)) \
+                          : _mm512_castps512_ps256(x))
+        const Py_ssize_t r0 = i0 + 8 * j;
+        const __m512d se = j ? SE1 : SE0, u = j ? U1 : U0;
+        for (k = 0; k < K; k++) h[k] = LSREF_HALF8(e[k]);
+        if ((dom >> (8 * j)) & 0xFFu) {
+            lsref_small8_finish(z, r0, K, t, P, loss, g, redo, LSREF_HALF8(m), h,
+                                _mm512_castpd512_pd256(se), _mm512_extractf64x4_pd(se, 1),
+                                _mm512_castpd512_pd256(u), _mm512_extractf64x4_pd(u, 1));
+            continue;
+        }
+        __m512d lh, ls, A, S, Mh, Dt, G;
+        unsigned f = (fine >> (8 * j)) & 0xFFu;
+        Mh = _mm512_cvtps_pd(LSREF_HALF8(m));
+        Dt = _mm512_sub_pd(_mm512_cvtps_pd(LSREF_HALF8(zt)), Mh);
+        S = P->row_scale
+            ? _mm512_mul_pd(_mm512_set1_pd(P->scale), _mm512_loadu_pd(P->row_scale + r0))
+            : _mm512_set1_pd(P->scale);
+        f &= ~lsref_small_rows8(P, c, Mh, se, Dt, u, S, &lh, &ls, &A);
+        _mm512_storeu_pd(loss + r0, lh);
+        G = _mm512_fmsub_pd(A, _mm512_cvtps_pd(LSREF_HALF8(et)),
+                            _mm512_mul_pd(S, _mm512_set1_pd(P->q_t)));
+        _mm_storel_epi64((__m128i *)(redo + r0), _mm_and_si128(_mm_cmpeq_epi8(
+            _mm_and_si128(_mm_set1_epi8((char)f), bit), _mm_setzero_si128()),
+            _mm_set1_epi8(1)));
+        if (g != NULL) {
+            double gt[8];
+            const __m256d zero4 = _mm256_setzero_pd();
+            const __m256d Z2[2] = {zero4, zero4};
+            _mm512_storeu_pd(gt, G);
+            lsref_small8_put(g, r0, K, h, _mm512_cvtpd_ps(A),
+                             _mm512_cvtpd_ps(_mm512_mul_pd(S, _mm512_set1_pd(P->beta))),
+                             0u, NULL, Z2, Z2, f, tt + 8 * j, gt);
+        }
+#undef LSREF_HALF8
+    }
+}
+
+__attribute__((target("avx512f,avx2,fma")))
+static inline void lsref_small16_body(const float *z, Py_ssize_t i0, const Py_ssize_t K,
+                                      const int64_t *t, const lsref_small_params *P,
+                                      double *loss, float *g, unsigned char *redo)
+{
+    __m512 v[LSREF_BLOCK_K8];                      /* class k of the 16 rows; then its exp */
+    __m256 h[LSREF_BLOCK_K8], h1[LSREF_BLOCK_K8];  /* one block's 8 rows */
+    Py_ssize_t k, k0;
+    const float *base = z + i0 * K;
+    for (k = 0; k < 16 * K; k += 16) __builtin_prefetch(base + 16 * K + k, 0, 3);
+    for (k0 = 0; k0 < K; k0 += 8) {
+        const Py_ssize_t n = K - k0 < 8 ? K - k0 : 8;
+        lsref_block_load8(base, K, k0, n, h + k0);
+        lsref_block_load8(base + 8 * K, K, k0, n, h1 + k0);
+    }
+    for (k = 0; k < K; k++)
+        v[k] = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(h[k])),
+                                                   _mm256_castps_pd(h1[k]), 1));
+    __m512 m = _mm512_set1_ps(-INFINITY), m1 = m;
+    for (k = 0; k + 1 < K; k += 2) {               /* NaN in v passes over, as in the rows */
+        m = _mm512_max_ps(v[k], m);
+        m1 = _mm512_max_ps(v[k + 1], m1);
+    }
+    if (k < K) m = _mm512_max_ps(v[k], m);
+    m = _mm512_max_ps(m1, m);
+    /* R0, U0: rows 0..7 (the first block), R1, U1: rows 8..15, in double */
+    __m512d R0 = _mm512_setzero_pd(), R1 = R0, U0 = R0, U1 = R0;
+    __m512 nmax = _mm512_setzero_ps();
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (k0 = 0; k0 < K; k0 += 16) {
+        __m512 rest = _mm512_setzero_ps(), u = rest;
+        const Py_ssize_t end = k0 + 16 < K ? k0 + 16 : K;
+        for (k = k0; k < end; k++) {
+            __m512 d = _mm512_sub_ps(v[k], m);
+            __mmask16 at_m = _mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_EQ_OQ);
+            v[k] = lsref_exp_neg_v16(d);
+            rest = _mm512_mask_add_ps(rest, (__mmask16)~at_m, rest, v[k]);
+            nmax = _mm512_mask_add_ps(nmax, at_m, nmax, one);
+            u = _mm512_add_ps(u, d);
+        }
+        lsref_add16_pd(&R0, &R1, rest);
+        lsref_add16_pd(&U0, &U1, u);
+    }
+    R0 = _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(nmax)), R0);
+    R1 = _mm512_add_pd(_mm512_cvtps_pd(_mm256_castpd_ps(
+             _mm512_extractf64x4_pd(_mm512_castps_pd(nmax), 1))), R1);
+    lsref_small16_finish(z, i0, K, t, P, loss, g, redo, m, v, R0, R1, U0, U1);
+}
+
+#define LSREF_SMALL16_FOR(KK)                                                                \
+__attribute__((target("avx512f,avx2,fma"), flatten))                                         \
+static void lsref_small16_k##KK(const float *z, Py_ssize_t i0, const int64_t *t,             \
+                                const lsref_small_params *P, double *loss, float *g,         \
+                                unsigned char *redo)                                         \
+{ lsref_small16_body(z, i0, KK, t, P, loss, g, redo); }
+LSREF_SMALL16_FOR(2)  LSREF_SMALL16_FOR(3)  LSREF_SMALL16_FOR(4)  LSREF_SMALL16_FOR(5)
+LSREF_SMALL16_FOR(6)  LSREF_SMALL16_FOR(7)  LSREF_SMALL16_FOR(8)  LSREF_SMALL16_FOR(9)
+LSREF_SMALL16_FOR(10) LSREF_SMALL16_FOR(11) LSREF_SMALL16_FOR(12) LSREF_SMALL16_FOR(13)
+LSREF_SMALL16_FOR(14) LSREF_SMALL16_FOR(15) LSREF_SMALL16_FOR(16)
+
+static const lsref_small8_fixed lsref_small16_by_k[17] = {
+    NULL, NULL, lsref_small16_k2, lsref_small16_k3, lsref_small16_k4, lsref_small16_k5,
+    lsref_small16_k6, lsref_small16_k7, lsref_small16_k8, lsref_small16_k9, lsref_small16_k10,
+    lsref_small16_k11, lsref_small16_k12, lsref_small16_k13, lsref_small16_k14,
+    lsref_small16_k15, lsref_small16_k16};
+
+static int lsref_small16_on = 0;                   /* set by lsref_simd_init: the AVX-512 set */
+
+/* Blocks 2b and 2b + 1 of the nblocks blocks of 8 rows (the second where there is one): at
+ * once on the AVX-512 set, else one after the other. The pairing depends only on N, never
+ * on the threads, and a row's bits do not depend on the kernel. */
+static void lsref_small_pair_f32(const float *z, Py_ssize_t b, Py_ssize_t nblocks,
+                                 Py_ssize_t K, const int64_t *t, const lsref_small_params *P,
+                                 double *loss, float *g, unsigned char *redo)
+{
+    const Py_ssize_t i0 = 16 * b;
+    if (2 * b + 1 < nblocks) {
+        /* below 8 classes most blocks of the gradient have a dominated row (scale-2
+           logits), which the pair would hand back to lsref_small8_finish: 1.11x the time at
+           K = 3 (the loss alone: 0.70x) */
+        if (lsref_small16_on && K <= 16 && (g == NULL || K >= 8)) {
+            lsref_small16_by_k[K](z, i0, t, P, loss, g, redo);
+            return;
+        }
+        lsref_small8_f32(z, i0, K, t, P, loss, g, redo);
+        lsref_small8_f32(z, i0 + 8, K, t, P, loss, g, redo);
+    } else {
+        lsref_small8_f32(z, i0, K, t, P, loss, g, redo);
+    }
+}
 #define LSREF_HAVE_SMALL8 1
 #else
 #define LSREF_HAVE_SMALL8 0
-static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const int64_t *t,
-                             const lsref_small_params *P, double *loss, float *g,
-                             unsigned char *redo) { (void)z; (void)i0; (void)K; (void)t;
-    (void)P; (void)loss; (void)g; (void)redo; }
+static void lsref_small_pair_f32(const float *z, Py_ssize_t b, Py_ssize_t nblocks,
+                                 Py_ssize_t K, const int64_t *t, const lsref_small_params *P,
+                                 double *loss, float *g, unsigned char *redo) { (void)z;
+    (void)b; (void)nblocks; (void)K; (void)t; (void)P; (void)loss; (void)g; (void)redo; }
 #endif
 
 /* exp(x) for x <= 0 over an array, through the exponential the selected sweeps use (the
@@ -1114,12 +1393,16 @@ static int lsref_simd_init(const char *force)
 {
     int want_any = (force == NULL || force[0] == '\0');
     lsref_simd = lsref_simd_generic;
+#if LSREF_HAVE_SMALL8
+    lsref_small16_on = 0;
+#endif
     if (!want_any && strcmp(force, "generic") == 0) return 0;
 #ifdef LSREF_X86_DISPATCH
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2")
             && __builtin_cpu_supports("fma") && (want_any || strcmp(force, "avx512") == 0)) {
         lsref_simd = lsref_simd_avx512;
+        lsref_small16_on = LSREF_HAVE_SMALL8;
         return 0;
     }
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")

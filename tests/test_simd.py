@@ -185,6 +185,42 @@ def test_small_k_block_kernel_matches_oracle_and_row_path():
             assert_close_to_oracle(ref_loss, grad2[fin], ref_loss, ref_grad[fin], np.float32)
 
 
+@pytest.mark.parametrize("K", [*range(2, 18), 33])
+def test_a_row_gives_the_same_bits_in_a_pair_of_blocks_and_in_a_block_alone(K):
+    """On AVX-512 the small-K blocks of 8 rows go in pairs (16 rows, one per lane of the exp
+    sweep; each block then finished at 8 lanes in one register, or by the 8-row code where it
+    has a dominated row); an odd last block goes alone through the 8-row kernel. 24 rows:
+    rows 0..15 are a pair, 16..23 the lone block, and rows 16..23 repeat rows 0..7 (then
+    8..15): every result must be the same bits, with every term and with dominated rows in
+    some blocks only. On a CPU without AVX-512 both are the 8-row kernel."""
+    import lsref
+    rng = np.random.default_rng(900 + K)
+    blocks = [(rng.standard_normal((8, K)) * 2).astype(np.float32) for _ in range(2)]
+    targets = [rng.integers(0, K, 8) for _ in range(2)]
+    z1, t1 = blocks[1], targets[1]
+    z1[np.arange(8), t1] = z1.max(axis=1) + np.linspace(3, 12, 8).astype(np.float32)
+    special = blocks[0].copy()
+    special[2, (targets[0][2] + 1) % K] = -np.inf   # a masked class; the row stays in the block
+    blocks.append(special)
+    targets.append(targets[0])
+    for a in range(len(blocks)):                    # the lone block repeats block a
+        for b in range(len(blocks)):                # beside block b in the pair
+            z = np.concatenate([blocks[a], blocks[b], blocks[a]])
+            t = np.concatenate([targets[a], targets[b], targets[a]])
+            sw = np.tile(rng.random(8) + 0.5, 3)
+            for kw in (dict(label_smoothing=0.1), dict(label_smoothing=0.0),
+                       dict(label_smoothing=0.2, smoothing="others", z_loss=1e-3, kl=True,
+                            sample_weight=sw)):
+                for n in (1, 2):
+                    loss, grad = lsref.value_and_grad(z, t, reduction="none", n_threads=n,
+                                                      **kw)
+                    assert_array_equal(loss[16:], loss[:8])
+                    assert_array_equal(grad[16:], grad[:8])
+                    alone = lsref.cross_entropy(z, t, reduction="none", n_threads=n, **kw)
+                    assert_array_equal(alone[16:], alone[:8])
+                    assert_array_equal(alone, loss)
+
+
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("K", [*range(2, 18), 33, 100])
 def test_small_k_blocks_write_nothing_past_their_rows(K, n_threads):
