@@ -780,6 +780,7 @@ static inline unsigned lsref_small_rows4(const lsref_small_params *P, double c, 
  * gradient finished from its exps in double (below). The gradient is
  * written with full vector stores (masked stores, microcoded on some CPUs, cost more than
  * the rest of the block). */
+__attribute__((target("avx2,fma")))
 static inline void lsref_small8_finish(const float *z, Py_ssize_t i0, const Py_ssize_t K,
                                        const int64_t *t, const lsref_small_params *Pin,
                                        double *loss, float *g, unsigned char *redo, __m256 m,
