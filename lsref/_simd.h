@@ -1083,6 +1083,35 @@ static inline __m512d lsref_log_v8d(__m512d x)
     return _mm512_fmadd_pd(kd, _mm512_set1_pd(6.93147180369123816490e-01), logf);
 }
 
+/* lsref_exp_neg_v4d at 8 lanes: the same operations in the same order, so the same bits. */
+__attribute__((target("avx512f,avx2,fma")))
+static inline __m512d lsref_exp_neg_v8d(__m512d x)
+{
+    const __m512d big = _mm512_set1_pd(6755399441055744.0);          /* 1.5 * 2^52 */
+    __m512d xc = _mm512_max_pd(x, _mm512_set1_pd(-708.0));
+    __m512d t = _mm512_fmadd_pd(xc, _mm512_set1_pd(1.4426950408889634074), big);
+    __m512d n = _mm512_sub_pd(t, big);
+    __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(6.93147180369123816490e-01), xc);
+    r = _mm512_fnmadd_pd(n, _mm512_set1_pd(1.90821492927058770002e-10), r);
+    __m512d p = _mm512_set1_pd(1.0 / 6227020800.0);
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 479001600.0));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 39916800.0));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 3628800.0));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 362880.0));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 40320.0));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 5040.0));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 720.0));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 120.0));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 24.0));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 6.0));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0.5));
+    p = _mm512_add_pd(_mm512_fmadd_pd(p, _mm512_mul_pd(r, r), r), _mm512_set1_pd(1.0));
+    __m512d s = _mm512_castsi512_pd(_mm512_slli_epi64(_mm512_add_epi64(
+        _mm512_castpd_si512(t), _mm512_set1_epi64(1023 - 0x4338000000000000ll)), 52));
+    return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(x, _mm512_set1_pd(-708.0), _CMP_NLT_UQ),
+                               _mm512_mul_pd(p, s));
+}
+
 /* lsref_small_rows4 at 8 lanes (rows 0..7 of a block; the same operations in the same order,
  * so the same bits): returns the lanes where the KL form cancels. */
 __attribute__((target("avx512f,avx2,fma")))
@@ -1158,25 +1187,18 @@ static inline void lsref_small16_finish(const float *z, Py_ssize_t i0, const Py_
         | ((unsigned)_mm512_cmp_pd_mask(SE1, two, _CMP_LT_OQ) << 8);
     if (P->refine_if_target_max) fine &= ~(at_max & below2);
     if (P->refine_if_other_max) fine &= ~(~at_max & below2);
-    /* the rows lsref_small8_finish would finish as dominated (before the KL test, which can
-       only take rows out) */
-    const unsigned dom = g != NULL ? fine & at_max & below2 : 0u;
     const double c = lsref_target_mass(P->q_t, P->beta, P->W - 1.0);
     const __m128i bit = _mm_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 0, 0, 0, 0, 0, 0, 0, 0);
     for (j = 0; j < 2; j++) {
 #define LSREF_HALF8(x) (j ? _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)) \
                           : _mm512_castps512_ps256(x))
         const Py_ssize_t r0 = i0 + 8 * j;
+        const float *const rows = base + 8 * j * K;
+        const int32_t *const tj = tt + 8 * j;
         const __m512d se = j ? SE1 : SE0, u = j ? U1 : U0;
-        for (k = 0; k < K; k++) h[k] = LSREF_HALF8(e[k]);
-        if ((dom >> (8 * j)) & 0xFFu) {
-            lsref_small8_finish(z, r0, K, t, P, loss, g, redo, LSREF_HALF8(m), h,
-                                _mm512_castpd512_pd256(se), _mm512_extractf64x4_pd(se, 1),
-                                _mm512_castpd512_pd256(u), _mm512_extractf64x4_pd(u, 1));
-            continue;
-        }
-        __m512d lh, ls, A, S, Mh, Dt, G;
-        unsigned f = (fine >> (8 * j)) & 0xFFu;
+        __m512d lh, ls, A, S, Mh, Dt, G, DA = _mm512_setzero_pd(), DB = DA;
+        unsigned f = (fine >> (8 * j)) & 0xFFu, dom;
+        double exd[LSREF_BLOCK_K8][8];             /* a dominated row's exps in double */
         Mh = _mm512_cvtps_pd(LSREF_HALF8(m));
         Dt = _mm512_sub_pd(_mm512_cvtps_pd(LSREF_HALF8(zt)), Mh);
         S = P->row_scale
@@ -1186,17 +1208,77 @@ static inline void lsref_small16_finish(const float *z, Py_ssize_t i0, const Py_
         _mm512_storeu_pd(loss + r0, lh);
         G = _mm512_fmsub_pd(A, _mm512_cvtps_pd(LSREF_HALF8(et)),
                             _mm512_mul_pd(S, _mm512_set1_pd(P->q_t)));
+        /* the dominated rows, as lsref_small8_finish does them (its comments say why) */
+        dom = g != NULL ? f & (at_max >> (8 * j)) & (below2 >> (8 * j)) & 0xFFu : 0u;
+        if (dom) {
+            __m512d R = _mm512_setzero_pd(), a, gt;
+            if (__builtin_popcount(dom) >= 3) {
+                const __m512i t8 = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)tj));
+                __m256 w[8];
+                Py_ssize_t k0;
+                for (k0 = 0; k0 < K; k0 += 8) {
+                    const Py_ssize_t n = K - k0 < 8 ? K - k0 : 8;
+                    lsref_block_load8(rows, K, k0, n, w);
+                    for (k = 0; k < n; k++) {
+                        const __m512d ed = lsref_exp_neg_v8d(_mm512_sub_pd(
+                            _mm512_cvtps_pd(w[k]), Mh));
+                        const __mmask8 is_t = (__mmask8)_mm512_cmpeq_epi32_mask(
+                            t8, _mm512_set1_epi32((int)(k0 + k)));
+                        _mm512_storeu_pd(exd[k0 + k], ed);
+                        R = _mm512_mask_add_pd(R, (__mmask8)~is_t, R, ed);
+                    }
+                }
+            } else {
+                double ms[8], rs[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0}, q[4];
+                unsigned b;
+                Py_ssize_t k0;
+                const __m128i lane4 = _mm_setr_epi32(0, 1, 2, 3);
+                _mm512_storeu_pd(ms, Mh);
+                for (b = dom; b != 0; b &= b - 1) {
+                    const int r = __builtin_ctz(b);
+                    const float *zr = rows + r * K;
+                    double acc = 0.0;
+                    for (k0 = 0; k0 < K; k0 += 4) {
+                        const __m128i in = _mm_cmpgt_epi32(_mm_set1_epi32((int)(K - k0)), lane4);
+                        _mm256_storeu_pd(q, lsref_exp_neg_v4d(_mm256_sub_pd(
+                            _mm256_cvtps_pd(_mm_maskload_ps(zr + k0, in)), _mm256_set1_pd(ms[r]))));
+                        for (k = k0; k < K && k < k0 + 4; k++) {
+                            exd[k][r] = q[k - k0];
+                            acc += k == tj[r] ? 0.0 : q[k - k0];
+                        }
+                    }
+                    rs[r] = acc;
+                }
+                R = _mm512_loadu_pd(rs);
+            }
+            {
+                const __m512d se2 = _mm512_add_pd(_mm512_set1_pd(1.0), R);
+                __m512d lh2, ls2;
+                const unsigned cx = lsref_small_rows8(P, c, Mh, se2, Dt, u, S, &lh2, &ls2, &a)
+                                    & dom;
+                f &= ~cx;
+                gt = _mm512_div_pd(_mm512_mul_pd(S, _mm512_sub_pd(
+                         _mm512_fmadd_pd(_mm512_set1_pd(2.0 * P->lam), ls2,
+                                         _mm512_set1_pd(P->beta * (P->W - 1.0))),
+                         _mm512_mul_pd(_mm512_set1_pd(P->q_t), R))), se2);
+                G = _mm512_mask_mov_pd(G, (__mmask8)dom, gt);
+                dom &= ~cx;
+                DA = a;
+                DB = _mm512_mul_pd(S, _mm512_set1_pd(P->beta));
+            }
+        }
         _mm_storel_epi64((__m128i *)(redo + r0), _mm_and_si128(_mm_cmpeq_epi8(
             _mm_and_si128(_mm_set1_epi8((char)f), bit), _mm_setzero_si128()),
             _mm_set1_epi8(1)));
         if (g != NULL) {
-            double gt[8];
-            const __m256d zero4 = _mm256_setzero_pd();
-            const __m256d Z2[2] = {zero4, zero4};
-            _mm512_storeu_pd(gt, G);
+            double gt8[8];
+            const __m256d DA2[2] = {_mm512_castpd512_pd256(DA), _mm512_extractf64x4_pd(DA, 1)};
+            const __m256d DB2[2] = {_mm512_castpd512_pd256(DB), _mm512_extractf64x4_pd(DB, 1)};
+            for (k = 0; k < K; k++) h[k] = LSREF_HALF8(e[k]);
+            _mm512_storeu_pd(gt8, G);
             lsref_small8_put(g, r0, K, h, _mm512_cvtpd_ps(A),
                              _mm512_cvtpd_ps(_mm512_mul_pd(S, _mm512_set1_pd(P->beta))),
-                             0u, NULL, Z2, Z2, f, tt + 8 * j, gt);
+                             dom, (const double (*)[8])exd, DA2, DB2, f, tj, gt8);
         }
 #undef LSREF_HALF8
     }
