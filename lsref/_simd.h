@@ -1046,13 +1046,15 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
 /* ---- AVX-512: two blocks at once ------------------------------------------------------------
  * Two blocks of 8 rows (i0..i0+15) with the max and the exp sweep at 16 lanes, one row per
  * lane: each block is loaded and transposed as in lsref_small8_body and the two joined into
- * zmm registers; then each block is finished as the 8-row kernel finishes it
- * (lsref_small8_finish), from its half of the lanes. Every lane does what the 8-row kernel's
- * lane does, in the same order (lsref_exp_neg_v16 is lsref_exp_neg_v8 at 16 lanes; a masked
- * add of e where the 8-row kernel adds e or 0), so a row's results are the same bits in
- * either kernel (tests/test_simd.py). The exp sweep is most of a block's work: on an AVX-512
- * AMD EPYC (Zen 4, whose 512-bit operations take two passes through 256-bit units) the row
- * sweep at 16 lanes took 0.65x the time of the one at 8. */
+ * zmm registers; then each block is finished as lsref_small8_finish finishes it, its 8 rows'
+ * double-precision work in one zmm register instead of two ymm. Every lane does what the
+ * 8-row kernel's lane does, in the same order (lsref_exp_neg_v16 is lsref_exp_neg_v8 at 16
+ * lanes, and so on; a masked add of e where the 8-row kernel adds e or 0), so a row's results
+ * are the same bits in either kernel (tests/test_simd.py). On an AVX-512 AMD EPYC (Zen 4,
+ * whose 512-bit operations take two passes through 256-bit units) the row sweep at 16 lanes
+ * took 0.65x the time of the one at 8; paired A/B against the 8-row kernel alone, one thread,
+ * scale-2 logits: value and gradient 0.81-0.89x at K = 3..16 (262144 x 10: 0.84x), the loss
+ * 0.70-0.80x. */
 /* lsref_log_v4d at 8 lanes: the same operations in the same order, so the same bits. */
 __attribute__((target("avx512f,avx2,fma")))
 static inline __m512d lsref_log_v8d(__m512d x)
@@ -1144,10 +1146,8 @@ static inline unsigned lsref_small_rows8(const lsref_small_params *P, double c, 
 }
 
 /* The two blocks' finish (SE0/U0: rows 0..7, SE1/U1: 8..15): the targets' terms at 16 lanes,
- * then each block of 8 whose gradient has no dominated row to finish (most blocks of random
- * logits; every block of the loss alone) at 8 lanes in one zmm register, lsref_small8_finish's
- * operations lane by lane (the same bits); a block with one is finished by
- * lsref_small8_finish itself. */
+ * then each block of 8 at 8 lanes in one zmm register, lsref_small8_finish's operations lane
+ * by lane (the same bits), its dominated rows included. */
 __attribute__((target("avx512f,avx2,fma")))
 static inline void lsref_small16_finish(const float *z, Py_ssize_t i0, const Py_ssize_t K,
                                         const int64_t *t, const lsref_small_params *Pin,
@@ -1353,18 +1353,16 @@ static const lsref_small8_fixed lsref_small16_by_k[17] = {
 static int lsref_small16_on = 0;                   /* set by lsref_simd_init: the AVX-512 set */
 
 /* Blocks 2b and 2b + 1 of the nblocks blocks of 8 rows (the second where there is one): at
- * once on the AVX-512 set, else one after the other. The pairing depends only on N, never
- * on the threads, and a row's bits do not depend on the kernel. */
+ * once on the AVX-512 set (K <= 16; above, the pair's working set ran 1.6x slower at
+ * K = 100), else one after the other. The pairing depends only on N, never on the threads,
+ * and a row's bits do not depend on the kernel. */
 static void lsref_small_pair_f32(const float *z, Py_ssize_t b, Py_ssize_t nblocks,
                                  Py_ssize_t K, const int64_t *t, const lsref_small_params *P,
                                  double *loss, float *g, unsigned char *redo)
 {
     const Py_ssize_t i0 = 16 * b;
     if (2 * b + 1 < nblocks) {
-        /* below 8 classes most blocks of the gradient have a dominated row (scale-2
-           logits), which the pair would hand back to lsref_small8_finish: 1.11x the time at
-           K = 3 (the loss alone: 0.70x) */
-        if (lsref_small16_on && K <= 16 && (g == NULL || K >= 8)) {
+        if (lsref_small16_on && K <= 16) {
             lsref_small16_by_k[K](z, i0, t, P, loss, g, redo);
             return;
         }
