@@ -777,9 +777,9 @@ static inline unsigned lsref_small_rows4(const lsref_small_params *P, double c, 
  * so that v[k] holds class k of all 8 rows; max, exp and the sums run across rows, and so
  * does the finish in double (log, the row algebra of _rowterms.h, the gradient's factor),
  * 4 rows per vector. A row whose target dominates (target at the max, se < 2) has its
- * gradient finished from its exps in double (below). The gradient is
- * written with full vector stores (masked stores, microcoded on some CPUs, cost more than
- * the rest of the block). */
+ * gradient finished from its exps in double (below). The gradient is written with full
+ * vector stores (lsref_small8_put; masked stores, microcoded on some CPUs, cost more than
+ * the rest of the block: only a store that would pass the block's end is masked). */
 __attribute__((target("avx2,fma")))
 static inline void lsref_small8_finish(const float *z, Py_ssize_t i0, const Py_ssize_t K,
                                        const int64_t *t, const lsref_small_params *Pin,
@@ -1056,6 +1056,9 @@ static void lsref_small8_f32(const float *z, Py_ssize_t i0, Py_ssize_t K, const 
  * scale-2 logits: value and gradient 0.81-0.89x at K = 3..16 (262144 x 10: 0.84x), the loss
  * 0.70-0.80x. */
 /* lsref_log_v4d at 8 lanes: the same operations in the same order, so the same bits. */
+/* the pairs' class arrays: K <= 16 (lsref_small_pair_f32) */
+#define LSREF_PAIR_K 16
+
 __attribute__((target("avx512f,avx2,fma")))
 static inline __m512d lsref_log_v8d(__m512d x)
 {
@@ -1160,7 +1163,7 @@ static inline void lsref_small16_finish(const float *z, Py_ssize_t i0, const Py_
     unsigned fine = 0;
     Py_ssize_t j, k;
     const float *base = z + i0 * K;
-    __m256 h[LSREF_BLOCK_K8];                      /* one block's exps, class by class */
+    __m256 h[LSREF_PAIR_K];                        /* one block's exps, class by class */
     for (j = 0; j < 16; j++) {
         int64_t tj = t[i0 + j];
         int ok = tj >= 0 && tj < K && !(P->has_ignore && tj == P->ignore_index);
@@ -1198,7 +1201,7 @@ static inline void lsref_small16_finish(const float *z, Py_ssize_t i0, const Py_
         const __m512d se = j ? SE1 : SE0, u = j ? U1 : U0;
         __m512d lh, ls, A, S, Mh, Dt, G, DA = _mm512_setzero_pd(), DB = DA;
         unsigned f = (fine >> (8 * j)) & 0xFFu, dom;
-        double exd[LSREF_BLOCK_K8][8];             /* a dominated row's exps in double */
+        double exd[LSREF_PAIR_K][8];               /* a dominated row's exps in double */
         Mh = _mm512_cvtps_pd(LSREF_HALF8(m));
         Dt = _mm512_sub_pd(_mm512_cvtps_pd(LSREF_HALF8(zt)), Mh);
         S = P->row_scale
@@ -1289,8 +1292,8 @@ static inline void lsref_small16_body(const float *z, Py_ssize_t i0, const Py_ss
                                       const int64_t *t, const lsref_small_params *P,
                                       double *loss, float *g, unsigned char *redo)
 {
-    __m512 v[LSREF_BLOCK_K8];                      /* class k of the 16 rows; then its exp */
-    __m256 h[LSREF_BLOCK_K8], h1[LSREF_BLOCK_K8];  /* one block's 8 rows */
+    __m512 v[LSREF_PAIR_K];                        /* class k of the 16 rows; then its exp */
+    __m256 h[LSREF_PAIR_K], h1[LSREF_PAIR_K];      /* one block's 8 rows */
     Py_ssize_t k, k0;
     const float *base = z + i0 * K;
     for (k = 0; k < 16 * K; k += 16) __builtin_prefetch(base + 16 * K + k, 0, 3);
@@ -1362,7 +1365,7 @@ static void lsref_small_pair_f32(const float *z, Py_ssize_t b, Py_ssize_t nblock
 {
     const Py_ssize_t i0 = 16 * b;
     if (2 * b + 1 < nblocks) {
-        if (lsref_small16_on && K <= 16) {
+        if (lsref_small16_on && K >= 2 && K <= 16) {
             lsref_small16_by_k[K](z, i0, t, P, loss, g, redo);
             return;
         }
