@@ -277,6 +277,8 @@ cdef extern from "_simd.h" nogil:
                               const int64_t *t, const lsref_small_params *P, double *loss,
                               float *g, unsigned char *redo) noexcept nogil
     int lsref_small8_available() noexcept nogil
+    Py_ssize_t lsref_count_ignored(const int64_t *t, Py_ssize_t n, int64_t K, int has_ignore,
+                                   int64_t ign) noexcept nogil
     enum: LSREF_BLOCK_K
     float lsref_exp_neg_f32(float) noexcept nogil
     void lsref_exp_neg_f32_array(const float *x, float *y, Py_ssize_t n) noexcept nogil
@@ -1192,7 +1194,7 @@ def index_fast(logits, targets, label_smoothing, axis, reduction, smoothing, cla
     cdef int typenum, nt, red
     cdef Py_ssize_t N, K, i, n_ignored = 0
     cdef double eps, lam, total
-    cdef int64_t ign = 0, ti
+    cdef int64_t ign = 0
     cdef const int64_t *tp
     cdef bint has_ignore = False, small, empty_mean
     cdef coefs cf
@@ -1283,12 +1285,9 @@ def index_fast(logits, targets, label_smoothing, axis, reduction, smoothing, cla
             return None
     # the class indices: each in [0, K) or ignore_index
     tp = <const int64_t *> cnp.PyArray_DATA(t)
-    for i in range(N):
-        ti = tp[i]
-        if has_ignore and ti == ign:
-            n_ignored += 1
-        elif ti < 0 or ti >= K:
-            return None
+    n_ignored = lsref_count_ignored(tp, N, K, has_ignore, ign)
+    if n_ignored < 0:
+        return None
     # the coefficients, by lsref/_params.py's rules (the last call's, when it asked the same)
     memset(&key, 0, sizeof(fast_key))         # padding too: the key is compared bytewise
     key.eps, key.n_classes, key.n_rows, key.divisor = eps, K, N, <double> (N - n_ignored)

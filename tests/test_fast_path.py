@@ -238,6 +238,29 @@ def test_bad_input_gets_the_general_paths_error(name, z, t, kw):
             lsref.cross_entropy(z, t, **kw)
 
 
+@pytest.mark.parametrize("where", [0, 500, 1001, 1002])
+@pytest.mark.parametrize("bad", [-1, 7, -(2 ** 63), 2 ** 63 - 1])
+def test_one_bad_target_anywhere_in_a_long_array_is_refused(where, bad):
+    """The fast path's check of the class indices (one vectorised pass, lsref_count_ignored)
+    finds a single bad one at the start, in the middle, in the loop's tail and last, whatever
+    its size, and counts the ignored ones exactly (the "mean" divisor)."""
+    rng = np.random.default_rng(where)
+    z = rng.standard_normal((1003, 7)).astype(np.float32)
+    t = rng.integers(0, 7, 1003)
+    t[::10] = -100                                  # ignored: 101 rows
+    assert _fast_taken(z, t, label_smoothing=0.1)
+    loss = lsref.value_and_grad(z, t, label_smoothing=0.1)[0]
+    ref = oracle_value_and_grad(z, t, label_smoothing=0.1)[0]
+    assert abs(loss - ref) <= 1e-6 * abs(ref)
+    t[where] = bad
+    assert not _fast_taken(z, t, label_smoothing=0.1)
+    with pytest.raises(ValueError) as fast:
+        lsref.value_and_grad(z, t, label_smoothing=0.1)
+    with pytest.raises(ValueError) as slow:
+        _general(lsref.value_and_grad, z, t, label_smoothing=0.1)
+    assert str(fast.value) == str(slow.value)
+
+
 def test_out_overlapping_logits_or_targets_is_refused_on_both_paths():
     buf = np.zeros(2 * 3 * 4 + 3 * 4, np.float64)
     z = buf[:24].reshape(6, 4)
