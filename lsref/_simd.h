@@ -520,7 +520,8 @@ static const lsref_simd_table lsref_simd_avx512 = { "avx512f", lsref_max_f32_avx
     lsref_affine_f32_avx512, lsref_affine_f64_avx512, lsref_rest_f32_avx512,
     lsref_rest_sum_f32_avx512, 6 };
 
-/* exp(x) for x <= 0, 4 doubles: lsref_exp_neg_f64's reduction and polynomial (~1 ulp);
+/* exp(x) for x <= 0, 4 doubles (lsref_exp_neg_v8d: the same at 8, to be changed with it):
+ * lsref_exp_neg_f64's reduction and polynomial (~1 ulp);
  * x < -708 (and -inf) gives 0. */
 __attribute__((target("avx2,fma")))
 static inline __m256d lsref_exp_neg_v4d(__m256d x)
@@ -572,7 +573,8 @@ static inline void lsref_transpose8(__m256 r[8])
     r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 
-/* log(x) for x in [1, 2^1023), 4 doubles, within 1.5 ulp (tests/test_simd.py: 1.07 measured
+/* log(x) for x in [1, 2^1023), 4 doubles (lsref_log_v8d: the same at 8, to be changed with
+ * it), within 1.5 ulp (tests/test_simd.py: 1.07 measured
  * against mpmath; 2.9e-16 absolutely on [1, 17]): the small-K blocks' log(se), se in [1, K]
  * (glibc's log is the row path's). x = 2^k f with
  * f in [sqrt(2)/2, sqrt(2)), log f = 2 atanh(s), s = (f - 1)/(f + 1), |s| < 0.172, by its
@@ -736,8 +738,9 @@ static inline void lsref_small8_put(float *g, Py_ssize_t i0, Py_ssize_t K, const
 /* The row algebra of the small-K blocks (_rowterms.h, w = 1) for 4 rows at once, one per
  * lane, in double: _rowterms.h's lsref_ce_index, lsref_kl_cancels, lsref_row_loss and
  * lsref_grad_factor written again in vectors (called lane by lane instead, 262144 x 10 took
- * 1.24x the time; a change to those functions must be made here too, and the small-K tests
- * compare both paths with the oracle). From the max m, se, d_t = z_t - m and u: the loss
+ * 1.24x the time; a change to those functions must be made here too, and in its 8-lane copy
+ * lsref_small_rows8; the small-K tests compare both paths with the oracle, and the two
+ * widths bit for bit). From the max m, se, d_t = z_t - m and u: the loss
  * (row factor s), lse and A; returns the lanes (bits 0..3) where the KL form cancels (their
  * results are not to be used: the row path refines those rows). log(se), not
  * log1p(se - 1): a row kept here has no tiny loss (the refine flags of lsref_small_params),
