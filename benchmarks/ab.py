@@ -10,7 +10,8 @@ most of that drift.
 ``BASE_PACKAGE_DIR`` is the ``lsref/`` directory of another checkout, built in place
 (``python setup.py build_ext --inplace``); it is copied under the name ``lsref_base`` into a
 temporary directory and imported beside the ``lsref`` this Python imports. float32 logits
-(scale 2), class-index targets, ``label_smoothing=0.1``; ``value_and_grad`` with ``out=``
+(standard normal times ``--scale``: 2 by default; ``lsref bench`` draws scale 3, where more
+few-class rows are dominated by their max), class-index targets, ``label_smoothing=0.1``; ``value_and_grad`` with ``out=``
 and ``cross_entropy``.
 """
 import argparse
@@ -55,15 +56,17 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=21)
     p.add_argument("--shapes", default="262144x10,65536x100,65536x1000,8192x32000")
+    p.add_argument("--scale", type=float, default=2.0,
+                   help="the logits' scale (standard normal times this; 2)")
     args = p.parse_args(argv)
     import lsref
     base = load_base(args.base)
     print(f"lsref {os.path.dirname(lsref.__file__)} vs {args.base}; n_threads={args.threads}, "
-          f"{args.reps} paired calls; median of new/base")
+          f"{args.reps} paired calls; logits scale {args.scale:g}; median of new/base")
     rng = np.random.default_rng(0)
     for shape in args.shapes.split(","):
         N, K = (int(n) for n in shape.split("x"))
-        z = (rng.standard_normal((N, K)) * 2).astype(np.float32)
+        z = (rng.standard_normal((N, K)) * args.scale).astype(np.float32)
         t = rng.integers(0, K, N)
         out = np.empty_like(z)
         calls = {

@@ -735,6 +735,48 @@ static inline void lsref_small8_put(float *g, Py_ssize_t i0, Py_ssize_t K, const
     }
 }
 
+/* A dominated row alone (a block with one or two: random logits; lsref_small8_finish): its
+ * exps in double from the exact z_k - m, into exr[0..K) (room for K rounded up to 4), 4 classes
+ * at a time, and their rest (every class but the target, which is the max: exactly 1) summed
+ * class after class, as the 8-row way sums each lane, so that a row's bits do not depend on
+ * its neighbours. Kept per row (not class by class across the block, which the 8-row way's
+ * stores need): scattered into a class-by-class array, the later vector loads of that array
+ * waited on the scalar stores (store forwarding fails), most of what a dominated row cost. */
+__attribute__((target("avx2,fma")))
+static inline double lsref_dom_row_exps(const float *zr, Py_ssize_t K, double m, int32_t t,
+                                        double *exr)
+{
+    const __m128i lane4 = _mm_setr_epi32(0, 1, 2, 3);
+    const __m256d M = _mm256_set1_pd(m);
+    double acc = 0.0;
+    Py_ssize_t k, k0;
+    for (k0 = 0; k0 < K; k0 += 4) {
+        const __m128i in = _mm_cmpgt_epi32(_mm_set1_epi32((int)(K - k0)), lane4);
+        _mm256_storeu_pd(exr + k0, lsref_exp_neg_v4d(_mm256_sub_pd(
+            _mm256_cvtps_pd(_mm_maskload_ps(zr + k0, in)), M)));
+    }
+    for (k = 0; k < K; k++) acc += k == t ? 0.0 : exr[k];
+    return acc;
+}
+
+/* Row r's gradient from its exps in double (lsref_dom_row_exps): a ex_k - b, rounded to float,
+ * the same operations as lsref_block_store8's for a dominated lane, then its target entry gt;
+ * exactly its K floats are written (over what lsref_small8_put stored there). */
+__attribute__((target("avx2,fma")))
+static inline void lsref_dom_row_put(float *gr, Py_ssize_t K, const double *exr, double a,
+                                     double b, int32_t t, double gt)
+{
+    const __m256d A = _mm256_set1_pd(a), B = _mm256_set1_pd(b);
+    Py_ssize_t k0;
+    for (k0 = 0; k0 + 4 <= K; k0 += 4)
+        _mm_storeu_ps(gr + k0, _mm256_cvtpd_ps(_mm256_fmsub_pd(A, _mm256_loadu_pd(exr + k0), B)));
+    if (k0 < K)
+        _mm_maskstore_ps(gr + k0, _mm_cmpgt_epi32(_mm_set1_epi32((int)(K - k0)),
+                                                  _mm_setr_epi32(0, 1, 2, 3)),
+                         _mm256_cvtpd_ps(_mm256_fmsub_pd(A, _mm256_loadu_pd(exr + k0), B)));
+    gr[t] = (float)gt;
+}
+
 /* The row algebra of the small-K blocks (_rowterms.h, w = 1) for 4 rows at once, one per
  * lane, in double: _rowterms.h's lsref_ce_index, lsref_kl_cancels, lsref_row_loss and
  * lsref_grad_factor written again in vectors (called lane by lane instead, 262144 x 10 took
@@ -922,9 +964,14 @@ static inline void lsref_small8_finish(const float *z, Py_ssize_t i0, const Py_s
     double exd[LSREF_BLOCK_K8][8];                 /* the exps in double, class by class */
     __m256d DA[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()}, DB[2] = {DA[0], DA[0]};
                                                    /* a dominated row's A and s beta */
+    /* one or two dominated rows: each row's exps (lsref_dom_row_exps), its gradient written
+       after the block's (lsref_dom_row_put); rows_of[i]: the row of exr[i] */
+    const int alone = dom != 0 && __builtin_popcount(dom) < 3;
+    double exr[2][LSREF_BLOCK_K8];
+    int rows_of[2] = {-1, -1};
     if (dom) {
         __m256d R[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()};
-        if (__builtin_popcount(dom) >= 3) {        /* 8 rows at a time */
+        if (!alone) {                              /* 8 rows at a time */
             const __m128i t_lo = _mm_loadu_si128((const __m128i *)tt);
             const __m128i t_hi = _mm_loadu_si128((const __m128i *)(tt + 4));
             __m256 w[8];
@@ -947,28 +994,18 @@ static inline void lsref_small8_finish(const float *z, Py_ssize_t i0, const Py_s
                 }
             }
         } else {
-            /* one or two rows (random logits: most blocks with any): each alone, 4 classes
-               at a time, with the same arithmetic per class and the same order of the sum as
-               the lanes above, so a row's results do not depend on its neighbours */
-            double ms[8], rs[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0}, q[4];
+            /* one or two rows (random logits: most blocks with any): each alone, with the
+               same arithmetic per class and the same order of the sum as the lanes above, so
+               a row's results do not depend on its neighbours */
+            double ms[8], rs[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
             unsigned bits;
-            const __m128i lane4 = _mm_setr_epi32(0, 1, 2, 3);
+            int i = 0;
             _mm256_storeu_pd(ms, Mh[0]);
             _mm256_storeu_pd(ms + 4, Mh[1]);
-            for (bits = dom; bits != 0; bits &= bits - 1) {
+            for (bits = dom; bits != 0; bits &= bits - 1, i++) {
                 const int r = __builtin_ctz(bits);
-                const float *zr = base + r * K;
-                double acc = 0.0;
-                for (k0 = 0; k0 < K; k0 += 4) {
-                    const __m128i in = _mm_cmpgt_epi32(_mm_set1_epi32((int)(K - k0)), lane4);
-                    _mm256_storeu_pd(q, lsref_exp_neg_v4d(_mm256_sub_pd(
-                        _mm256_cvtps_pd(_mm_maskload_ps(zr + k0, in)), _mm256_set1_pd(ms[r]))));
-                    for (k = k0; k < K && k < k0 + 4; k++) {
-                        exd[k][r] = q[k - k0];
-                        acc += k == tt[r] ? 0.0 : q[k - k0];
-                    }
-                }
-                rs[r] = acc;
+                rows_of[i] = r;
+                rs[r] = lsref_dom_row_exps(base + r * K, K, ms[r], tt[r], exr[i]);
             }
             R[0] = _mm256_loadu_pd(rs);
             R[1] = _mm256_loadu_pd(rs + 4);
@@ -981,8 +1018,16 @@ static inline void lsref_small8_finish(const float *z, Py_ssize_t i0, const Py_s
                                  _mm256_setr_epi64x(1, 2, 4, 8)), _mm256_setzero_si256()));
             const __m256d se = _mm256_add_pd(_mm256_set1_pd(1.0), R[j]);
             __m256d lh, ls, a, gt;
-            unsigned cx = lsref_small_rows4(P, c, Mh[j], se, Dt[j], j ? U1 : U0, S[j], &lh,
-                                            &ls, &a);
+            unsigned cx = 0;
+            if (P->lam == 0.0 && P->kl_const == 0.0) {
+                /* lsref_small_rows4's A without its log, which only the z-loss (lse) and the
+                   KL form (cancels) would use: the same operations, so the same bits (and
+                   2 lam lse below is 0 either way); a third of a dominated block's extra */
+                a = _mm256_div_pd(_mm256_mul_pd(S[j], _mm256_set1_pd(c)), se);
+                ls = _mm256_setzero_pd();
+            } else {
+                cx = lsref_small_rows4(P, c, Mh[j], se, Dt[j], j ? U1 : U0, S[j], &lh, &ls, &a);
+            }
             cx &= (dom >> (4 * j)) & 0xFu;
             fine &= ~(cx << (4 * j));
             dom &= ~(cx << (4 * j));
@@ -1011,7 +1056,20 @@ static inline void lsref_small8_finish(const float *z, Py_ssize_t i0, const Py_s
     double gt[8];
     _mm256_storeu_pd(gt, G[0]);
     _mm256_storeu_pd(gt + 4, G[1]);
-    lsref_small8_put(g, i0, K, e, Av, Bv, dom, exd, DA, DB, fine, tt, gt);
+    lsref_small8_put(g, i0, K, e, Av, Bv, alone ? 0u : dom, exd, DA, DB, fine, tt, gt);
+    if (alone) {
+        double da[8], db[8];
+        int i;
+        _mm256_storeu_pd(da, DA[0]);
+        _mm256_storeu_pd(da + 4, DA[1]);
+        _mm256_storeu_pd(db, DB[0]);
+        _mm256_storeu_pd(db + 4, DB[1]);
+        for (i = 0; i < 2; i++) {
+            const int r = rows_of[i];
+            if (r >= 0 && ((dom >> r) & 1u))      /* (a row whose KL cancels left dom) */
+                lsref_dom_row_put(g + (i0 + r) * K, K, exr[i], da[r], db[r], tt[r], gt[r]);
+        }
+    }
 }
 
 /* The block kernel compiled once more for each K from 2 to 16 with K a constant, so that the
@@ -1204,7 +1262,9 @@ static inline void lsref_small16_finish(const float *z, Py_ssize_t i0, const Py_
         const __m512d se = j ? SE1 : SE0, u = j ? U1 : U0;
         __m512d lh, ls, A, S, Mh, Dt, G, DA = _mm512_setzero_pd(), DB = DA;
         unsigned f = (fine >> (8 * j)) & 0xFFu, dom;
-        double exd[LSREF_PAIR_K][8];               /* a dominated row's exps in double */
+        double exd[LSREF_PAIR_K][8];               /* dominated rows' exps in double */
+        double exr[2][LSREF_PAIR_K], gt8[8];       /* one or two: row by row */
+        int rows_of[2] = {-1, -1}, alone = 0;
         Mh = _mm512_cvtps_pd(LSREF_HALF8(m));
         Dt = _mm512_sub_pd(_mm512_cvtps_pd(LSREF_HALF8(zt)), Mh);
         S = P->row_scale
@@ -1218,7 +1278,8 @@ static inline void lsref_small16_finish(const float *z, Py_ssize_t i0, const Py_
         dom = g != NULL ? f & (at_max >> (8 * j)) & (below2 >> (8 * j)) & 0xFFu : 0u;
         if (dom) {
             __m512d R = _mm512_setzero_pd(), a, gt;
-            if (__builtin_popcount(dom) >= 3) {
+            alone = __builtin_popcount(dom) < 3;
+            if (!alone) {
                 const __m512i t8 = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)tj));
                 __m256 w[8];
                 Py_ssize_t k0;
@@ -1235,33 +1296,27 @@ static inline void lsref_small16_finish(const float *z, Py_ssize_t i0, const Py_
                     }
                 }
             } else {
-                double ms[8], rs[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0}, q[4];
+                double ms[8], rs[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
                 unsigned b;
-                Py_ssize_t k0;
-                const __m128i lane4 = _mm_setr_epi32(0, 1, 2, 3);
+                int i = 0;
                 _mm512_storeu_pd(ms, Mh);
-                for (b = dom; b != 0; b &= b - 1) {
+                for (b = dom; b != 0; b &= b - 1, i++) {
                     const int r = __builtin_ctz(b);
-                    const float *zr = rows + r * K;
-                    double acc = 0.0;
-                    for (k0 = 0; k0 < K; k0 += 4) {
-                        const __m128i in = _mm_cmpgt_epi32(_mm_set1_epi32((int)(K - k0)), lane4);
-                        _mm256_storeu_pd(q, lsref_exp_neg_v4d(_mm256_sub_pd(
-                            _mm256_cvtps_pd(_mm_maskload_ps(zr + k0, in)), _mm256_set1_pd(ms[r]))));
-                        for (k = k0; k < K && k < k0 + 4; k++) {
-                            exd[k][r] = q[k - k0];
-                            acc += k == tj[r] ? 0.0 : q[k - k0];
-                        }
-                    }
-                    rs[r] = acc;
+                    rows_of[i] = r;
+                    rs[r] = lsref_dom_row_exps(rows + r * K, K, ms[r], tj[r], exr[i]);
                 }
                 R = _mm512_loadu_pd(rs);
             }
             {
                 const __m512d se2 = _mm512_add_pd(_mm512_set1_pd(1.0), R);
                 __m512d lh2, ls2;
-                const unsigned cx = lsref_small_rows8(P, c, Mh, se2, Dt, u, S, &lh2, &ls2, &a)
-                                    & dom;
+                unsigned cx = 0;
+                if (P->lam == 0.0 && P->kl_const == 0.0) {   /* as lsref_small8_finish */
+                    a = _mm512_div_pd(_mm512_mul_pd(S, _mm512_set1_pd(c)), se2);
+                    ls2 = _mm512_setzero_pd();
+                } else {
+                    cx = lsref_small_rows8(P, c, Mh, se2, Dt, u, S, &lh2, &ls2, &a) & dom;
+                }
                 f &= ~cx;
                 gt = _mm512_div_pd(_mm512_mul_pd(S, _mm512_sub_pd(
                          _mm512_fmadd_pd(_mm512_set1_pd(2.0 * P->lam), ls2,
@@ -1277,14 +1332,25 @@ static inline void lsref_small16_finish(const float *z, Py_ssize_t i0, const Py_
             _mm_and_si128(_mm_set1_epi8((char)f), bit), _mm_setzero_si128()),
             _mm_set1_epi8(1)));
         if (g != NULL) {
-            double gt8[8];
             const __m256d DA2[2] = {_mm512_castpd512_pd256(DA), _mm512_extractf64x4_pd(DA, 1)};
             const __m256d DB2[2] = {_mm512_castpd512_pd256(DB), _mm512_extractf64x4_pd(DB, 1)};
             for (k = 0; k < K; k++) h[k] = LSREF_HALF8(e[k]);
             _mm512_storeu_pd(gt8, G);
             lsref_small8_put(g, r0, K, h, _mm512_cvtpd_ps(A),
                              _mm512_cvtpd_ps(_mm512_mul_pd(S, _mm512_set1_pd(P->beta))),
-                             dom, (const double (*)[8])exd, DA2, DB2, f, tj, gt8);
+                             alone ? 0u : dom, (const double (*)[8])exd, DA2, DB2, f, tj, gt8);
+            if (alone) {                           /* as lsref_small8_finish */
+                double da[8], db[8];
+                int i;
+                _mm512_storeu_pd(da, DA);
+                _mm512_storeu_pd(db, DB);
+                for (i = 0; i < 2; i++) {
+                    const int r = rows_of[i];
+                    if (r >= 0 && ((dom >> r) & 1u))
+                        lsref_dom_row_put(g + (r0 + r) * K, K, exr[i], da[r], db[r], tj[r],
+                                          gt8[r]);
+                }
+            }
         }
 #undef LSREF_HALF8
     }
