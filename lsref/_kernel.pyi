@@ -26,6 +26,7 @@ OPENMP_NOTE: str
 COMPILER: str
 SIMD_PATH: str
 SMALL_K_MAX: int
+STREAM_BYTES: int
 
 def omp_max_threads() -> int: ...
 def single_threaded_after_fork() -> bool: ...

@@ -273,6 +273,9 @@ cdef extern from "_simd.h" nogil:
         int64_t ignore_index
         int has_ignore
         int refine_if_target_max, refine_if_other_max
+        int stream
+    int lsref_small_stream(const float *z, const float *g, size_t n) noexcept nogil
+    void lsref_store_fence() noexcept nogil
     void lsref_small_pair_f32(const float *z, Py_ssize_t b, Py_ssize_t nblocks, Py_ssize_t K,
                               const int64_t *t, const lsref_small_params *P, double *loss,
                               float *g, unsigned char *redo) noexcept nogil
@@ -280,6 +283,7 @@ cdef extern from "_simd.h" nogil:
     Py_ssize_t lsref_count_ignored(const int64_t *t, Py_ssize_t n, int64_t K, int has_ignore,
                                    int64_t ign) noexcept nogil
     enum: LSREF_BLOCK_K
+    enum: LSREF_STREAM_BYTES
     float lsref_exp_neg_f32(float) noexcept nogil
     void lsref_exp_neg_f32_array(const float *x, float *y, Py_ssize_t n) noexcept nogil
     int lsref_log_block_array(const double *x, double *y, Py_ssize_t n) noexcept nogil
@@ -934,6 +938,8 @@ cdef coefs _coefs(KernelParams params) except *:
 
 # the most classes the small-K blocks take (_simd.h)
 SMALL_K_MAX = LSREF_BLOCK_K
+# a float32 gradient of at least this many bytes is streamed past the caches by those blocks
+STREAM_BYTES = LSREF_STREAM_BYTES
 
 
 def small_k_available():
@@ -993,6 +999,9 @@ cdef int _index_rows(const stored_in *z, const int64_t *targets, Py_ssize_t N, P
                                      and lsref_mass_at_max(q_t + beta * (W - 2.0), c))
             if want_grad:
                 g32 = <float *> grad_out
+            # a large gradient (not in place) is streamed past the caches by the blocks
+            # (_simd.h, LSREF_STREAM_BYTES); each thread fences its stores after its blocks
+            P.stream = lsref_small_stream(<const float *> z, g32, <size_t> N * <size_t> K)
     # Two parallel regions: the row loop reads the redo[] flags of every block, so the
     # blocks must all be done first (the end of a region is a barrier; two loops in one
     # region would not wait for each other). On one thread the loops run without a region
@@ -1006,6 +1015,8 @@ cdef int _index_rows(const stored_in *z, const int64_t *targets, Py_ssize_t N, P
                     if _interrupted(&tk, 0, 16 * K):
                         break
                     lsref_small_pair_f32(z, b, N // 8, K, targets, &P, loss_out, g32, redo)
+                if P.stream:
+                    lsref_store_fence()
         elif small:
             with nogil, parallel(num_threads=nt):
                 tid = lsref_thread_num()
@@ -1013,6 +1024,8 @@ cdef int _index_rows(const stored_in *z, const int64_t *targets, Py_ssize_t N, P
                     if _interrupted(&tk, tid, 16 * K):
                         continue
                     lsref_small_pair_f32(z, b, N // 8, K, targets, &P, loss_out, g32, redo)
+                if P.stream:
+                    lsref_store_fence()
         if lsref_stopped(&tk):
             _raise_pending()
     # The rows before the first one the blocks handed back are done: the row loop starts

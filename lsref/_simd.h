@@ -260,7 +260,29 @@ typedef struct {
     /* a dominated row (se < 2) whose loss _row_index would refine (its _mass_at_max rule,
        decided once per call in ce_index): when its max is the target / another class */
     int refine_if_target_max, refine_if_other_max;
+    /* write the gradient's blocks with streaming stores (lsref_small_stream, decided once
+       per call in _index_rows); the caller then calls lsref_store_fence before its results
+       are read */
+    int stream;
 } lsref_small_params;
+
+/* A gradient at least this large (bytes) is written past the caches by the small-K blocks
+ * of 64 classes or more, where they copy a block from their buffer (lsref_small8_put): the
+ * stores then need no read of the lines they fill first (a write-allocate), a third of the
+ * block's memory traffic. Below it the gradient stays in the caches for whatever reads it
+ * next. Paired A/B (benchmarks/ab.py, scale-3 logits) on a 2-core AVX-512 AMD EPYC (L3 32
+ * MiB): 2 threads 0.79-0.87x the time at K = 64..100 and 18-52 MB, one thread 0.77-0.92x;
+ * about 1.0x at 16 MB and at K = 50; but 1.1-1.8x *slower* at K = 17..33 and 3-4x at K = 3
+ * (short blocks: 8 K floats), hence K >= 64 only. */
+#define LSREF_STREAM_BYTES (16 << 20)
+
+/* Whether the small-K blocks stream a gradient of n floats at g (the logits at z): large,
+ * not in place (the logits' lines are in the caches already), float-aligned. */
+static int lsref_small_stream(const float *z, const float *g, size_t n)
+{
+    return g != NULL && g != z && n * sizeof(float) >= (size_t)LSREF_STREAM_BYTES
+           && ((uintptr_t)g & (sizeof(float) - 1)) == 0;
+}
 
 /* The most classes the block kernel takes (its scratch: about 100 bytes per class). Measured
  * on an AVX2 CPU (AMD EPYC, one thread, `lsref bench`-like shapes of 4M logits), against the
@@ -703,7 +725,7 @@ static inline void lsref_small8_put(float *g, Py_ssize_t i0, Py_ssize_t K, const
                                     __m256 Av, __m256 Bv, unsigned dom,
                                     const double (*exd)[8], const __m256d *DA,
                                     const __m256d *DB, unsigned fine, const int32_t *tt,
-                                    const double *gt)
+                                    const double *gt, int P_stream)
 {
     float buf[8 * LSREF_BLOCK_K + 8];
     float *const out = g + i0 * K;
@@ -721,7 +743,19 @@ static inline void lsref_small8_put(float *g, Py_ssize_t i0, Py_ssize_t K, const
     }
     lsref_block_store(buf, K, e, Av, Bv, dom, exd, DA, DB, 0);
     for (j = 0; j < 8; j++) buf[j * K + tt[j]] = (float)gt[j];
-    if (fine == 0xFFu) {                           /* the 8 rows are one stretch of g */
+    if (fine == 0xFFu && P_stream && K >= 64) {    /* past the caches (LSREF_STREAM_BYTES) */
+        /* whole 64-byte lines only, streamed; the block's partial first and last lines (which
+           the blocks beside it share) stored as usual. Blocks of fewer classes are too short
+           for this: at K = 3 (96 bytes a block) streaming ran 3-4x slower. */
+        const Py_ssize_t n = 8 * K;
+        Py_ssize_t i = (Py_ssize_t)(((64u - ((uintptr_t)out & 63u)) & 63u) / sizeof(float));
+        for (j = 0; j < i; j++) out[j] = buf[j];   /* up to 15 floats, to a line's start */
+        for (; i + 16 <= n; i += 16) {
+            _mm256_stream_ps(out + i, _mm256_loadu_ps(buf + i));
+            _mm256_stream_ps(out + i + 8, _mm256_loadu_ps(buf + i + 8));
+        }
+        for (; i < n; i++) out[i] = buf[i];
+    } else if (fine == 0xFFu) {                    /* the 8 rows are one stretch of g */
         /* the empty asm keeps the compiler from turning this copy into a call to memcpy
            (which, for K = 10, took 5% of the call; per row at K = 100, 11%) */
         for (k = 0; k < K; k++) {
@@ -1058,7 +1092,8 @@ static inline void lsref_small8_finish(const float *z, Py_ssize_t i0, const Py_s
     double gt[8];
     _mm256_storeu_pd(gt, G[0]);
     _mm256_storeu_pd(gt + 4, G[1]);
-    lsref_small8_put(g, i0, K, e, Av, Bv, alone ? 0u : dom, exd, DA, DB, fine, tt, gt);
+    lsref_small8_put(g, i0, K, e, Av, Bv, alone ? 0u : dom, exd, DA, DB, fine, tt, gt,
+                     P->stream);
     if (alone) {
         double da[8], db[8];
         int i;
@@ -1340,7 +1375,8 @@ static inline void lsref_small16_finish(const float *z, Py_ssize_t i0, const Py_
             _mm512_storeu_pd(gt8, G);
             lsref_small8_put(g, r0, K, h, _mm512_cvtpd_ps(A),
                              _mm512_cvtpd_ps(_mm512_mul_pd(S, _mm512_set1_pd(P->beta))),
-                             alone ? 0u : dom, (const double (*)[8])exd, DA2, DB2, f, tj, gt8);
+                             alone ? 0u : dom, (const double (*)[8])exd, DA2, DB2, f, tj, gt8,
+                             P->stream);
             if (alone) {                           /* as lsref_small8_finish */
                 double da[8], db[8];
                 int i;
@@ -1446,9 +1482,13 @@ static void lsref_small_pair_f32(const float *z, Py_ssize_t b, Py_ssize_t nblock
         lsref_small8_f32(z, i0, K, t, P, loss, g, redo);
     }
 }
+/* Orders the streaming stores of lsref_small8_put (weakly ordered) before the calling
+ * thread's next ones: each thread calls it after its last block, before the region ends. */
+static void lsref_store_fence(void) { _mm_sfence(); }
 #define LSREF_HAVE_SMALL8 1
 #else
 #define LSREF_HAVE_SMALL8 0
+static void lsref_store_fence(void) { }
 static void lsref_small_pair_f32(const float *z, Py_ssize_t b, Py_ssize_t nblocks,
                                  Py_ssize_t K, const int64_t *t, const lsref_small_params *P,
                                  double *loss, float *g, unsigned char *redo) { (void)z;
