@@ -11,8 +11,8 @@ most of that drift.
 (``python setup.py build_ext --inplace``); it is copied under the name ``lsref_base`` into a
 temporary directory and imported beside the ``lsref`` this Python imports. float32 logits
 (standard normal times ``--scale``: 2 by default; ``lsref bench`` draws scale 3, where more
-few-class rows are dominated by their max), class-index targets, ``label_smoothing=0.1``; ``value_and_grad`` with ``out=``
-and ``cross_entropy``.
+few-class rows are dominated by their max), class-index targets, ``label_smoothing=0.1``;
+``value_and_grad`` with ``out=`` and ``cross_entropy``.
 """
 import argparse
 import importlib

@@ -140,7 +140,9 @@ n_threads : int in [1, lsref.MAX_THREADS], optional
 out : ndarray, optional
     Where to write the gradient: a buffer of the logits' shape and dtype (or float32,
     for float16/bfloat16 logits), or the logits array itself (an in-place gradient
-    that needs no extra memory).""",
+    that needs no extra memory). In place, a row whose sum is refined reads its stored
+    exponentials instead of the logits, which are gone: a few entries can then differ
+    from the out-of-place result in the last bit, both within the accuracy bounds.""",
 
     # the oracle takes the front door's execution options so that a call can be copied
     # verbatim between the two

@@ -714,61 +714,6 @@ static inline void lsref_block_store(float *dst, Py_ssize_t K, const __m256 *e, 
         lsref_block_store8(dst, K, k0, 8, e, Av, Bv, dom, exd, DA, DB, last_exact);
 }
 
-/* The gradient rows of a block of 8 (lsref_block_store's arguments; tt and gt: the targets and
- * their gradient entries) into g, the finished rows only (bits of fine). The rows go into buf
- * (in L1) first, then are copied to g: 8 rows written in 8 interleaved streams straight into
- * g cost more than the copy (up to 1.5x the block's time at K = 64..128). A block with a row
- * left to the row path copies only its finished rows (in place, g is the logits the row path
- * has yet to read). */
-__attribute__((target("avx2,fma")))
-static inline void lsref_small8_put(float *g, Py_ssize_t i0, Py_ssize_t K, const __m256 *e,
-                                    __m256 Av, __m256 Bv, unsigned dom,
-                                    const double (*exd)[8], const __m256d *DA,
-                                    const __m256d *DB, unsigned fine, const int32_t *tt,
-                                    const double *gt, int P_stream)
-{
-    float buf[8 * LSREF_BLOCK_K + 8];
-    float *const out = g + i0 * K;
-    Py_ssize_t j, k;
-    if (fine == 0xFFu && K >= 8 && K <= 16) {
-        /* 8 to 16 classes: the block's 8 rows are one short stretch of g (80 floats at
-           K = 10), written in place; a store that would pass the block's end is masked (a
-           spill could reach another thread's rows, or, in place, logits not yet read), then
-           the targets. Through buf and a copy, the copy's loads waited on the scalar target
-           stores (8% of the time at 262144 x 10). Below 8 classes, the masked stores of up
-           to 3 rows cost more than the copy. */
-        lsref_block_store(out, K, e, Av, Bv, dom, exd, DA, DB, 1);
-        for (j = 0; j < 8; j++) out[j * K + tt[j]] = (float)gt[j];
-        return;
-    }
-    lsref_block_store(buf, K, e, Av, Bv, dom, exd, DA, DB, 0);
-    for (j = 0; j < 8; j++) buf[j * K + tt[j]] = (float)gt[j];
-    if (fine == 0xFFu && P_stream && K >= 64) {    /* past the caches (LSREF_STREAM_BYTES) */
-        /* whole 64-byte lines only, streamed; the block's partial first and last lines (which
-           the blocks beside it share) stored as usual. Blocks of fewer classes are too short
-           for this: at K = 3 (96 bytes a block) streaming ran 3-4x slower. */
-        const Py_ssize_t n = 8 * K;
-        Py_ssize_t i = (Py_ssize_t)(((64u - ((uintptr_t)out & 63u)) & 63u) / sizeof(float));
-        for (j = 0; j < i; j++) out[j] = buf[j];   /* up to 15 floats, to a line's start */
-        for (; i + 16 <= n; i += 16) {
-            _mm256_stream_ps(out + i, _mm256_loadu_ps(buf + i));
-            _mm256_stream_ps(out + i + 8, _mm256_loadu_ps(buf + i + 8));
-        }
-        for (; i < n; i++) out[i] = buf[i];
-    } else if (fine == 0xFFu) {                    /* the 8 rows are one stretch of g */
-        /* the empty asm keeps the compiler from turning this copy into a call to memcpy
-           (which, for K = 10, took 5% of the call; per row at K = 100, 11%) */
-        for (k = 0; k < K; k++) {
-            _mm256_storeu_ps(out + 8 * k, _mm256_loadu_ps(buf + 8 * k));
-            __asm__ volatile("" ::: "memory");
-        }
-    } else {
-        for (j = 0; j < 8; j++)
-            if ((fine >> j) & 1u)
-                memcpy(out + j * K, buf + j * K, (size_t)K * sizeof(float));
-    }
-}
-
 /* A dominated row alone (a block with one or two: random logits; lsref_small8_finish): its
  * exps in double from the exact z_k - m, into exr[0..K) (room for K rounded up to 4), 4 classes
  * at a time, and their rest (every class but the target, which is the max: exactly 1) summed
@@ -797,7 +742,8 @@ static inline double lsref_dom_row_exps(const float *zr, Py_ssize_t K, double m,
 
 /* Row r's gradient from its exps in double (lsref_dom_row_exps): a ex_k - b, rounded to float,
  * the same operations as lsref_block_store8's for a dominated lane, then its target entry gt;
- * exactly its K floats are written (over what lsref_small8_put stored there). */
+ * exactly its K floats are written (over what the block stored for it, in lsref_small8_put's
+ * buffer or in g). */
 __attribute__((target("avx2,fma")))
 static inline void lsref_dom_row_put(float *gr, Py_ssize_t K, const double *exr, double a,
                                      double b, int32_t t, double gt)
@@ -811,6 +757,77 @@ static inline void lsref_dom_row_put(float *gr, Py_ssize_t K, const double *exr,
                                                   _mm_setr_epi32(0, 1, 2, 3)),
                          _mm256_cvtpd_ps(_mm256_fmsub_pd(A, _mm256_loadu_pd(exr + k0), B)));
     gr[t] = (float)gt;
+}
+
+/* A block's one or two dominated rows done row by row (lsref_dom_row_exps): which rows, their
+ * exps in double, their A and s beta; lsref_small8_put writes them over the block's rows
+ * before those leave for g (so that no line of g is written twice: a streamed block's lines
+ * would be read back for it). */
+typedef struct {
+    int n, row[2];
+    const double *ex[2];
+    double a[2], b[2];
+} lsref_dom_rows;
+
+/* The gradient rows of a block of 8 (lsref_block_store's arguments; tt and gt: the targets and
+ * their gradient entries) into g, the finished rows only (bits of fine). The rows go into buf
+ * (in L1) first, then are copied to g: 8 rows written in 8 interleaved streams straight into
+ * g cost more than the copy (up to 1.5x the block's time at K = 64..128). A block with a row
+ * left to the row path copies only its finished rows (in place, g is the logits the row path
+ * has yet to read). */
+__attribute__((target("avx2,fma")))
+static inline void lsref_small8_put(float *g, Py_ssize_t i0, Py_ssize_t K, const __m256 *e,
+                                    __m256 Av, __m256 Bv, unsigned dom,
+                                    const double (*exd)[8], const __m256d *DA,
+                                    const __m256d *DB, unsigned fine, const int32_t *tt,
+                                    const double *gt, int P_stream, const lsref_dom_rows *D)
+{
+    float buf[8 * LSREF_BLOCK_K + 8];
+    float *const out = g + i0 * K;
+    Py_ssize_t j, k;
+    if (fine == 0xFFu && K >= 8 && K <= 16) {
+        /* 8 to 16 classes: the block's 8 rows are one short stretch of g (80 floats at
+           K = 10), written in place; a store that would pass the block's end is masked (a
+           spill could reach another thread's rows, or, in place, logits not yet read), then
+           the targets. Through buf and a copy, the copy's loads waited on the scalar target
+           stores (8% of the time at 262144 x 10). Below 8 classes, the masked stores of up
+           to 3 rows cost more than the copy. */
+        lsref_block_store(out, K, e, Av, Bv, dom, exd, DA, DB, 1);
+        for (j = 0; j < 8; j++) out[j * K + tt[j]] = (float)gt[j];
+        for (j = 0; j < D->n; j++)
+            lsref_dom_row_put(out + D->row[j] * K, K, D->ex[j], D->a[j], D->b[j],
+                              tt[D->row[j]], gt[D->row[j]]);
+        return;
+    }
+    lsref_block_store(buf, K, e, Av, Bv, dom, exd, DA, DB, 0);
+    for (j = 0; j < 8; j++) buf[j * K + tt[j]] = (float)gt[j];
+    for (j = 0; j < D->n; j++)
+        lsref_dom_row_put(buf + D->row[j] * K, K, D->ex[j], D->a[j], D->b[j], tt[D->row[j]],
+                          gt[D->row[j]]);
+    if (fine == 0xFFu && P_stream && K >= 64) {    /* past the caches (LSREF_STREAM_BYTES) */
+        /* whole 64-byte lines only, streamed; the block's partial first and last lines (which
+           the blocks beside it share) stored as usual. Blocks of fewer classes are too short
+           for this: at K = 3 (96 bytes a block) streaming ran 3-4x slower. */
+        const Py_ssize_t n = 8 * K;
+        Py_ssize_t i = (Py_ssize_t)(((64u - ((uintptr_t)out & 63u)) & 63u) / sizeof(float));
+        for (j = 0; j < i; j++) out[j] = buf[j];   /* up to 15 floats, to a line's start */
+        for (; i + 16 <= n; i += 16) {
+            _mm256_stream_ps(out + i, _mm256_loadu_ps(buf + i));
+            _mm256_stream_ps(out + i + 8, _mm256_loadu_ps(buf + i + 8));
+        }
+        for (; i < n; i++) out[i] = buf[i];
+    } else if (fine == 0xFFu) {                    /* the 8 rows are one stretch of g */
+        /* the empty asm keeps the compiler from turning this copy into a call to memcpy
+           (which, for K = 10, took 5% of the call; per row at K = 100, 11%) */
+        for (k = 0; k < K; k++) {
+            _mm256_storeu_ps(out + 8 * k, _mm256_loadu_ps(buf + 8 * k));
+            __asm__ volatile("" ::: "memory");
+        }
+    } else {
+        for (j = 0; j < 8; j++)
+            if ((fine >> j) & 1u)
+                memcpy(out + j * K, buf + j * K, (size_t)K * sizeof(float));
+    }
 }
 
 /* The row algebra of the small-K blocks (_rowterms.h, w = 1) for 4 rows at once, one per
@@ -1001,7 +1018,7 @@ static inline void lsref_small8_finish(const float *z, Py_ssize_t i0, const Py_s
     __m256d DA[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()}, DB[2] = {DA[0], DA[0]};
                                                    /* a dominated row's A and s beta */
     /* one or two dominated rows: each row's exps (lsref_dom_row_exps), its gradient written
-       after the block's (lsref_dom_row_put); rows_of[i]: the row of exr[i] */
+       over the block's, by lsref_small8_put (lsref_dom_rows); rows_of[i]: the row of exr[i] */
     const int alone = dom != 0 && __builtin_popcount(dom) < 3;
     double exr[2][LSREF_BLOCK_K8];
     int rows_of[2] = {-1, -1};
@@ -1092,8 +1109,8 @@ static inline void lsref_small8_finish(const float *z, Py_ssize_t i0, const Py_s
     double gt[8];
     _mm256_storeu_pd(gt, G[0]);
     _mm256_storeu_pd(gt + 4, G[1]);
-    lsref_small8_put(g, i0, K, e, Av, Bv, alone ? 0u : dom, exd, DA, DB, fine, tt, gt,
-                     P->stream);
+    lsref_dom_rows D;
+    D.n = 0;
     if (alone) {
         double da[8], db[8];
         int i;
@@ -1103,10 +1120,17 @@ static inline void lsref_small8_finish(const float *z, Py_ssize_t i0, const Py_s
         _mm256_storeu_pd(db + 4, DB[1]);
         for (i = 0; i < 2; i++) {
             const int r = rows_of[i];
-            if (r >= 0 && ((dom >> r) & 1u))      /* (a row whose KL cancels left dom) */
-                lsref_dom_row_put(g + (i0 + r) * K, K, exr[i], da[r], db[r], tt[r], gt[r]);
+            if (r >= 0 && ((dom >> r) & 1u)) {    /* (a row whose KL cancels left dom) */
+                D.row[D.n] = r;
+                D.ex[D.n] = exr[i];
+                D.a[D.n] = da[r];
+                D.b[D.n] = db[r];
+                D.n++;
+            }
         }
     }
+    lsref_small8_put(g, i0, K, e, Av, Bv, alone ? 0u : dom, exd, DA, DB, fine, tt, gt,
+                     P->stream, &D);
 }
 
 /* The block kernel compiled once more for each K from 2 to 16 with K a constant, so that the
@@ -1371,12 +1395,8 @@ static inline void lsref_small16_finish(const float *z, Py_ssize_t i0, const Py_
         if (g != NULL) {
             const __m256d DA2[2] = {_mm512_castpd512_pd256(DA), _mm512_extractf64x4_pd(DA, 1)};
             const __m256d DB2[2] = {_mm512_castpd512_pd256(DB), _mm512_extractf64x4_pd(DB, 1)};
-            for (k = 0; k < K; k++) h[k] = LSREF_HALF8(e[k]);
-            _mm512_storeu_pd(gt8, G);
-            lsref_small8_put(g, r0, K, h, _mm512_cvtpd_ps(A),
-                             _mm512_cvtpd_ps(_mm512_mul_pd(S, _mm512_set1_pd(P->beta))),
-                             alone ? 0u : dom, (const double (*)[8])exd, DA2, DB2, f, tj, gt8,
-                             P->stream);
+            lsref_dom_rows D;
+            D.n = 0;
             if (alone) {                           /* as lsref_small8_finish */
                 double da[8], db[8];
                 int i;
@@ -1384,11 +1404,21 @@ static inline void lsref_small16_finish(const float *z, Py_ssize_t i0, const Py_
                 _mm512_storeu_pd(db, DB);
                 for (i = 0; i < 2; i++) {
                     const int r = rows_of[i];
-                    if (r >= 0 && ((dom >> r) & 1u))
-                        lsref_dom_row_put(g + (r0 + r) * K, K, exr[i], da[r], db[r], tj[r],
-                                          gt8[r]);
+                    if (r >= 0 && ((dom >> r) & 1u)) {
+                        D.row[D.n] = r;
+                        D.ex[D.n] = exr[i];
+                        D.a[D.n] = da[r];
+                        D.b[D.n] = db[r];
+                        D.n++;
+                    }
                 }
             }
+            for (k = 0; k < K; k++) h[k] = LSREF_HALF8(e[k]);
+            _mm512_storeu_pd(gt8, G);
+            lsref_small8_put(g, r0, K, h, _mm512_cvtpd_ps(A),
+                             _mm512_cvtpd_ps(_mm512_mul_pd(S, _mm512_set1_pd(P->beta))),
+                             alone ? 0u : dom, (const double (*)[8])exd, DA2, DB2, f, tj, gt8,
+                             P->stream, &D);
         }
 #undef LSREF_HALF8
     }
