@@ -405,20 +405,26 @@ cdef int _raise_pending() except -1:
 # Parallel loops hand out their rows (or blocks) in chunks of about this many logits, to
 # whichever thread is free (OpenMP's dynamic schedule), not in one fixed share per thread: on
 # a shared machine a thread can start late or be descheduled, and with fixed shares the whole
-# call then waits for it at the region's end barrier. Paired A/B against fixed shares on a
-# 2-core VM with a busy process beside it: 262144 x 10 0.81x the time, 65536 x 1000 0.90x;
-# unloaded 0.92-1.05x (the large-K end the slower). Each row's results do not depend on which
-# thread computes it, so the results stay bit-identical for every n_threads. (The
-# per-row finish of lsref.sharded, O(1) a row, keeps fixed shares.)
+# call then waits for it at the region's end barrier. Paired against fixed shares on a 2-core
+# VM (benchmarks/ab.py, 2 threads) with a busy process beside them, median times: 262144 x 10
+# 5.0 against 5.7 ms, 65536 x 100 5.4 against 6.7, 65536 x 1000 22 against 31; unloaded
+# 0.97-1.03x. Each row's results do not depend on which thread computes it, so the results
+# stay bit-identical for every n_threads. (The per-row finish of lsref.sharded, O(1) a row,
+# keeps fixed shares.)
 cdef enum:
-    CHUNK_LOGITS = 65536
+    CHUNK_LOGITS = 262144
 
 
-cdef inline Py_ssize_t _chunk(Py_ssize_t logits_per_item) noexcept nogil:
-    """Loop items per dynamic chunk (CHUNK_LOGITS; rows of no logits: that many rows)."""
-    if logits_per_item < 1:
-        return CHUNK_LOGITS
-    return CHUNK_LOGITS // logits_per_item if logits_per_item < CHUNK_LOGITS else 1
+cdef inline Py_ssize_t _chunk(Py_ssize_t logits_per_item, Py_ssize_t n_items,
+                              int nt) noexcept nogil:
+    """Loop items per dynamic chunk: CHUNK_LOGITS' worth (rows of no logits: that many rows),
+    but at most a sixteenth of each thread's share, so that a small call is still split
+    (256 x 100 in one chunk took 2.1x the time of fixed shares on 2 threads) and the threads
+    end together (to within a chunk)."""
+    cdef Py_ssize_t c = CHUNK_LOGITS
+    if logits_per_item >= 1:
+        c = CHUNK_LOGITS // logits_per_item if logits_per_item < CHUNK_LOGITS else 1
+    return max(1, min(c, n_items // (16 * nt)))
 
 
 cdef inline Py_ssize_t _min(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -1040,7 +1046,7 @@ cdef int _index_rows(const stored_in *z, const int64_t *targets, Py_ssize_t N, P
             with nogil, parallel(num_threads=nt):
                 tid = lsref_thread_num()
                 for b in prange((N // 8 + 1) // 2, schedule="dynamic",
-                                chunksize=_chunk(16 * K)):
+                                chunksize=_chunk(16 * K, (N // 8 + 1) // 2, nt)):
                     if _interrupted(&tk, tid, 16 * K):
                         continue
                     lsref_small_pair_f32(z, b, N // 8, K, targets, &P, loss_out, g32, redo)
@@ -1066,7 +1072,7 @@ cdef int _index_rows(const stored_in *z, const int64_t *targets, Py_ssize_t N, P
     else:
         with nogil, parallel(num_threads=nt):
             tid = lsref_thread_num()
-            for i in prange(first, N, schedule="dynamic", chunksize=_chunk(K)):
+            for i in prange(first, N, schedule="dynamic", chunksize=_chunk(K, N - first, nt)):
                 if i < n_blocked and not redo[i]:
                     continue                # done by the small-K blocks
                 if _interrupted(&tk, tid, K):
@@ -1401,7 +1407,7 @@ def ce_prob(const stored_in[:, ::1] logits,      # IN  (N, K)
     cdef lsref_ticker tk = lsref_ticker_new()
     with nogil, parallel(num_threads=nt):
         tid = lsref_thread_num()
-        for i in prange(N, schedule="dynamic", chunksize=_chunk(K)):
+        for i in prange(N, schedule="dynamic", chunksize=_chunk(K, N, nt)):
             if _interrupted(&tk, tid, K):
                 continue
             g = &grad_out[i, 0] if want_grad else NULL
@@ -1477,7 +1483,7 @@ def bce(const stored_in[:, ::1] logits,           # IN  (N, K)
     cdef lsref_ticker tk = lsref_ticker_new()
     with nogil, parallel(num_threads=nt):
         tid = lsref_thread_num()
-        for i in prange(N, schedule="dynamic", chunksize=_chunk(K)):
+        for i in prange(N, schedule="dynamic", chunksize=_chunk(K, N, nt)):
             if _interrupted(&tk, tid, K):
                 continue
             t = targets[i] if by_index else 0
@@ -1522,7 +1528,7 @@ def logsumexp_rows(const stored_in[:, ::1] x,     # IN  (N, K)
     cdef lsref_ticker tk = lsref_ticker_new()
     with nogil, parallel(num_threads=nt):
         tid = lsref_thread_num()
-        for i in prange(N, schedule="dynamic", chunksize=_chunk(K)):
+        for i in prange(N, schedule="dynamic", chunksize=_chunk(K, N, nt)):
             if _interrupted(&tk, tid, K):
                 continue
             st = _stats(&x[i, 0], K, NULL, <double *> NULL)
@@ -1558,7 +1564,7 @@ def softmax_rows(const stored_in[:, ::1] x,      # IN  (N, K)
     cdef lsref_ticker tk = lsref_ticker_new()
     with nogil, parallel(num_threads=nt):
         tid = lsref_thread_num()
-        for i in prange(N, schedule="dynamic", chunksize=_chunk(K)):
+        for i in prange(N, schedule="dynamic", chunksize=_chunk(K, N, nt)):
             if _interrupted(&tk, tid, K):
                 continue
             o = &out[i, 0]
@@ -1606,7 +1612,7 @@ def block_stats(const flt[:, ::1] z,             # IN  (n, kb): one class block 
     cdef lsref_ticker tk = lsref_ticker_new()
     with nogil, parallel(num_threads=nt):
         tid = lsref_thread_num()
-        for i in prange(n, schedule="dynamic", chunksize=_chunk(kb)):
+        for i in prange(n, schedule="dynamic", chunksize=_chunk(kb, n, nt)):
             if _interrupted(&tk, tid, kb):
                 continue
             t = targets[i] - offset
@@ -1658,7 +1664,7 @@ def block_grad(const flt[:, ::1] z,              # IN  (n, kb)
     cdef lsref_ticker tk = lsref_ticker_new()
     with nogil, parallel(num_threads=nt):
         tid = lsref_thread_num()
-        for i in prange(n, schedule="dynamic", chunksize=_chunk(kb)):
+        for i in prange(n, schedule="dynamic", chunksize=_chunk(kb, n, nt)):
             if _interrupted(&tk, tid, kb):
                 continue
             t = targets[i] - offset
