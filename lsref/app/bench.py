@@ -5,8 +5,10 @@ and a plain memory copy of the same array, on the same arrays, in one process, i
 large arrays (milliseconds per call: the memory floor is what counts) and the small ones of a
 training loop (microseconds per call: the per-call overhead is what counts). Each time is the
 median of ``--repeat`` runs after one warm-up (for the small shapes, a run is a batch of
-calls, timed together); the figures that count are the ratios, measured in the same run
-(shared machines are noisy; ratios travel, absolute times do not).
+calls, timed together), the implementations of a workload taking turns: each round times
+each of them once (after an untimed call), so that a slow spell of a shared machine falls on
+all of them rather than on one. The figures that count are the ratios, measured in the same
+run (shared machines are noisy; ratios travel, absolute times do not).
 """
 import os
 import platform
@@ -39,19 +41,15 @@ QUICK_SMALL = SMALL[1:2]
 BATCH_SECONDS = 0.02
 
 
-def _median_time(fn, repeat):
-    fn()                                            # warm-up (page faults, JIT, caches)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+def _one_call(fn):
+    """A warm-up call of ``fn`` (page faults, JIT, caches); a run is then one call."""
+    fn()
+    return 1
 
 
-def _per_call_time(fn, repeat):
-    """Median seconds per call of ``fn`` over ``repeat`` batches of calls (the batch size
-    set once, so that a batch lasts about BATCH_SECONDS)."""
+def _batch_size(fn):
+    """Calls of ``fn`` per run, set once after a warm-up call, so that a run (a batch of
+    calls, timed together) lasts about BATCH_SECONDS."""
     fn()
     calls, t0 = 1, time.perf_counter()
     while True:                                     # calibrate the batch size
@@ -62,14 +60,7 @@ def _per_call_time(fn, repeat):
         calls *= 2
         t0 = time.perf_counter()
     elapsed = time.perf_counter() - t0
-    calls = max(1, int(calls * BATCH_SECONDS / max(elapsed, 1e-9)))
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - t0) / calls)
-    return float(np.median(times))
+    return max(1, int(calls * BATCH_SECONDS / max(elapsed, 1e-9)))
 
 
 def numpy_value_and_grad(z, t, out):
@@ -144,16 +135,32 @@ def _add_peers(impls, versions, z, t, threads):
         versions["jax"] = jv
 
 
-def _time_all(impls, timer, repeat, progress, stream):
-    """{label: timer(fn, repeat)} for every (label, fn) of impls; with a progress prefix (a
-    string, or False for none), a progress line that rewrites itself."""
-    results = {}
-    for ii, (label, fn) in enumerate(impls, 1):
+def _time_all(impls, run_size, repeat, progress, stream):
+    """{label: median seconds per call} for every (label, fn) of impls, over ``repeat`` runs
+    of run_size(fn) calls (run_size makes the warm-up: _one_call or _batch_size). The
+    implementations take turns, one run each per round, each run after an untimed call
+    (so that it finds its arrays in the caches, as when timed back to back): timed one after
+    the other instead, a slow spell of the machine (on a shared 2-core VM, lsref's 2-thread
+    call measured 1.7 ms for seconds, then 3.5) fell on one of them alone. With a progress
+    prefix (a string, or False for none), a progress line that rewrites itself."""
+    def show(what):
         if progress:
-            stream.write(f"\r{progress}: {label:<40.40} ({ii}/{len(impls)})")
+            stream.write(f"\r{progress}: {what:<48.48}")
             stream.flush()
-        results[label] = timer(fn, repeat)
-    return results
+    sizes, times = {}, {label: [] for label, _ in impls}
+    for ii, (label, fn) in enumerate(impls, 1):
+        show(f"warm-up {label} ({ii}/{len(impls)})")
+        sizes[label] = run_size(fn)
+    for r in range(repeat):
+        show(f"round {r + 1}/{repeat}")
+        for label, fn in impls:
+            calls = sizes[label]
+            fn()                    # untimed: its arrays back in the caches the others used
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times[label].append((time.perf_counter() - t0) / calls)
+    return {label: float(np.median(ts)) for label, ts in times.items()}
 
 
 def run(workloads, repeat=5, progress=True, stream=sys.stderr):
@@ -189,7 +196,7 @@ def run(workloads, repeat=5, progress=True, stream=sys.stderr):
                 versions["scipy"] = f"scipy {scipy.__version__}"
             except ImportError:
                 pass
-        results = _time_all(impls, _median_time, repeat,
+        results = _time_all(impls, _one_call, repeat,
                             progress and f"[{wi}/{len(workloads)}] {name}", stream)
         floor = results["np.copyto (memory floor)"]
         for label, secs in results.items():
@@ -227,7 +234,7 @@ def run_small(workloads, repeat=5, progress=True, stream=sys.stderr):
             ("numpy (careful), out=", lambda: numpy_value_and_grad(z, t, out)),
         ]
         _add_peers(impls, versions, z, t, threads)
-        results = _time_all(impls, _per_call_time, repeat,
+        results = _time_all(impls, _batch_size, repeat,
                             progress and f"[{wi}/{len(workloads)}] {name}", stream)
         rows += [dict(workload=name, impl=label, seconds=secs) for label, secs in results.items()]
     if progress:
