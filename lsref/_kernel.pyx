@@ -274,7 +274,7 @@ cdef extern from "_simd.h" nogil:
         int has_ignore
         int refine_if_target_max, refine_if_other_max
         int stream
-    int lsref_small_stream(const float *z, const float *g, size_t n) noexcept nogil
+    int lsref_small_stream(const float *z, const float *g, size_t N, size_t K) noexcept nogil
     void lsref_store_fence() noexcept nogil
     void lsref_small_pair_f32(const float *z, Py_ssize_t b, Py_ssize_t nblocks, Py_ssize_t K,
                               const int64_t *t, const lsref_small_params *P, double *loss,
@@ -1026,7 +1026,7 @@ cdef int _index_rows(const stored_in *z, const int64_t *targets, Py_ssize_t N, P
                 g32 = <float *> grad_out
             # a large gradient (not in place) is streamed past the caches by the blocks
             # (_simd.h, LSREF_STREAM_BYTES); each thread fences its stores after its blocks
-            P.stream = lsref_small_stream(<const float *> z, g32, <size_t> N * <size_t> K)
+            P.stream = lsref_small_stream(<const float *> z, g32, <size_t> N, <size_t> K)
     # Two parallel regions: the row loop reads the redo[] flags of every block, so the
     # blocks must all be done first (the end of a region is a barrier; two loops in one
     # region would not wait for each other). On one thread the loops run without a region

@@ -276,11 +276,12 @@ typedef struct {
  * (short blocks: 8 K floats), hence K >= 64 only. */
 #define LSREF_STREAM_BYTES (16 << 20)
 
-/* Whether the small-K blocks stream a gradient of n floats at g (the logits at z): large,
- * not in place (the logits' lines are in the caches already), float-aligned. */
-static int lsref_small_stream(const float *z, const float *g, size_t n)
+/* Whether the small-K blocks stream the (N, K) gradient at g (the logits at z): K >= 64,
+ * large, not in place (the logits' lines are in the caches already), float-aligned. */
+static int lsref_small_stream(const float *z, const float *g, size_t N, size_t K)
 {
-    return g != NULL && g != z && n * sizeof(float) >= (size_t)LSREF_STREAM_BYTES
+    return g != NULL && g != z && K >= 64
+           && N * K * sizeof(float) >= (size_t)LSREF_STREAM_BYTES
            && ((uintptr_t)g & (sizeof(float) - 1)) == 0;
 }
 
@@ -769,6 +770,27 @@ typedef struct {
     double a[2], b[2];
 } lsref_dom_rows;
 
+/* D from the one or two rows of lsref_dom_row_exps (rows_of[i]: the row of the exps at ex0 /
+ * ex1, -1 for none) that are still dominated (bits of dom), with their A (da) and s beta
+ * (db) by row. */
+static inline void lsref_dom_rows_of(lsref_dom_rows *D, const int *rows_of,
+                                     const double *ex0, const double *ex1, unsigned dom,
+                                     const double *da, const double *db)
+{
+    int i;
+    D->n = 0;
+    for (i = 0; i < 2; i++) {
+        const int r = rows_of[i];
+        if (r >= 0 && ((dom >> r) & 1u)) {        /* (a row whose KL cancels left dom) */
+            D->row[D->n] = r;
+            D->ex[D->n] = i ? ex1 : ex0;
+            D->a[D->n] = da[r];
+            D->b[D->n] = db[r];
+            D->n++;
+        }
+    }
+}
+
 /* The gradient rows of a block of 8 (lsref_block_store's arguments; tt and gt: the targets and
  * their gradient entries) into g, the finished rows only (bits of fine). The rows go into buf
  * (in L1) first, then are copied to g: 8 rows written in 8 interleaved streams straight into
@@ -804,7 +826,7 @@ static inline void lsref_small8_put(float *g, Py_ssize_t i0, Py_ssize_t K, const
     for (j = 0; j < D->n; j++)
         lsref_dom_row_put(buf + D->row[j] * K, K, D->ex[j], D->a[j], D->b[j], tt[D->row[j]],
                           gt[D->row[j]]);
-    if (fine == 0xFFu && P_stream && K >= 64) {    /* past the caches (LSREF_STREAM_BYTES) */
+    if (fine == 0xFFu && P_stream) {               /* past the caches (LSREF_STREAM_BYTES) */
         /* whole 64-byte lines only, streamed; the block's partial first and last lines (which
            the blocks beside it share) stored as usual. Blocks of fewer classes are too short
            for this: at K = 3 (96 bytes a block) streaming ran 3-4x slower. */
@@ -1113,21 +1135,11 @@ static inline void lsref_small8_finish(const float *z, Py_ssize_t i0, const Py_s
     D.n = 0;
     if (alone) {
         double da[8], db[8];
-        int i;
         _mm256_storeu_pd(da, DA[0]);
         _mm256_storeu_pd(da + 4, DA[1]);
         _mm256_storeu_pd(db, DB[0]);
         _mm256_storeu_pd(db + 4, DB[1]);
-        for (i = 0; i < 2; i++) {
-            const int r = rows_of[i];
-            if (r >= 0 && ((dom >> r) & 1u)) {    /* (a row whose KL cancels left dom) */
-                D.row[D.n] = r;
-                D.ex[D.n] = exr[i];
-                D.a[D.n] = da[r];
-                D.b[D.n] = db[r];
-                D.n++;
-            }
-        }
+        lsref_dom_rows_of(&D, rows_of, exr[0], exr[1], dom, da, db);
     }
     lsref_small8_put(g, i0, K, e, Av, Bv, alone ? 0u : dom, exd, DA, DB, fine, tt, gt,
                      P->stream, &D);
@@ -1399,19 +1411,9 @@ static inline void lsref_small16_finish(const float *z, Py_ssize_t i0, const Py_
             D.n = 0;
             if (alone) {                           /* as lsref_small8_finish */
                 double da[8], db[8];
-                int i;
                 _mm512_storeu_pd(da, DA);
                 _mm512_storeu_pd(db, DB);
-                for (i = 0; i < 2; i++) {
-                    const int r = rows_of[i];
-                    if (r >= 0 && ((dom >> r) & 1u)) {
-                        D.row[D.n] = r;
-                        D.ex[D.n] = exr[i];
-                        D.a[D.n] = da[r];
-                        D.b[D.n] = db[r];
-                        D.n++;
-                    }
-                }
+                lsref_dom_rows_of(&D, rows_of, exr[0], exr[1], dom, da, db);
             }
             for (k = 0; k < K; k++) h[k] = LSREF_HALF8(e[k]);
             _mm512_storeu_pd(gt8, G);
