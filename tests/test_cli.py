@@ -393,3 +393,21 @@ def test_bench_plot_refuses_what_it_cannot_draw(capsys):
     with pytest.raises(SystemExit) as e:
         bench.main(["--only", "linear", "--plot", "x.png"])
     assert e.value.code == 2 and "--plot" in capsys.readouterr().err
+
+
+def test_bench_rotates_the_order_of_its_rounds():
+    """`lsref bench` times its implementations in turns, and round r starts at the r-th: each
+    runs after a different neighbour from round to round (in a fixed order, the first of a
+    round always followed the last, JAX, whose threads are still busy after it returns)."""
+    calls = []
+
+    def impl(name):
+        return name, lambda: calls.append(name)
+    impls = [impl("a"), impl("b"), impl("c")]
+    times = bench._time_all(impls, bench._one_call, 3, False, None)
+    assert sorted(times) == ["a", "b", "c"]
+    assert calls[:3] == ["a", "b", "c"]                     # the warm-up calls
+    rounds = calls[3:]                                      # each run: an untimed call, then one
+    assert rounds == ["a", "a", "b", "b", "c", "c",
+                      "b", "b", "c", "c", "a", "a",
+                      "c", "c", "a", "a", "b", "b"]
