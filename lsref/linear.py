@@ -10,7 +10,7 @@ layer's inputs and weights::
     Z_c = h_c W^T + b        (into the buffer)
     G_c = dloss/dZ_c          (the kernel, in place; the rows carry 1/D for "mean", D known
                                before the first chunk from the targets and weights)
-    dh_c = G_c W,  dW += G_c^T h_c (by tiles of classes),  db += sum over rows of G_c
+    dh_c = G_c W,  dW += G_c^T h_c (one GEMM, or by tiles of classes),  db += sum over rows of G_c
 
 The kernel's results do not depend on ``n_threads`` (bit for bit); the GEMMs are BLAS's, on
 BLAS's own threads. ``lsref.reference.linear_value_and_grad`` is the oracle (the logits
@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ._blas import gemm_at_b
 from ._keywords import LINEAR_OPTIONS, N_THREADS, fill_doc
 from ._typing import FloatArray, Loss, Reduction, Smoothing
 from ._validation import Problem, check_linear
@@ -232,12 +233,16 @@ def layer_rows(h: FloatArray, weight: FloatArray, bias: FloatArray | None, p: Pr
 
 
 def _gemm_accumulate(dtype, d):
-    """``f(c, a, b)``: ``c += a^T b`` in place, c (V, d), with NumPy's matmul into a scratch of
-    TILE_BYTES, V-tile by V-tile, and an add. SciPy's BLAS gemm with beta = 1 would need no
-    add, but SciPy bundles its own OpenBLAS: its threads and NumPy's took turns spinning
+    """``f(c, a, b)``: ``c += a^T b`` in place, c (V, d): one GEMM with beta = 1 by NumPy's own
+    BLAS where ``_blas.gemm_at_b`` finds it (NumPy's Linux wheels), else NumPy's matmul into a
+    scratch of TILE_BYTES, V-tile by V-tile, and an add. SciPy's BLAS gemm would need no add
+    either, but SciPy bundles its own OpenBLAS: its threads and NumPy's took turns spinning
     against each other between the GEMMs (2-core AVX-512 EPYC, d = 1024, V = 32000, a step of
-    4096 rows: 5.1-5.7 s with SciPy's gemm, 4.5-4.7 s with this; a scratch of all of c, 4.6-4.9
-    s, but c's size)."""
+    4096 rows: 5.1-5.7 s with SciPy's gemm, 4.5-4.7 s with the scratch; a scratch of all of
+    c, 4.6-4.9 s, but c's size)."""
+    direct = gemm_at_b(dtype)
+    if direct is not None:
+        return direct
     tile = max(64, TILE_BYTES // max(1, d * np.dtype(dtype).itemsize))
     scratch = np.empty((tile, d), dtype)
 

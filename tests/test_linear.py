@@ -10,7 +10,7 @@ from numpy.testing import assert_array_equal
 import lsref
 from lsref import reference as R
 from lsref.linear import chunk_rows
-from support import assert_linear_close, assert_linear_close64, fd_gradient, require
+from support import assert_linear_close, assert_linear_close64, fd_gradient, gemm_rounding, require
 
 # Every keyword of a cross-entropy call, in the sets the oracle tests run (index targets)
 KEYWORDS = [
@@ -328,10 +328,59 @@ def test_dask_every_row_ignored_and_bad_input():
 
 
 def test_weight_gradient_in_tiles_of_classes(monkeypatch):
-    """dW is accumulated tile by tile of classes (a scratch of TILE_BYTES): with tiles of 64
-    classes (V = 300: 4 whole tiles and a short one) the oracle's results still hold."""
+    """Without NumPy's own BLAS (lsref._blas), dW is accumulated tile by tile of classes (a
+    scratch of TILE_BYTES): with tiles of 64 classes (V = 300: 4 whole tiles and a short one)
+    the oracle's results still hold."""
     import lsref.linear
+    monkeypatch.setattr(lsref.linear, "gemm_at_b", lambda dtype: None)
     monkeypatch.setattr(lsref.linear, "TILE_BYTES", 1)        # the smallest tile: 64 classes
     h, W, b, t, _ = _problem(np.float64, N=50, d=8, V=300, seed=7)
     got = lsref.linear_value_and_grad(h, W, t, bias=b, label_smoothing=0.1, chunk_size=16)
     assert_linear_close64(got, R.linear_value_and_grad(h, W, t, bias=b, label_smoothing=0.1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_blas_accumulates_what_numpy_multiplies(dtype):
+    """lsref._blas.gemm_at_b: c += a^T b by one GEMM of NumPy's own BLAS (beta = 1), on
+    views whose row strides are not their widths (a chunk of a larger buffer, a slice of
+    rows), against the sum in float64, within the GEMM's own bound (gemm_rounding: 25 terms
+    an entry, c's and 24 products). Where that BLAS is not found for certain (NumPy's Linux
+    wheels only) there is nothing of lsref's to test."""
+    from lsref._blas import gemm_at_b
+    acc = gemm_at_b(dtype)
+    if acc is None:
+        pytest.skip("NumPy's BLAS is not the scipy-openblas of its Linux wheels here")
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((40, 300)).astype(dtype)[5:29, :257]   # row stride 300
+    b = rng.standard_normal((60, 33)).astype(dtype)[10:34]
+    c0 = rng.standard_normal((257, 33)).astype(dtype)
+    a_in, b_in, c = a.copy(), b.copy(), c0.copy()
+    acc(c, a, b)
+    A, B, C = (x.astype(np.float64) for x in (a, b, c0))
+    err = np.abs(c - (C + A.T @ B))
+    assert np.all(err <= gemm_rounding(25, dtype) * (np.abs(C) + np.abs(A).T @ np.abs(B)))
+    assert_array_equal(a, a_in)
+    assert_array_equal(b, b_in)
+    acc(c[:0], a[:, :0], b)                               # empty: returns, calls nothing
+
+
+def test_numpy_blas_only_where_found_for_certain(monkeypatch):
+    """gemm_at_b is None for a dtype BLAS has no GEMM for, and when the library NumPy's wheel
+    ships is not loaded in the process (another BLAS, another platform); the last layer then
+    keeps the scratch and the add, and its results (against the oracle) are the same."""
+    import lsref._blas as B
+    import lsref.linear
+    assert B.gemm_at_b(np.float16) is None and B.gemm_at_b(np.int64) is None
+    monkeypatch.setattr(B, "_numpy_openblas_path", lambda: None)
+    B._gemm.cache_clear()
+    B.gemm_at_b.cache_clear()
+    try:
+        assert B.gemm_at_b(np.float32) is None
+        monkeypatch.setattr(lsref.linear, "gemm_at_b", B.gemm_at_b)
+        h, W, b, t, _ = _problem(np.float64, N=40, d=8, V=70, seed=3)
+        got = lsref.linear_value_and_grad(h, W, t, bias=b, label_smoothing=0.1, chunk_size=16)
+        assert_linear_close64(got, R.linear_value_and_grad(h, W, t, bias=b, label_smoothing=0.1))
+    finally:
+        monkeypatch.undo()
+        B._gemm.cache_clear()
+        B.gemm_at_b.cache_clear()
