@@ -31,13 +31,14 @@ __all__ = ["linear_cross_entropy", "linear_value_and_grad", "chunk_rows", "layer
 
 # The automatic chunk (chunk_rows): the buffer of a chunk's logits takes about 1/LOGITS_SHARE
 # of what all the (N, V) logits would (the goal: extra memory <= 1/8 of them, with room for the
-# other buffers), or SMALL_BUFFER bytes if that is more (below it chunking saves little memory
+# other buffers: at 2048 x 128256, 224 rows, 0.109 of the logits), or SMALL_BUFFER bytes if
+# that is more (below it chunking saves little memory
 # and costs BLAS speed: GEMMs on few rows run slower, e.g. on a 2-core AVX-512 EPYC, float32,
 # d = 512, V = 32000, the whole step took 2.2 s in chunks of 192 rows, 1.55 s of 512 and
 # 1.27 s of 1024; at d = 1024, 256 rows ran h W^T at 169 GFLOP/s against 182 for 1024), and
 # at most MAX_ROWS rows, past which BLAS gains nothing and the buffer only grows. Whether the
 # buffer fits a cache does not matter here: the kernel's one pass over it is 1-2% of the time.
-LOGITS_SHARE = 10
+LOGITS_SHARE = 9
 SMALL_BUFFER = 64 * 2 ** 20
 MAX_ROWS = 2048
 # The kernel runs on one thread by default here: between the GEMMs, BLAS's threads are still
@@ -58,7 +59,7 @@ def chunk_rows(n_rows: int, row_bytes: int, chunk_size: int | None = None) -> in
     >>> from lsref.linear import chunk_rows
     >>> row = 32000 * 4                                  # V = 32000 float32 logits
     >>> chunk_rows(8192, row), chunk_rows(2048, row), chunk_rows(2048, 128256 * 4)
-    (800, 512, 192)
+    (896, 512, 224)
     >>> chunk_rows(8192, row, chunk_size=100)
     100
     """

@@ -174,7 +174,9 @@ def test_extra_memory_is_a_fraction_of_the_logits():
 
 def test_chunk_rows_rule():
     row = 32000 * 4
-    assert chunk_rows(8192, row) == 800                         # a tenth of the logits
+    assert chunk_rows(8192, row) == 896                         # a ninth of the logits
+    big = 128256 * 4                                            # the buffer within 1/8 of them
+    assert chunk_rows(2048, big) == 224 and 224 * big <= 2048 * big / 8
     assert chunk_rows(100, row) == 512                          # 64 MiB: not worth chunking
     assert chunk_rows(10 ** 6, row) == 2048                     # BLAS gains nothing past it
     assert chunk_rows(320, row) == 512                          # (a buffer of min(N, rows))
