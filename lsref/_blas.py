@@ -79,29 +79,62 @@ def _gemm(dtype: np.dtype):
     return fn
 
 
-def _accumulate_with(fn) -> Accumulate:
+def _leading(x: np.ndarray) -> int | None:
+    """BLAS's leading dimension of the 2-d array x (row-major), or None where x's rows are not
+    evenly spaced, in whole elements, at least a row apart, with unit stride along them. A
+    single row's stride means nothing to NumPy (0 in ``x[None]``, negative after ``[::-1]``,
+    kept by ``np.ascontiguousarray``) and BLAS refuses such a leading dimension (it prints an
+    error, computes nothing and returns): one row gets its width."""
+    rows, width = x.shape
+    size = x.itemsize
+    if width > 1 and x.strides[1] != size:
+        return None
+    if rows == 1:
+        return max(1, width)
+    step = x.strides[0]
+    if step % size or step // size < max(1, width):
+        return None
+    return step // size
+
+
+def _accumulate_with(fn, dtype: np.dtype) -> Accumulate:
     def accumulate(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
-        """c (V, d) += a^T b, a (m, V) and b (m, d): rows of a dtype, unit stride."""
+        """c (V, d) += a^T b, a (m, V) and b (m, d), all of dtype; inputs whose rows BLAS
+        cannot take as they are (_leading) are copied first, an output so laid out is
+        computed in a copy and written back."""
+        if not (c.dtype == a.dtype == b.dtype == dtype):
+            raise TypeError(f"c, a and b must be {dtype}, got {c.dtype}, {a.dtype}, {b.dtype}")
         (m, V), d = a.shape, b.shape[1]
+        if c.shape != (V, d) or b.shape[0] != m:
+            raise ValueError(f"c {c.shape} += a^T {a.shape} b {b.shape}: shapes do not match")
         if c.size == 0 or m == 0:
             return
-        size = c.itemsize
-        fn(_ROW_MAJOR, _TRANS, _NO_TRANS, V, d, m, 1.0, a.ctypes.data, a.strides[0] // size,
-           b.ctypes.data, b.strides[0] // size, 1.0, c.ctypes.data, c.strides[0] // size)
+        lda, ldb, ldc = _leading(a), _leading(b), _leading(c)
+        if lda is None:
+            a = np.ascontiguousarray(a)
+            lda = _leading(a)
+        if ldb is None:
+            b = np.ascontiguousarray(b)
+            ldb = _leading(b)
+        out = c if ldc is not None else np.ascontiguousarray(c)
+        fn(_ROW_MAJOR, _TRANS, _NO_TRANS, V, d, m, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb,
+           1.0, out.ctypes.data, _leading(out))
+        if out is not c:
+            c[...] = out
     return accumulate
 
 
 @functools.cache
 def gemm_at_b(dtype) -> Accumulate | None:
     """``f(c, a, b)``: ``c += a^T b`` in place by one call of NumPy's own BLAS (c (V, d), a
-    (m, V), b (m, d), all of ``dtype`` with unit stride along their rows, c C-contiguous), or
+    (m, V), b (m, d), all of ``dtype``; any strides), or
     None where that BLAS is not found for certain (the module's docstring says when) or a
     small product through it (of small integers: exact) is not NumPy's."""
     dtype = np.dtype(dtype)
     fn = _gemm(dtype)
     if fn is None:
         return None
-    accumulate = _accumulate_with(fn)
+    accumulate = _accumulate_with(fn, dtype)
     # small integers: every product and sum exact, in any order, so the check is equality
     rng = np.random.default_rng(0)
     a, b, c = (rng.integers(-4, 5, shape).astype(dtype) for shape in ((3, 7), (3, 5), (7, 5)))

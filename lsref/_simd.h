@@ -924,10 +924,16 @@ static inline void lsref_small8_body(const float *z, Py_ssize_t i0, const Py_ssi
        (a prefetch never faults, past the array's end included). All of them at once here
        instead (K / 2 prefetches in a row, which fill the core's queue of outstanding misses
        and stall it) took 1.6x the time of the value and gradient at 65536 x 100 on a 2-core
-       AVX-512 AMD EPYC (2 threads; C harness, paired runs), 2.3x at 102400 x 64; without
-       prefetches, 1.2-1.5x. */
+       AVX-512 AMD EPYC (2 threads; a C harness of the kernel alone, runs alternating),
+       1.7-2.3x at 102400 x 64, and without any prefetch about 1.5x; through the Python call
+       (benchmarks/ab.py) the old way took 1.1-1.25x. Blocks of up to 16 classes (at most 8
+       lines; on AVX2 CPUs, where no pairs run, they take this kernel) still ask for them all
+       at once, as before: the pairs' measured the same either way. The last line is found
+       from the block's last byte (logits need not be float-aligned). */
     const float *const next = base + 8 * K;
-    __builtin_prefetch(next + 8 * K - 1, 0, 3);
+    const int spread = K > 16;                     /* a constant in the K <= 16 copies */
+    if (spread) __builtin_prefetch((const char *)next + 32 * K - 1, 0, 3);
+    else for (k = 0; k < 8 * K; k += 16) __builtin_prefetch(next + k, 0, 3);
     for (k0 = 0; k0 < K; k0 += 8) lsref_block_load8(base, K, k0, K - k0 < 8 ? K - k0 : 8, v + k0);
     __m256 m = _mm256_set1_ps(-INFINITY), m1 = m;
     for (k = 0; k + 1 < K; k += 2) {               /* NaN in v passes over, as in the rows */
@@ -949,7 +955,7 @@ static inline void lsref_small8_body(const float *z, Py_ssize_t i0, const Py_ssi
             __m256 d = _mm256_sub_ps(v[k], m);
             __m256 at_m = _mm256_cmp_ps(d, _mm256_setzero_ps(), _CMP_EQ_OQ);
             e[k] = lsref_exp_neg_v8(d);
-            if ((k & 1) == 0) __builtin_prefetch(next + 8 * k, 0, 3);
+            if (spread && (k & 1) == 0) __builtin_prefetch(next + 8 * k, 0, 3);
             rest = _mm256_add_ps(rest, _mm256_andnot_ps(at_m, e[k]));
             nmax = _mm256_add_ps(nmax, _mm256_and_ps(at_m, _mm256_set1_ps(1.0f)));
             u = _mm256_add_ps(u, d);

@@ -1,5 +1,6 @@
 """The `lsref` command, run as a user runs it."""
 import argparse
+import collections
 import doctest
 import os
 import pathlib
@@ -395,19 +396,29 @@ def test_bench_plot_refuses_what_it_cannot_draw(capsys):
     assert e.value.code == 2 and "--plot" in capsys.readouterr().err
 
 
-def test_bench_rotates_the_order_of_its_rounds():
-    """`lsref bench` times its implementations in turns, and round r starts at the r-th: each
-    runs after a different neighbour from round to round (in a fixed order, the first of a
-    round always followed the last, JAX, whose threads are still busy after it returns)."""
+def test_bench_varies_the_order_of_its_rounds():
+    """`lsref bench` times its implementations in turns, each round in its own order (seeded
+    by the round's number), so that none keeps running just after the same one (in a fixed
+    order, or that order rotated, the first always followed the last: JAX, whose threads are
+    still busy after it returns). Each run is an untimed call, then the timed one."""
     calls = []
 
     def impl(name):
         return name, lambda: calls.append(name)
-    impls = [impl("a"), impl("b"), impl("c")]
-    times = bench._time_all(impls, bench._one_call, 3, False, None)
-    assert sorted(times) == ["a", "b", "c"]
-    assert calls[:3] == ["a", "b", "c"]                     # the warm-up calls
-    rounds = calls[3:]                                      # each run: an untimed call, then one
-    assert rounds == ["a", "a", "b", "b", "c", "c",
-                      "b", "b", "c", "c", "a", "a",
-                      "c", "c", "a", "a", "b", "b"]
+    names = ["a", "b", "c", "d", "e"]
+    times = bench._time_all([impl(n) for n in names], bench._one_call, 7, False, None)
+    assert sorted(times) == names
+    assert calls[:5] == names                               # the warm-up calls
+    runs = calls[5:]
+    assert len(runs) == 2 * 7 * 5 and runs[::2] == runs[1::2]
+    order = runs[::2]
+    for r in range(7):                                      # every round runs each once
+        assert sorted(order[5 * r:5 * r + 5]) == names
+    # how often each ran just after the same one: at most 4 of its 7 runs with these seeds
+    # (the same order rotated: 6, and in a fixed order 7)
+    most = {n: collections.Counter(p for p, q in zip(order, order[1:]) if q == n)
+            .most_common(1)[0][1] for n in names}
+    assert max(most.values()) <= 4, most
+    calls[:] = []
+    bench._time_all([impl(n) for n in names], bench._one_call, 7, False, None)
+    assert calls[5:][::2] == order                          # the same orders in every run

@@ -341,29 +341,69 @@ def test_weight_gradient_in_tiles_of_classes(monkeypatch):
     assert_linear_close64(got, R.linear_value_and_grad(h, W, t, bias=b, label_smoothing=0.1))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_numpy_blas_accumulates_what_numpy_multiplies(dtype):
-    """lsref._blas.gemm_at_b: c += a^T b by one GEMM of NumPy's own BLAS (beta = 1), on
-    views whose row strides are not their widths (a chunk of a larger buffer, a slice of
-    rows), against the sum in float64, within the GEMM's own bound (gemm_rounding: 25 terms
-    an entry, c's and 24 products). Where that BLAS is not found for certain (NumPy's Linux
-    wheels only) there is nothing of lsref's to test."""
+def _blas_or_skip(dtype):
     from lsref._blas import gemm_at_b
     acc = gemm_at_b(dtype)
     if acc is None:
         pytest.skip("NumPy's BLAS is not the scipy-openblas of its Linux wheels here")
+    return acc
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["strided views", "one row, stride 0", "one row reversed",
+                                    "columns strided"])
+def test_numpy_blas_accumulates_what_numpy_multiplies(dtype, layout):
+    """lsref._blas.gemm_at_b: c += a^T b by one GEMM of NumPy's own BLAS (beta = 1) on arrays
+    laid out as NumPy allows (rows further apart than their widths; one row with stride 0,
+    as in x[None], or negative, which BLAS refuses as a leading dimension: it computes
+    nothing; a column stride, which it cannot take), against the sum in float64, within the
+    GEMM's own bound (gemm_rounding: c's term and m products an entry). Where that BLAS is
+    not found for certain (NumPy's Linux wheels only) there is nothing of lsref's to test."""
+    acc = _blas_or_skip(dtype)
     rng = np.random.default_rng(11)
-    a = rng.standard_normal((40, 300)).astype(dtype)[5:29, :257]   # row stride 300
-    b = rng.standard_normal((60, 33)).astype(dtype)[10:34]
-    c0 = rng.standard_normal((257, 33)).astype(dtype)
-    a_in, b_in, c = a.copy(), b.copy(), c0.copy()
+    m, V, d = 24, 257, 33
+    if layout == "strided views":
+        a = rng.standard_normal((40, 300)).astype(dtype)[5:5 + m, :V]
+        b = rng.standard_normal((60, 50)).astype(dtype)[10:10 + m, :d]
+        c_mem = rng.standard_normal((V, 45)).astype(dtype)
+        c = c_mem[:, :d]
+    elif layout.startswith("one row"):
+        m = 1
+        a = rng.standard_normal((1, V)).astype(dtype)
+        b = np.broadcast_to(rng.standard_normal(d).astype(dtype), (1, d))
+        if layout == "one row reversed":
+            a = np.concatenate([a, a])[::-1][:1]
+        c = rng.standard_normal((V, d)).astype(dtype)
+    else:
+        a = rng.standard_normal((m, 2 * V)).astype(dtype)[:, ::2]
+        b = rng.standard_normal((m, d)).astype(dtype)
+        c_mem = rng.standard_normal((V, 2 * d)).astype(dtype)
+        c = c_mem[:, ::2]
+    a_in, b_in, c0 = a.copy(), b.copy(), c.copy()
     acc(c, a, b)
     A, B, C = (x.astype(np.float64) for x in (a, b, c0))
     err = np.abs(c - (C + A.T @ B))
-    assert np.all(err <= gemm_rounding(25, dtype) * (np.abs(C) + np.abs(A).T @ np.abs(B)))
+    assert np.all(err <= gemm_rounding(m + 1, dtype) * (np.abs(C) + np.abs(A).T @ np.abs(B)))
+    assert np.abs(c - c0).max() > 0                       # something was added
     assert_array_equal(a, a_in)
     assert_array_equal(b, b_in)
     acc(c[:0], a[:, :0], b)                               # empty: returns, calls nothing
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_row_of_h_however_strided(dtype):
+    """One row of h, as x[None] (a row stride of 0, which np.ascontiguousarray keeps) or
+    broadcast: dW against the oracle (the one-GEMM accumulation once gave zeros there: BLAS
+    refused the leading dimension 0 and computed nothing)."""
+    h, W, b, t, _ = _problem(dtype, N=1, d=8, V=30, seed=9)
+    x = np.ascontiguousarray(h[0])
+    for h1 in (x[None], np.broadcast_to(x, (1, 8))):
+        got = lsref.linear_value_and_grad(h1, W, t, bias=b, label_smoothing=0.1)
+        ref = R.linear_value_and_grad(x[None], W, t, bias=b, label_smoothing=0.1)
+        if dtype == np.float64:
+            assert_linear_close64(got, ref)
+        else:
+            assert_linear_close(got, ref, x[None], W, b, t, label_smoothing=0.1)
 
 
 def test_numpy_blas_only_where_found_for_certain(monkeypatch):

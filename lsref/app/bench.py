@@ -141,13 +141,13 @@ def _time_all(impls, run_size, repeat, progress, stream):
     implementations take turns, one run each per round, each run after an untimed call
     (so that it finds its arrays in the caches, as when timed back to back): timed one after
     the other instead, a slow spell of the machine (on a shared 2-core VM, lsref's 2-thread
-    call measured 1.7 ms for seconds, then 3.5) fell on one of them alone. Round r starts
-    at the r-th implementation (the order rotates), so that none always runs just after the
-    same one: in a fixed order, whatever ran first in a round ran just after the last one,
-    JAX, whose threads burn about 3 ms of CPU after a call returns (PyTorch's about 10), and
-    np.copyto, the memory floor, measured 3.3 ms there at 65536 x 100 against 1.7-2.0 alone
-    (2-core AMD EPYC). With a progress prefix (a
-    string, or False for none), a progress line that rewrites itself."""
+    call measured 1.7 ms for seconds, then 3.5) fell on one of them alone. Each round takes
+    them in its own order, a permutation drawn with the round's number as the seed (the
+    same in every run), so that none always runs just after the same one: in one fixed order
+    the first of a round always followed the last, JAX, whose threads burn about 3 ms of CPU
+    after a call returns (PyTorch's about 10), and np.copyto, the memory floor, measured 3.3
+    ms there at 65536 x 100 against 1.7-2.0 alone (2-core AMD EPYC). With a progress prefix
+    (a string, or False for none), a progress line that rewrites itself."""
     def show(what):
         if progress:
             stream.write(f"\r{progress}: {what:<48.48}")
@@ -158,8 +158,8 @@ def _time_all(impls, run_size, repeat, progress, stream):
         sizes[label] = run_size(fn)
     for r in range(repeat):
         show(f"round {r + 1}/{repeat}")
-        first = r % len(impls)
-        for label, fn in impls[first:] + impls[:first]:
+        for i in np.random.default_rng(r).permutation(len(impls)):
+            label, fn = impls[i]
             calls = sizes[label]
             fn()                    # untimed: its arrays back in the caches the others used
             t0 = time.perf_counter()
