@@ -6,7 +6,7 @@ then adds it, one more pass over ``c`` (read and written). The last layer's weig
 such a sum, over the chunks of rows (``lsref.linear``): at V = 128256 classes and d = 1024,
 ``c`` is 525 MB in float32, and on a 2-core AVX-512 AMD EPYC (N = 2048, chunks of 192 rows)
 the scratch-and-add way took 3.3-4.6 s for the eleven chunks' ``dW`` against 2.9 s in one
-GEMM per chunk with beta = 1, which is what the whole-array ``G^T h`` takes (2.9-3.5 s).
+GEMM per chunk with beta = 1, no more than the whole-array ``G^T h`` took (3.2-3.5 s).
 
 NumPy's wheels for Linux ship their BLAS (scipy-openblas, 64-bit integers, its symbols
 prefixed ``scipy_`` and suffixed ``64_``) in a directory beside the package. That library,
