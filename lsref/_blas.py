@@ -127,9 +127,9 @@ def _accumulate_with(fn, dtype: np.dtype) -> Accumulate:
 @functools.cache
 def gemm_at_b(dtype) -> Accumulate | None:
     """``f(c, a, b)``: ``c += a^T b`` in place by one call of NumPy's own BLAS (c (V, d), a
-    (m, V), b (m, d), all of ``dtype``; any strides), or
-    None where that BLAS is not found for certain (the module's docstring says when) or a
-    small product through it (of small integers: exact) is not NumPy's."""
+    (m, V), b (m, d), all of ``dtype``; any strides), or None where that BLAS is not found
+    for certain (the module's docstring says when) or a small product through it (of small
+    integers: exact) is not NumPy's."""
     dtype = np.dtype(dtype)
     fn = _gemm(dtype)
     if fn is None:
